@@ -1,0 +1,15 @@
+//! The shared vocabulary of Pharos: tenants, signals, envelopes, error codes and partition keys.
+//!
+//! This crate does no I/O. Every other crate speaks in these types.
+
+mod envelope;
+mod error;
+mod partition;
+mod signal;
+mod tenant;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use error::ErrorCode;
+pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};
+pub use signal::Signal;
+pub use tenant::{DEFAULT_TENANT, MAX_TENANT_BYTES, Tenant, TenantError};
