@@ -26,6 +26,34 @@ impl ErrorCode {
         matches!(self, ErrorCode::Throttled | ErrorCode::Unavailable)
     }
 
+    /// The HTTP status that reports this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidInput => 400,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::Throttled => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 408,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The gRPC status code (as in `google.rpc.Code`) that reports this code. Whether a
+    /// RESOURCE_EXHAUSTED may be retried is told by the RetryInfo detail, which only
+    /// [`retryable`](Self::retryable) codes carry.
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            ErrorCode::InvalidInput | ErrorCode::UnsupportedMediaType => 3,
+            ErrorCode::Timeout => 4,
+            ErrorCode::NotFound => 5,
+            ErrorCode::TooLarge | ErrorCode::Throttled => 8,
+            ErrorCode::Internal => 13,
+            ErrorCode::Unavailable => 14,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidInput => "invalid_input",

@@ -4,12 +4,14 @@
 
 mod envelope;
 mod error;
+mod label_cap;
 mod partition;
 mod signal;
 mod tenant;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::ErrorCode;
+pub use label_cap::{LabelCap, OTHER_LABEL_VALUE};
 pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};
 pub use signal::Signal;
 pub use tenant::{DEFAULT_TENANT, MAX_TENANT_BYTES, Tenant, TenantError};

@@ -1,1 +1,15 @@
-//! placeholder
+//! Receivers: OTLP over gRPC and HTTP (protobuf and JSON, gzip and zstd), with limits, tenancy
+//! and back-pressure. A receiver answers success only once the queue says the data is durable.
+
+mod body;
+mod error;
+mod limits;
+mod metrics;
+pub mod otlp;
+mod tenant;
+
+pub use error::IngestError;
+pub use limits::Limits;
+pub use metrics::IngestMetrics;
+pub use otlp::{Ingestor, Outcome};
+pub use tenant::{TENANT_HEADER, tenant_from_header};

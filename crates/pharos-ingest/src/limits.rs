@@ -1,0 +1,32 @@
+/// The bounds every request is held to. Each has a configuration key of the same name under
+/// `limits` (or `otlp.http`/`otlp.grpc` for the transport sizes) and an error that names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// The largest HTTP request body, as sent (compressed or not).
+    pub max_body_size: usize,
+    /// The largest body after decompression, checked while decompressing.
+    pub max_decompressed_size: usize,
+    /// The most spans, data points or log records in one request.
+    pub max_items_per_request: usize,
+    /// The most attributes on one resource, scope, span, event, link, data point or log record.
+    pub max_attributes: usize,
+    pub max_attribute_key_length: usize,
+    /// The longest string or bytes value of an attribute (or log body), in bytes.
+    pub max_attribute_value_length: usize,
+    /// How deep `kvlistValue` and `arrayValue` may nest.
+    pub max_nesting_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_size: 20 << 20,
+            max_decompressed_size: 20 << 20,
+            max_items_per_request: 100_000,
+            max_attributes: 128,
+            max_attribute_key_length: 1024,
+            max_attribute_value_length: 64 << 10,
+            max_nesting_depth: 16,
+        }
+    }
+}
