@@ -1,0 +1,234 @@
+//! `pharos serve`: every role in one process.
+//!
+//! Start: open the queue (replaying what processors had not committed), start the processors,
+//! bind the listeners, report ready. Stop (Ctrl-C or SIGTERM), in stages, each bounded: the
+//! receivers stop accepting and finish in-flight requests; the processors drain the queue and
+//! commit; the queue fsyncs and closes; the API goes last.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use pharos_ingest::{
+    Ingestor, IngestMetrics,
+    otlp::{grpc, http::{self as otlp_http, HttpOptions}},
+};
+use pharos_pipeline::{CountingSink, PipelineMetrics, Runner, RunnerOptions};
+use pharos_queue::{
+    Queue,
+    wal::{FsyncPolicy, Wal, WalConfig},
+};
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, FsyncMode},
+    server::serve_http,
+    telemetry::SelfMetrics,
+};
+
+struct ApiState {
+    metrics: SelfMetrics,
+    ready: AtomicBool,
+}
+
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
+    let partitions = config.partitions();
+    let wal_config = WalConfig {
+        dir: config.wal_dir(),
+        partitions,
+        fsync: match config.wal().fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(config.wal().fsync_interval.0),
+        },
+        segment_bytes: config.wal().segment_size.0,
+        disk_budget_bytes: config.wal().disk_budget.0,
+        max_record_bytes: (config.limits.max_decompressed_size.0.max(config.otlp.grpc.max_message_size.0)
+            + (1 << 20))
+            .min(u64::from(u32::MAX)) as u32,
+    };
+    info!(dir = %wal_config.dir.display(), partitions, fsync = ?wal_config.fsync, "opening the write-ahead log");
+    let wal = tokio::task::spawn_blocking(move || Wal::open(wal_config))
+        .await
+        .context("open the write-ahead log")?
+        .context("open the write-ahead log")?;
+    let mut registry = Registry::default();
+    wal.register_metrics(&mut registry);
+    let queue: Arc<dyn Queue> = Arc::new(wal);
+
+    // Processors.
+    let pipeline_metrics = PipelineMetrics::default();
+    pipeline_metrics.register(&mut registry);
+    let processors_stop = CancellationToken::new();
+    let mut processors = JoinSet::new();
+    let counts_dir = config.data_dir.join("pipeline").join("counts");
+    for partition in 0..partitions {
+        let sink = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
+            .context("open the counting stage")?;
+        let runner = Runner {
+            queue: queue.clone(),
+            partition,
+            options: RunnerOptions {
+                max_batch: config.processor.batch_size,
+                drain_timeout: config.processor.drain_timeout.0,
+                ..RunnerOptions::default()
+            },
+            metrics: pipeline_metrics.clone(),
+        };
+        processors.spawn(runner.run(sink, processors_stop.clone()));
+    }
+
+    // Receivers.
+    let ingest_metrics = IngestMetrics::default();
+    ingest_metrics.register(&mut registry);
+    let ingestor = Arc::new(Ingestor::new(queue.clone(), config.ingest_limits(), ingest_metrics));
+    let retry_after = config.limits.retry_after.0;
+    let otlp_http_router = otlp_http::router(
+        ingestor.clone(),
+        HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after },
+    );
+    let grpc_routes =
+        grpc::routes(ingestor.clone(), config.otlp.grpc.max_message_size.0 as usize, retry_after);
+
+    let api_state =
+        Arc::new(ApiState { metrics: SelfMetrics::new(registry, queue.clone()), ready: AtomicBool::new(false) });
+    let api_router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(api_state.clone());
+
+    let bind = |addr| async move {
+        TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
+    };
+    let api_listener = bind(config.api.listen).await?;
+    let http_listener = bind(config.otlp.http.listen).await?;
+    let grpc_listener = bind(config.otlp.grpc.listen).await?;
+    let api_addr = api_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let receivers_stop = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+    let grace = config.shutdown_timeout.0;
+    let header_timeout = config.otlp.http.read_header_timeout.0;
+    let mut receivers = JoinSet::new();
+    receivers.spawn(serve_http(
+        "otlp-http",
+        http_listener,
+        otlp_http_router,
+        header_timeout,
+        receivers_stop.clone(),
+        grace,
+    ));
+    let grpc_stop = receivers_stop.clone();
+    receivers.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(grpc_routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                grpc_stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = result {
+            error!(error = %e, "otlp grpc server failed");
+        }
+    });
+    let api = tokio::spawn(serve_http("api", api_listener, api_router, header_timeout, api_stop.clone(), grace));
+
+    api_state.ready.store(true, Ordering::Release);
+    info!(otlp_grpc = %grpc_addr, otlp_http = %http_addr, api = %api_addr, partitions, "pharos is ready");
+
+    tokio::select! {
+        () = shutdown_signal() => {}
+        Some(done) = processors.join_next() => {
+            // A processor stopped on its own: something is badly wrong (e.g. the disk failed).
+            error!(result = ?done.map(|r| r.map_err(|e| format!("{e:#}"))), "a processor stopped, shutting down");
+        }
+    }
+
+    info!("shutting down: receivers stop accepting");
+    api_state.ready.store(false, Ordering::Release);
+    receivers_stop.cancel();
+    if tokio::time::timeout(grace + Duration::from_secs(1), async {
+        while receivers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!("receivers did not stop in time");
+        receivers.abort_all();
+    }
+
+    info!("shutting down: processors drain the queue");
+    processors_stop.cancel();
+    let mut failed = false;
+    while let Some(done) = processors.join_next().await {
+        if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from).map(|r| r.map_err(anyhow::Error::from)) {
+            error!(error = format!("{e:#}"), "processor failed");
+            failed = true;
+        }
+    }
+
+    info!("shutting down: closing the write-ahead log");
+    let closed = queue.close().await;
+    api_stop.cancel();
+    let _ = api.await;
+    closed.context("close the write-ahead log")?;
+    if failed {
+        anyhow::bail!("a processor failed; uncommitted records stay in the write-ahead log");
+    }
+    info!("pharos stopped");
+    Ok(())
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("received Ctrl-C"),
+        () = term => info!("received SIGTERM"),
+    }
+}
