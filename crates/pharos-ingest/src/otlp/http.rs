@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
     metrics::v1::{
@@ -32,6 +32,34 @@ use crate::{
     body::{Compression, decompress},
     tenant_from_header,
 };
+
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// gets to read the 413 (most clients read the answer only after sending everything).
+const DISCARD_LIMIT: usize = 64 << 20;
+
+/// Reads a body of at most `limit` bytes. A longer one is read on (and dropped) up to
+/// [`DISCARD_LIMIT`] before the error, so it costs no memory.
+async fn read_body(mut body: Body, limit: usize) -> Result<bytes::Bytes, IngestError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::ReadBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total <= limit {
+            buf.extend_from_slice(&data);
+        } else {
+            buf = bytes::BytesMut::new();
+            if total > DISCARD_LIMIT {
+                break;
+            }
+        }
+    }
+    if total > limit {
+        return Err(IngestError::BodyTooLarge { limit });
+    }
+    Ok(buf.freeze())
+}
 
 /// Bodies above this size are decoded off the async runtime.
 const BLOCKING_BODY_BYTES: usize = 1 << 20;
@@ -122,38 +150,54 @@ async fn receive<R: OtlpRequest>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if declared.is_some_and(|len| len > DISCARD_LIMIT as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
     let timeout = state.options.request_timeout;
-    let body = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+    let body = tokio::time::timeout(timeout, read_body(body, limit))
         .await
-        .map_err(|_| IngestError::BodyTimeout { secs: timeout.as_secs_f64() })?
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                IngestError::BodyTooLarge { limit }
-            } else {
-                IngestError::ReadBody(e.to_string())
-            }
-        })?
-        .to_bytes();
+        .map_err(|_| IngestError::BodyTimeout { secs: timeout.as_secs_f64() })??;
     let ingestor = state.ingestor.clone();
     let big = body.len() > BLOCKING_BODY_BYTES || compression != Compression::None;
     let t = tenant.clone();
     let work = move || {
         let body = decompress(body, compression, ingestor.limits().max_decompressed_size)?;
-        let req: R = match format {
-            Format::Protobuf => R::decode(body)?,
-            Format::Json => serde_json::from_slice(&body)?,
+        let (req, warning): (R, _) = match format {
+            Format::Protobuf => (R::decode(body)?, None),
+            Format::Json => {
+                let req: R = serde_json::from_slice(&body)?;
+                let warning = (req.items() == 0).then(|| snake_case_warning::<R>(&body)).flatten();
+                (req, warning)
+            }
         };
-        ingestor.prepare(&t, req)
+        ingestor.prepare(&t, req).map(|p| (p, warning))
     };
-    let prepared = if big {
+    let (prepared, warning) = if big {
         tokio::task::spawn_blocking(work).await.map_err(|e| IngestError::ReadBody(e.to_string()))??
     } else {
         work()?
     };
-    state.ingestor.commit(prepared).await
+    let mut outcome = state.ingestor.commit(prepared).await?;
+    if outcome.message.is_none() {
+        outcome.message = warning;
+    }
+    Ok(outcome)
+}
+
+/// OTLP/JSON keys are lowerCamelCase; snake_case keys are unknown fields and ignored, so such a
+/// request arrives empty. Say so (as a warning: partial success with nothing rejected).
+fn snake_case_warning<R: OtlpRequest>(body: &[u8]) -> Option<String> {
+    let (snake, camel) = match R::SIGNAL {
+        Signal::Traces => ("\"resource_spans\"", "resourceSpans"),
+        Signal::Metrics => ("\"resource_metrics\"", "resourceMetrics"),
+        Signal::Logs => ("\"resource_logs\"", "resourceLogs"),
+    };
+    body.windows(snake.len()).any(|w| w == snake.as_bytes()).then(|| {
+        format!(
+            "the request holds no {}: OTLP/JSON keys are lowerCamelCase ({camel}); snake_case keys are unknown fields and were ignored",
+            R::SIGNAL.item_name()
+        )
+    })
 }
 
 fn success(format: Format, o: &Outcome) -> Response {

@@ -26,7 +26,7 @@ pub struct Outcome {
     pub signal: Signal,
     pub accepted: u64,
     pub rejected: u64,
-    /// Why items were rejected: set exactly when `rejected > 0`.
+    /// Why items were rejected (set whenever `rejected > 0`), or a warning about an accepted request.
     pub message: Option<String>,
 }
 

@@ -165,7 +165,7 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: Value) -> KeyValue {
-        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }) }
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
     }
 
     fn nested(depth: usize) -> Value {

@@ -428,7 +428,14 @@ pub fn load(
         issues.extend(type_issues(&merged));
         return Err(ConfigError::Invalid(issues));
     }
-    let config = deserialize(&merged).map_err(|_| ConfigError::Invalid(type_issues(&merged)))?;
+    // Overrides alone may name a key of a tagged section (queue.partitions) without its tag:
+    // the defaults underneath supply it.
+    let mut full = default_value();
+    deep_merge(&mut full, merged.clone());
+    let config = deserialize(&full).map_err(|first| {
+        let issues = type_issues(&merged);
+        ConfigError::Invalid(if issues.is_empty() { vec![first] } else { issues })
+    })?;
     let issues = validate(&config);
     if issues.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(issues)) }
 }

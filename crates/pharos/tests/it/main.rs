@@ -1,0 +1,13 @@
+//! End-to-end tests: each spawns the real `pharos` binary on 127.0.0.1 ports chosen by the OS and
+//! talks to it as clients do.
+
+// A test binary has no public API.
+#![allow(unreachable_pub)]
+
+mod bad_input;
+mod cli;
+mod conformance;
+mod crash;
+mod harness;
+mod load;
+mod shutdown;
