@@ -368,8 +368,22 @@ struct Report<'a> {
     items_per_sec: f64,
     mb_per_sec: f64,
     late_starts: u64,
+    /// CPU seconds (user+system) the load generator itself used for the whole run.
+    loadgen_cpu_s: f64,
     latency: Latency,
     latency_from_schedule: Option<Latency>,
+}
+
+/// utime + stime of this process from /proc/self/stat (Linux; 0 elsewhere).
+fn self_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the ")" that ends the command name; utime and stime are
+    // fields 14 and 15 of the whole line, i.e. 12 and 13 after ")".
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    ((ticks(11) + ticks(12)) / 100.0 * 100.0).round() / 100.0
 }
 
 fn main() -> Result<()> {
@@ -495,6 +509,7 @@ async fn run(args: Args) -> Result<()> {
         items_per_sec: (total.accepted_items as f64 / secs).round(),
         mb_per_sec: (total.bytes_sent as f64 / secs / 1e6 * 10.0).round() / 10.0,
         late_starts: total.late_starts,
+        loadgen_cpu_s: self_cpu_seconds(),
         latency: lat(&total.latency),
         latency_from_schedule: interval.map(|_| lat(&total.latency_sched)),
     };
@@ -519,6 +534,7 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("  rejected items (partial success): {}", report.items_rejected);
     println!("  errors: {} {:?}", errs, total.errors);
+    println!("  load generator CPU: {:.1} s", report.loadgen_cpu_s);
     println!(
         "  latency ms: p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2} mean={:.2}",
         l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms
