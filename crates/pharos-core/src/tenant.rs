@@ -22,9 +22,7 @@ pub enum TenantError {
     TooLong { len: usize },
     #[error("tenant id {0:?} is not allowed")]
     Reserved(String),
-    #[error(
-        "tenant id contains {found:?} at byte {at}; allowed are letters, digits and ! - _ . * ' ( )"
-    )]
+    #[error("tenant id contains {found:?} at byte {at}; allowed are letters, digits and ! - _ . * ' ( )")]
     InvalidCharacter { found: char, at: usize },
 }
 

@@ -35,9 +35,7 @@ pub(crate) fn decompress(body: Bytes, compression: Compression, limit: usize) ->
             }
             Ok(body)
         }
-        Compression::Gzip => {
-            read_bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit, "gzip")
-        }
+        Compression::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit, "gzip"),
         Compression::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&body[..])
                 .map_err(|source| IngestError::Decompress { encoding: "zstd", source })?;

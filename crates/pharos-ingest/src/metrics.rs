@@ -25,9 +25,7 @@ impl Default for IngestMetrics {
             rejected: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
-                )
+                Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
             }),
             tenants: LabelCap::new(1000),
         }
@@ -94,10 +92,7 @@ impl IngestMetrics {
         ];
         self.requests.get_or_create(&labels).inc();
         self.duration
-            .get_or_create(&vec![
-                ("signal", signal.as_str().to_string()),
-                ("protocol", protocol.to_string()),
-            ])
+            .get_or_create(&vec![("signal", signal.as_str().to_string()), ("protocol", protocol.to_string())])
             .observe(seconds);
     }
 }

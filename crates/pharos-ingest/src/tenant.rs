@@ -10,10 +10,9 @@ pub fn tenant_from_header(value: Option<&[u8]>) -> Result<Tenant, TenantError> {
         None => Ok(Tenant::default_tenant()),
         Some(bytes) => match std::str::from_utf8(bytes) {
             Ok(s) => Tenant::parse(s.trim()),
-            Err(e) => Err(TenantError::InvalidCharacter {
-                found: char::REPLACEMENT_CHARACTER,
-                at: e.valid_up_to(),
-            }),
+            Err(e) => {
+                Err(TenantError::InvalidCharacter { found: char::REPLACEMENT_CHARACTER, at: e.valid_up_to() })
+            }
         },
     }
 }

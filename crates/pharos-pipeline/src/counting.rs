@@ -64,7 +64,8 @@ impl CountingSink {
         };
         let mut counts = Counts::new();
         for entry in checkpoint.counts {
-            let (Some(signal), Ok(tenant)) = (signal_named(&entry.signal), Tenant::parse(&entry.tenant)) else {
+            let (Some(signal), Ok(tenant)) = (signal_named(&entry.signal), Tenant::parse(&entry.tenant))
+            else {
                 continue;
             };
             metrics.items(signal, &tenant, entry.items);
@@ -128,7 +129,12 @@ impl Sink for CountingSink {
             match count_items(&env) {
                 Ok(n) => {
                     if n != u64::from(env.items) {
-                        warn!(offset, header = env.items, decoded = n, "envelope item count differs from its header");
+                        warn!(
+                            offset,
+                            header = env.items,
+                            decoded = n,
+                            "envelope item count differs from its header"
+                        );
                     }
                     *self.counts.entry((env.signal, env.tenant.clone())).or_default() += n;
                     self.metrics.items(env.signal, &env.tenant, n);
@@ -157,13 +163,13 @@ impl Sink for CountingSink {
                 .collect(),
         };
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &checkpoint))
-            .await
-            .map_err(|e| PipelineError::Io {
+        tokio::task::spawn_blocking(move || write_atomically(&path, &checkpoint)).await.map_err(|e| {
+            PipelineError::Io {
                 op: "write counting checkpoint",
                 path: self.path.clone(),
                 source: std::io::Error::other(e.to_string()),
-            })?
+            }
+        })?
     }
 }
 
@@ -187,10 +193,11 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use bytes::Bytes;
-    use opentelemetry_proto::tonic::{
-        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use pharos_queue::{
+        Queue,
+        wal::{Wal, WalConfig},
     };
-    use pharos_queue::{Queue, wal::{Wal, WalConfig}};
     use tokio_util::sync::CancellationToken;
 
     use super::*;

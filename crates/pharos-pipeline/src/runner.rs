@@ -64,8 +64,14 @@ impl Runner {
         consumer.seek(resume);
         let replay_end = consumer.end_offset();
         if replay_end > committed {
-            info!(partition, committed, resume_from = resume, end = replay_end,
-                records = replay_end - resume.min(replay_end), "replaying queue partition");
+            info!(
+                partition,
+                committed,
+                resume_from = resume,
+                end = replay_end,
+                records = replay_end - resume.min(replay_end),
+                "replaying queue partition"
+            );
         }
         let mut replaying = replay_end > resume;
         let mut last_progress = Instant::now();
@@ -79,8 +85,11 @@ impl Runner {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    warn!(partition, left = consumer.end_offset() - consumer.position(),
-                        "drain timeout reached, the rest stays in the queue for the next start");
+                    warn!(
+                        partition,
+                        left = consumer.end_offset() - consumer.position(),
+                        "drain timeout reached, the rest stays in the queue for the next start"
+                    );
                     break;
                 }
             }
@@ -113,9 +122,13 @@ impl Runner {
                     info!(partition, end = replay_end, "queue partition replay done");
                 } else if last_progress.elapsed() >= Duration::from_secs(5) {
                     last_progress = Instant::now();
-                    info!(partition, at = next, end = replay_end,
+                    info!(
+                        partition,
+                        at = next,
+                        end = replay_end,
                         percent = (100 * (next - resume) / (replay_end - resume).max(1)),
-                        "replaying queue partition");
+                        "replaying queue partition"
+                    );
                 }
             }
         }

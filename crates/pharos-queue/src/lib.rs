@@ -83,11 +83,7 @@ pub trait Consumer: Send {
 
     /// Up to `max_records` records from the position on, waiting at most `max_wait` for the first.
     /// Returns an empty batch when nothing arrived in time.
-    async fn poll(
-        &mut self,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<Record>, QueueError>;
+    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<Record>, QueueError>;
 
     /// Records that everything below `next` is processed; durable when this returns.
     async fn commit(&mut self, next: Offset) -> Result<(), QueueError>;

@@ -16,8 +16,11 @@ use std::{
 use anyhow::Context;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use pharos_ingest::{
-    Ingestor, IngestMetrics,
-    otlp::{grpc, http::{self as otlp_http, HttpOptions}},
+    IngestMetrics, Ingestor,
+    otlp::{
+        grpc,
+        http::{self as otlp_http, HttpOptions},
+    },
 };
 use pharos_pipeline::{CountingSink, PipelineMetrics, Runner, RunnerOptions};
 use pharos_queue::{
@@ -98,17 +101,18 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let grpc_routes =
         grpc::routes(ingestor.clone(), config.otlp.grpc.max_message_size.0 as usize, retry_after);
 
-    let api_state =
-        Arc::new(ApiState { metrics: SelfMetrics::new(registry, queue.clone()), ready: AtomicBool::new(false) });
+    let api_state = Arc::new(ApiState {
+        metrics: SelfMetrics::new(registry, queue.clone()),
+        ready: AtomicBool::new(false),
+    });
     let api_router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(api_state.clone());
 
-    let bind = |addr| async move {
-        TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
-    };
+    let bind =
+        |addr| async move { TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}")) };
     let api_listener = bind(config.api.listen).await?;
     let http_listener = bind(config.otlp.http.listen).await?;
     let grpc_listener = bind(config.otlp.grpc.listen).await?;
@@ -143,7 +147,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             error!(error = %e, "otlp grpc server failed");
         }
     });
-    let api = tokio::spawn(serve_http("api", api_listener, api_router, header_timeout, api_stop.clone(), grace));
+    let api =
+        tokio::spawn(serve_http("api", api_listener, api_router, header_timeout, api_stop.clone(), grace));
 
     api_state.ready.store(true, Ordering::Release);
     info!(otlp_grpc = %grpc_addr, otlp_http = %http_addr, api = %api_addr, partitions, "pharos is ready");
@@ -173,7 +178,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     processors_stop.cancel();
     let mut failed = false;
     while let Some(done) = processors.join_next().await {
-        if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from).map(|r| r.map_err(anyhow::Error::from)) {
+        if let Ok(Err(e)) | Err(e) = done.map_err(anyhow::Error::from).map(|r| r.map_err(anyhow::Error::from))
+        {
             error!(error = format!("{e:#}"), "processor failed");
             failed = true;
         }
@@ -200,10 +206,7 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,9 @@
 //! OTLP/gRPC: the `Export` methods of the trace, metrics and logs services.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{
@@ -109,8 +112,9 @@ impl TraceService for GrpcReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let o = GrpcReceiver::export(self, request).await?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: rejected(&o).map(|(rejected_spans, error_message)| {
-                ExportTracePartialSuccess { rejected_spans, error_message }
+            partial_success: rejected(&o).map(|(rejected_spans, error_message)| ExportTracePartialSuccess {
+                rejected_spans,
+                error_message,
             }),
         }))
     }

@@ -18,9 +18,7 @@ use axum::{
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
-    metrics::v1::{
-        ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-    },
+    metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse},
     trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse},
 };
 use pharos_core::Signal;
@@ -213,10 +211,8 @@ fn protobuf_response(o: &Outcome) -> Vec<u8> {
     let message = o.message.clone();
     match o.signal {
         Signal::Traces => ExportTraceServiceResponse {
-            partial_success: message.map(|error_message| ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message,
-            }),
+            partial_success: message
+                .map(|error_message| ExportTracePartialSuccess { rejected_spans: rejected, error_message }),
         }
         .encode_to_vec(),
         Signal::Metrics => ExportMetricsServiceResponse {
@@ -259,15 +255,12 @@ fn error_response(format: Format, e: &IngestError, retry_after: Duration) -> Res
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let message = e.public_message();
     let body = match format {
-        Format::Protobuf => tonic_types::pb::Status {
-            code: code.grpc_code(),
-            message,
-            details: Vec::new(),
+        Format::Protobuf => {
+            tonic_types::pb::Status { code: code.grpc_code(), message, details: Vec::new() }.encode_to_vec()
         }
-        .encode_to_vec(),
-        Format::Json => serde_json::json!({ "code": code.grpc_code(), "message": message })
-            .to_string()
-            .into_bytes(),
+        Format::Json => {
+            serde_json::json!({ "code": code.grpc_code(), "message": message }).to_string().into_bytes()
+        }
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;

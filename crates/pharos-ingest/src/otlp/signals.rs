@@ -483,10 +483,8 @@ impl OtlpRequest for ExportMetricsServiceRequest {
                 }
                 sm.metrics.retain_mut(|m| {
                     if m.name.is_empty() {
-                        let v = Violation {
-                            reason: "invalid_metric",
-                            message: "metric has no name".to_string(),
-                        };
+                        let v =
+                            Violation { reason: "invalid_metric", message: "metric has no name".to_string() };
                         rej.add(v, metric_points(m) as u64);
                         return false;
                     }
@@ -547,9 +545,6 @@ impl OtlpRequest for ExportMetricsServiceRequest {
                 }
             }
         }
-        out.into_iter()
-            .enumerate()
-            .filter_map(|(p, req)| req.map(|r| (p as u32, r, counts[p])))
-            .collect()
+        out.into_iter().enumerate().filter_map(|(p, req)| req.map(|r| (p as u32, r, counts[p]))).collect()
     }
 }

@@ -35,11 +35,7 @@ impl Rejections {
     }
 }
 
-pub(crate) fn check_attributes(
-    attrs: &[KeyValue],
-    limits: &Limits,
-    owner: &str,
-) -> Result<(), Violation> {
+pub(crate) fn check_attributes(attrs: &[KeyValue], limits: &Limits, owner: &str) -> Result<(), Violation> {
     if attrs.len() > limits.max_attributes {
         return Err(Violation {
             reason: "too_many_attributes",
@@ -96,12 +92,8 @@ pub(crate) fn check_value(
         ),
     };
     match &value.value {
-        Some(Value::StringValue(s)) if s.len() > limits.max_attribute_value_length => {
-            Err(too_long(s.len()))
-        }
-        Some(Value::BytesValue(b)) if b.len() > limits.max_attribute_value_length => {
-            Err(too_long(b.len()))
-        }
+        Some(Value::StringValue(s)) if s.len() > limits.max_attribute_value_length => Err(too_long(s.len())),
+        Some(Value::BytesValue(b)) if b.len() > limits.max_attribute_value_length => Err(too_long(b.len())),
         Some(Value::ArrayValue(a)) => {
             if depth + 1 > limits.max_nesting_depth {
                 return Err(too_deep());
@@ -178,7 +170,13 @@ mod tests {
 
     #[test]
     fn check_attributes_names_each_limit_it_enforces() {
-        let limits = Limits { max_attributes: 2, max_attribute_key_length: 4, max_attribute_value_length: 5, max_nesting_depth: 3, ..Limits::default() };
+        let limits = Limits {
+            max_attributes: 2,
+            max_attribute_key_length: 4,
+            max_attribute_value_length: 5,
+            max_nesting_depth: 3,
+            ..Limits::default()
+        };
         let three: Vec<_> = (0..3).map(|i| kv(&format!("k{i}"), Value::IntValue(i))).collect();
         let err = check_attributes(&three, &limits, "span").unwrap_err();
         assert_eq!(err.reason, "too_many_attributes");
@@ -187,14 +185,16 @@ mod tests {
         let err = check_attributes(&[kv("longkey", Value::IntValue(1))], &limits, "span").unwrap_err();
         assert_eq!(err.reason, "attribute_key_too_long");
 
-        let err = check_attributes(&[kv("k", Value::StringValue("abcdef".into()))], &limits, "span").unwrap_err();
+        let err =
+            check_attributes(&[kv("k", Value::StringValue("abcdef".into()))], &limits, "span").unwrap_err();
         assert!(err.message.contains("max_attribute_value_length of 5"), "{}", err.message);
 
         assert!(check_attributes(&[kv("k", nested(3))], &limits, "span").is_ok());
         let err = check_attributes(&[kv("k", nested(4))], &limits, "span").unwrap_err();
         assert_eq!(err.reason, "nesting_too_deep");
 
-        let inner = Value::KvlistValue(KeyValueList { values: vec![kv("x", Value::StringValue("toolong".into()))] });
+        let inner =
+            Value::KvlistValue(KeyValueList { values: vec![kv("x", Value::StringValue("toolong".into()))] });
         assert!(check_attributes(&[kv("k", inner)], &limits, "span").is_err());
     }
 

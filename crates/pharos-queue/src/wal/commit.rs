@@ -108,7 +108,5 @@ fn load(dir: &Path, remove_stale: bool) -> Result<HashMap<String, Offset>, Queue
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), QueueError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(QueueError::io("fsync directory", dir))
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(QueueError::io("fsync directory", dir))
 }

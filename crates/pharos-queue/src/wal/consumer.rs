@@ -65,11 +65,7 @@ impl Consumer for WalConsumer {
         self.committed
     }
 
-    async fn poll(
-        &mut self,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Vec<Record>, QueueError> {
+    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<Record>, QueueError> {
         let position = self.position;
         let mut end = *self.end.borrow_and_update();
         if position >= end {
@@ -132,10 +128,10 @@ fn remove_consumed_segments(shared: &Shared, partition: &Partition) {
         let mut doomed = Vec::new();
         // A segment is consumed when the next segment starts at or below the committed offset.
         for pair in bases.windows(2) {
-            if pair[1] <= min {
-                if let Some(len) = state.segments.remove(&pair[0]) {
-                    doomed.push((pair[0], len));
-                }
+            if pair[1] <= min
+                && let Some(len) = state.segments.remove(&pair[0])
+            {
+                doomed.push((pair[0], len));
             }
         }
         doomed
@@ -204,8 +200,12 @@ fn read_batch(
                 match following {
                     Some(base) if base <= end => {
                         if base != position {
-                            warn!(partition = partition.id, from = position, to = base,
-                                "wal records missing, skipping ahead");
+                            warn!(
+                                partition = partition.id,
+                                from = position,
+                                to = base,
+                                "wal records missing, skipping ahead"
+                            );
                         }
                         position = base;
                         reader = None;
@@ -235,8 +235,12 @@ fn open_at(
         let base = match (base, first) {
             (Some(b), _) => b,
             (None, Some(first)) => {
-                warn!(partition = partition.id, from = position, to = first,
-                    "wal records below the first kept segment are gone, skipping ahead");
+                warn!(
+                    partition = partition.id,
+                    from = position,
+                    to = first,
+                    "wal records below the first kept segment are gone, skipping ahead"
+                );
                 position = first;
                 first
             }

@@ -81,9 +81,7 @@ struct WalMetrics {
 impl Default for WalMetrics {
     fn default() -> Self {
         WalMetrics {
-            fsync_seconds: Histogram::new(
-                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter(),
-            ),
+            fsync_seconds: Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
             fsyncs: Counter::default(),
             appended_records: Counter::default(),
             appended_bytes: Counter::default(),
@@ -174,11 +172,7 @@ impl Wal {
         fs::create_dir_all(&root).map_err(QueueError::io("create wal directory", &root))?;
         let found = count_partition_dirs(&root)?;
         if found != 0 && found != config.partitions {
-            return Err(QueueError::PartitionMismatch {
-                dir: root,
-                found,
-                configured: config.partitions,
-            });
+            return Err(QueueError::PartitionMismatch { dir: root, found, configured: config.partitions });
         }
         let used_bytes = Arc::new(AtomicU64::new(0));
         let metrics = WalMetrics::default();
@@ -236,10 +230,10 @@ impl Wal {
     }
 
     fn partition(&self, partition: u32) -> Result<&Arc<Partition>, QueueError> {
-        self.shared.partitions.get(partition as usize).ok_or(QueueError::NoSuchPartition {
-            partition,
-            partitions: self.shared.config.partitions,
-        })
+        self.shared
+            .partitions
+            .get(partition as usize)
+            .ok_or(QueueError::NoSuchPartition { partition, partitions: self.shared.config.partitions })
     }
 }
 
@@ -292,8 +286,12 @@ fn open_partition(
     if max_committed > next_offset {
         // Records that were committed are gone from the log (lost or cut away): never hand out
         // their offsets again.
-        warn!(partition = id, committed = max_committed, end = next_offset,
-            "wal ends before a committed offset, resuming after the committed offset");
+        warn!(
+            partition = id,
+            committed = max_committed,
+            end = next_offset,
+            "wal ends before a committed offset, resuming after the committed offset"
+        );
         next_offset = max_committed;
     }
     if last_end != Some(next_offset) {
@@ -330,10 +328,7 @@ fn open_partition(
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), QueueError> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(QueueError::io("open segment", path))?;
+    let f = fs::OpenOptions::new().write(true).open(path).map_err(QueueError::io("open segment", path))?;
     f.set_len(len).map_err(QueueError::io("truncate segment", path))?;
     f.sync_all().map_err(QueueError::io("fsync segment", path))
 }
@@ -374,9 +369,7 @@ impl Queue for Wal {
             return Err(QueueError::Full { used, budget });
         }
         let (reply, rx) = oneshot::channel();
-        p.tx.send(writer::Command::Append { records, reply })
-            .await
-            .map_err(|_| QueueError::Closed)?;
+        p.tx.send(writer::Command::Append { records, reply }).await.map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -407,10 +400,10 @@ impl Queue for Wal {
         let mut first_error = None;
         for p in &self.shared.partitions {
             let (reply, rx) = oneshot::channel();
-            if p.tx.send(writer::Command::Close { reply }).await.is_ok() {
-                if let Ok(Err(e)) = rx.await {
-                    first_error.get_or_insert(e);
-                }
+            if p.tx.send(writer::Command::Close { reply }).await.is_ok()
+                && let Ok(Err(e)) = rx.await
+            {
+                first_error.get_or_insert(e);
             }
             let handle = p.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(handle) = handle {

@@ -112,14 +112,7 @@ impl SegmentReader {
         if &h[..8] != MAGIC || u32::from_le_bytes([h[8], h[9], h[10], h[11]]) != VERSION {
             return Err(OpenError::BadHeader);
         }
-        Ok(SegmentReader {
-            path: path.to_path_buf(),
-            base,
-            next: base,
-            pos: HEADER_LEN,
-            file,
-            max_record,
-        })
+        Ok(SegmentReader { path: path.to_path_buf(), base, next: base, pos: HEADER_LEN, file, max_record })
     }
 
     /// Reads the next record. I/O errors are returned; damage is reported as [`Next::Damaged`],

@@ -24,11 +24,19 @@ use crate::{Offset, QueueError};
 /// The most bytes one group commit writes; more waiting appends go in the next one.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
+/// Appended records and where to send their first offset once durable.
+type Append = (Vec<Bytes>, oneshot::Sender<Result<Offset, QueueError>>);
+
 pub(super) enum Command {
-    Append { records: Vec<Bytes>, reply: oneshot::Sender<Result<Offset, QueueError>> },
+    Append {
+        records: Vec<Bytes>,
+        reply: oneshot::Sender<Result<Offset, QueueError>>,
+    },
     /// Time to fsync (interval policy).
     Tick,
-    Close { reply: oneshot::Sender<Result<(), QueueError>> },
+    Close {
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
 }
 
 /// The segment being written.
@@ -62,10 +70,8 @@ pub(super) fn spawn(
     metrics: WalMetrics,
 ) -> Result<std::thread::JoinHandle<()>, QueueError> {
     let path = partition.segment_path(active.base);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(QueueError::io("open segment", &path))?;
+    let mut file =
+        OpenOptions::new().write(true).open(&path).map_err(QueueError::io("open segment", &path))?;
     file.seek(SeekFrom::Start(active.len)).map_err(QueueError::io("seek segment", &path))?;
     let writer = Writer {
         partition,
@@ -133,11 +139,12 @@ impl Writer {
             if (tick || close.is_some()) && self.dirty {
                 let _ = self.sync();
             }
-            if self.failed.is_none() && self.active.len >= self.config.segment_bytes {
-                if let Err(e) = self.rotate() {
-                    error!(partition = self.partition.id, error = %e, "wal segment rotation failed");
-                    self.failed = Some(e.to_string());
-                }
+            if self.failed.is_none()
+                && self.active.len >= self.config.segment_bytes
+                && let Err(e) = self.rotate()
+            {
+                error!(partition = self.partition.id, error = %e, "wal segment rotation failed");
+                self.failed = Some(e.to_string());
             }
             if let Some(reply) = close {
                 let result = match &self.failed {
@@ -158,7 +165,7 @@ impl Writer {
         QueueError::WriterFailed { partition: self.partition.id, message: message.to_string() }
     }
 
-    fn write_batch(&mut self, appends: Vec<(Vec<Bytes>, oneshot::Sender<Result<Offset, QueueError>>)>) {
+    fn write_batch(&mut self, appends: Vec<Append>) {
         if let Some(message) = self.failed.clone() {
             for (_, reply) in appends {
                 let _ = reply.send(Err(self.failed_error(&message)));

@@ -290,7 +290,10 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     for (i, (path, a)) in listens.iter().enumerate() {
         for (other, b) in &listens[..i] {
             if a == b && a.port() != 0 {
-                issues.push(ConfigIssue { path: (*path).into(), reason: format!("uses the same address as {other}") });
+                issues.push(ConfigIssue {
+                    path: (*path).into(),
+                    reason: format!("uses the same address as {other}"),
+                });
             }
         }
     }
@@ -419,7 +422,9 @@ pub fn load(
                 path: path.trim().into(),
                 reason: "--set names no configuration key".into(),
             }),
-            None => issues.push(ConfigIssue { path: set.clone(), reason: "--set takes key.path=value".into() }),
+            None => {
+                issues.push(ConfigIssue { path: set.clone(), reason: "--set takes key.path=value".into() })
+            }
         }
     }
     let mut merged = file_value;
@@ -452,10 +457,8 @@ fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
 }
 
 fn deserialize(value: &Value) -> Result<Config, ConfigIssue> {
-    serde_path_to_error::deserialize::<_, Config>(value.clone()).map_err(|e| ConfigIssue {
-        path: e.path().to_string(),
-        reason: e.inner().to_string(),
-    })
+    serde_path_to_error::deserialize::<_, Config>(value.clone())
+        .map_err(|e| ConfigIssue { path: e.path().to_string(), reason: e.inner().to_string() })
 }
 
 /// Keys in `value` that the configuration does not have.

@@ -32,7 +32,8 @@ fn env_names_are_unique_per_key() {
 fn load_applies_file_then_env_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.yaml");
-    std::fs::write(&file, "data_dir: /tmp/a\nqueue:\n  kind: wal\n  partitions: 3\n  fsync: interval\n").unwrap();
+    std::fs::write(&file, "data_dir: /tmp/a\nqueue:\n  kind: wal\n  partitions: 3\n  fsync: interval\n")
+        .unwrap();
     let env = vec![
         ("PHAROS_QUEUE_PARTITIONS".to_string(), "5".to_string()),
         ("PHAROS_OTLP_HTTP_MAX_BODY_SIZE".to_string(), "1MiB".to_string()),

@@ -28,15 +28,14 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (number, unit) = (&s[..split], s[split..].trim());
-        let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a size such as 512KiB, 20MiB or 4GiB"))?;
+        let n: u64 =
+            number.parse().map_err(|_| format!("{s:?} is not a size such as 512KiB, 20MiB or 4GiB"))?;
         let multiplier = if unit.is_empty() {
             1
         } else {
-            UNITS
-                .iter()
-                .find(|(u, _)| *u == unit)
-                .map(|(_, m)| *m)
-                .ok_or_else(|| format!("unknown size unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"))?
+            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(|| {
+                format!("unknown size unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")
+            })?
         };
         n.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("{s:?} is too large"))
     }
@@ -45,7 +44,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, m) in &UNITS[..4] {
-            if self.0 >= *m && self.0 % m == 0 {
+            if self.0 >= *m && self.0.is_multiple_of(*m) {
                 return write!(f, "{}{unit}", self.0 / m);
             }
         }

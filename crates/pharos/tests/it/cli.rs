@@ -30,7 +30,11 @@ fn config_default_prints_a_configuration_that_checks_clean() {
 fn config_check_names_each_bad_key_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, "queue:\n  kind: wal\n  fsync: never\n  partitionz: 2\nlimits:\n  max_attributes: -3\n").unwrap();
+    std::fs::write(
+        &file,
+        "queue:\n  kind: wal\n  fsync: never\n  partitionz: 2\nlimits:\n  max_attributes: -3\n",
+    )
+    .unwrap();
     let (code, out, _) = run(&["config", "check", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("queue.fsync:") && out.contains("never"), "{out}");

@@ -26,8 +26,14 @@ fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 /// Counts the items of an OTLP/JSON document by walking the JSON itself (not Pharos's code).
 fn count_items(doc: &Value, signal: &str) -> u64 {
     match signal {
-        "traces" => array(doc, "resourceSpans").flat_map(|r| array(r, "scopeSpans")).flat_map(|s| array(s, "spans")).count() as u64,
-        "logs" => array(doc, "resourceLogs").flat_map(|r| array(r, "scopeLogs")).flat_map(|s| array(s, "logRecords")).count() as u64,
+        "traces" => array(doc, "resourceSpans")
+            .flat_map(|r| array(r, "scopeSpans"))
+            .flat_map(|s| array(s, "spans"))
+            .count() as u64,
+        "logs" => array(doc, "resourceLogs")
+            .flat_map(|r| array(r, "scopeLogs"))
+            .flat_map(|s| array(s, "logRecords"))
+            .count() as u64,
         "metrics" => array(doc, "resourceMetrics")
             .flat_map(|r| array(r, "scopeMetrics"))
             .flat_map(|s| array(s, "metrics"))

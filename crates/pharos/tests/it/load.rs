@@ -68,7 +68,14 @@ pub struct Tally {
 }
 
 /// Runs `workers` senders against `url` until `stop` is set or a request fails for lack of a server.
-pub async fn run_workers(url: String, tenant: &'static str, workers: u64, first_seq: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+pub async fn run_workers(
+    url: String,
+    tenant: &'static str,
+    workers: u64,
+    first_seq: u64,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (url, stop, tally) = (url.clone(), stop.clone(), tally.clone());

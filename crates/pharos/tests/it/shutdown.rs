@@ -19,13 +19,19 @@ async fn sigterm_under_load_drains_and_exits_zero_with_exact_counts() {
     let pharos = Pharos::start(dir.path(), &["queue.partitions=2"]);
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(run_workers(pharos.http_url("/v1/traces"), "drain", 3, 0, stop.clone(), tally.clone()));
+    let load =
+        tokio::spawn(run_workers(pharos.http_url("/v1/traces"), "drain", 3, 0, stop.clone(), tally.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, log) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert!(status.success(), "exit {status:?}\n{log}");
-    for stage in ["receivers stop accepting", "processors drain the queue", "closing the write-ahead log", "pharos stopped"] {
+    for stage in [
+        "receivers stop accepting",
+        "processors drain the queue",
+        "closing the write-ahead log",
+        "pharos stopped",
+    ] {
         assert!(log.contains(stage), "missing shutdown stage {stage:?}:\n{log}");
     }
     let acked = tally.acked.load(Ordering::Relaxed) as f64;
@@ -39,7 +45,11 @@ async fn sigterm_under_load_drains_and_exits_zero_with_exact_counts() {
     let (status, _) = pharos.terminate();
     assert!(status.success());
 
-    let out = std::process::Command::new(BIN).args(["wal", "inspect", "--json"]).arg(dir.path().join("wal")).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["wal", "inspect", "--json"])
+        .arg(dir.path().join("wal"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let partitions = report["partitions"].as_array().unwrap();
