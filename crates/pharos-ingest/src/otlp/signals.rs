@@ -548,3 +548,101 @@ impl OtlpRequest for ExportMetricsServiceRequest {
         out.into_iter().enumerate().filter_map(|(p, req)| req.map(|r| (p as u32, r, counts[p]))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        collector::metrics::v1::ExportMetricsServiceRequest,
+        metrics::v1::{Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics},
+        trace::v1::{ResourceSpans, ScopeSpans},
+    };
+
+    use super::*;
+
+    fn kv(k: &str, v: i64) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(Value::IntValue(v)) }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn split_keeps_every_trace_in_one_partition_and_loses_no_span() {
+        let spans = |res: u8| -> Vec<Span> {
+            (0..60u8)
+                .map(|i| Span {
+                    trace_id: vec![i % 20 + 1; 16],
+                    span_id: vec![i + 1, res, 0, 0, 0, 0, 0, 1],
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: (0..2u8)
+                .map(|r| ResourceSpans {
+                    resource: Some(Resource { attributes: vec![kv("r", r.into())], ..Default::default() }),
+                    scope_spans: vec![ScopeSpans { spans: spans(r), ..Default::default() }],
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let parts = req.split(4);
+        assert!(parts.len() > 1, "20 traces over 4 partitions all landed in one");
+        let mut owner = std::collections::HashMap::new();
+        let mut total = 0;
+        for (p, part, n) in &parts {
+            assert_eq!(*n as usize, part.items());
+            total += part.items();
+            for rs in &part.resource_spans {
+                assert!(rs.resource.is_some(), "resource header copied");
+                for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                    assert_eq!(
+                        *owner.entry(span.trace_id.clone()).or_insert(*p),
+                        *p,
+                        "a trace in two partitions"
+                    );
+                }
+            }
+        }
+        assert_eq!(total, 120);
+    }
+
+    #[test]
+    fn split_sends_each_metric_series_to_one_partition() {
+        let point = |a: i64, t: u64| NumberDataPoint {
+            attributes: vec![kv("a", a)],
+            time_unix_nano: t,
+            ..Default::default()
+        };
+        let metric = |t: u64| Metric {
+            name: "m".into(),
+            data: Some(Data::Gauge(Gauge { data_points: (0..16).map(|a| point(a, t)).collect() })),
+            ..Default::default()
+        };
+        let req = |t| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric(t)], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let owner_of = |t| {
+            let mut owner = std::collections::BTreeMap::new();
+            for (p, part, _) in req(t).split(4) {
+                for m in part.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics)
+                {
+                    assert_eq!(m.name, "m");
+                    let Some(Data::Gauge(g)) = &m.data else { panic!("kind changed") };
+                    for dp in &g.data_points {
+                        owner.insert(format!("{:?}", dp.attributes), p);
+                    }
+                }
+            }
+            owner
+        };
+        let first = owner_of(1);
+        assert_eq!(first.len(), 16);
+        assert!(first.values().collect::<std::collections::BTreeSet<_>>().len() > 1);
+        assert_eq!(owner_of(2), first, "the same series goes to the same partition in every request");
+    }
+}
