@@ -41,6 +41,13 @@ async fn sigkill_under_load_loses_no_acknowledged_span_and_counts_none_twice() {
     let rounds = 4;
     for round in 0..rounds {
         let pharos = Pharos::start(dir.path(), &["queue.partitions=3", "queue.segment_size=64KiB"]);
+        if round == 2 {
+            let log = pharos.log();
+            assert!(
+                log.contains("wal segment tail is damaged, truncating it"),
+                "torn tail not reported:\n{log}"
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let load = tokio::spawn(run_workers(
             pharos.http_url("/v1/traces"),
