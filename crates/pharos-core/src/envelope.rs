@@ -38,18 +38,37 @@ pub enum EnvelopeError {
 
 impl Envelope {
     pub fn encode(&self) -> Bytes {
-        let tenant = self.tenant.as_str().as_bytes();
-        let mut buf = BytesMut::with_capacity(2 + 3 + tenant.len() + 12 + self.payload.len());
+        let mut buf = Envelope::encode_header(
+            &self.tenant,
+            self.signal,
+            self.received_at_unix_nanos,
+            self.items,
+            self.payload.len(),
+        );
+        buf.put_slice(&self.payload);
+        buf.freeze()
+    }
+
+    /// The encoded header, in a buffer with room for `payload_len` more bytes: write the payload
+    /// after it to encode an envelope without copying the payload twice.
+    pub fn encode_header(
+        tenant: &Tenant,
+        signal: Signal,
+        received_at_unix_nanos: u64,
+        items: u32,
+        payload_len: usize,
+    ) -> BytesMut {
+        let tenant = tenant.as_str().as_bytes();
+        let mut buf = BytesMut::with_capacity(2 + 3 + tenant.len() + 12 + payload_len);
         buf.put_slice(MAGIC);
         buf.put_u8(VERSION);
-        buf.put_u8(self.signal.code());
+        buf.put_u8(signal.code());
         // Tenant ids are at most 150 bytes (MAX_TENANT_BYTES), so the length fits in a byte.
         buf.put_u8(tenant.len() as u8);
         buf.put_slice(tenant);
-        buf.put_u64_le(self.received_at_unix_nanos);
-        buf.put_u32_le(self.items);
-        buf.put_slice(&self.payload);
-        buf.freeze()
+        buf.put_u64_le(received_at_unix_nanos);
+        buf.put_u32_le(items);
+        buf
     }
 
     pub fn decode(bytes: Bytes) -> Result<Envelope, EnvelopeError> {

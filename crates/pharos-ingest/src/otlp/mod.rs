@@ -93,14 +93,15 @@ impl Ingestor {
             req.split(self.queue.partitions())
                 .into_iter()
                 .map(|(partition, part, n)| {
-                    let envelope = Envelope {
-                        tenant: tenant.clone(),
+                    let mut buf = Envelope::encode_header(
+                        tenant,
                         signal,
                         received_at_unix_nanos,
-                        items: n as u32,
-                        payload: Bytes::from(part.encode_to_vec()),
-                    };
-                    (partition, envelope.encode())
+                        n as u32,
+                        part.encoded_len(),
+                    );
+                    part.encode(&mut buf).expect("the buffer has room for the whole message");
+                    (partition, buf.freeze())
                 })
                 .collect()
         };
