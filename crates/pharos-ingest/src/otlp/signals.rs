@@ -131,6 +131,41 @@ fn hash_attributes(h: &mut u64, attrs: &[KeyValue], keep: impl Fn(&str) -> bool)
     }
 }
 
+/// Removes the items of a three-level request (resource → scope → items) that break a rule; a
+/// resource or scope that breaks one takes all its items with it. Empty scopes and resources go.
+fn retain_valid<R, S, I>(
+    resources: &mut Vec<R>,
+    rej: &mut Rejections,
+    scopes_of: fn(&mut R) -> &mut Vec<S>,
+    items_of: fn(&mut S) -> &mut Vec<I>,
+    check_resource: impl Fn(&R) -> Result<(), Violation>,
+    check_scope: impl Fn(&S) -> Result<(), Violation>,
+    check_item: impl Fn(&I) -> Result<(), Violation>,
+) {
+    resources.retain_mut(|r| {
+        if let Err(v) = check_resource(r) {
+            let items = scopes_of(r).iter_mut().map(|s| items_of(s).len() as u64).sum();
+            rej.add(v, items);
+            return false;
+        }
+        scopes_of(r).retain_mut(|s| {
+            if let Err(v) = check_scope(s) {
+                rej.add(v, items_of(s).len() as u64);
+                return false;
+            }
+            items_of(s).retain(|item| match check_item(item) {
+                Ok(()) => true,
+                Err(v) => {
+                    rej.add(v, 1);
+                    false
+                }
+            });
+            !items_of(s).is_empty()
+        });
+        !scopes_of(r).is_empty()
+    });
+}
+
 /// Spreads the items of a three-level request (resource → scope → items) over partitions.
 /// `key` gives an item's partition; resource and scope headers are copied into every partition that
 /// gets one of their items.
@@ -181,27 +216,15 @@ impl OtlpRequest for ExportTraceServiceRequest {
     }
 
     fn validate(&mut self, limits: &Limits, rej: &mut Rejections) {
-        self.resource_spans.retain_mut(|rs| {
-            if let Err(v) = check_resource(&rs.resource, limits) {
-                rej.add(v, rs.scope_spans.iter().map(|s| s.spans.len() as u64).sum());
-                return false;
-            }
-            rs.scope_spans.retain_mut(|ss| {
-                if let Err(v) = check_scope(&ss.scope, limits) {
-                    rej.add(v, ss.spans.len() as u64);
-                    return false;
-                }
-                ss.spans.retain(|span| match check_span(span, limits) {
-                    Ok(()) => true,
-                    Err(v) => {
-                        rej.add(v, 1);
-                        false
-                    }
-                });
-                !ss.spans.is_empty()
-            });
-            !rs.scope_spans.is_empty()
-        });
+        retain_valid(
+            &mut self.resource_spans,
+            rej,
+            |r| &mut r.scope_spans,
+            |s| &mut s.spans,
+            |r| check_resource(&r.resource, limits),
+            |s| check_scope(&s.scope, limits),
+            |span| check_span(span, limits),
+        );
     }
 
     fn split(self, partitions: u32) -> Vec<(u32, Self, u64)> {
@@ -250,37 +273,20 @@ impl OtlpRequest for ExportLogsServiceRequest {
     }
 
     fn validate(&mut self, limits: &Limits, rej: &mut Rejections) {
-        self.resource_logs.retain_mut(|rl| {
-            if let Err(v) = check_resource(&rl.resource, limits) {
-                rej.add(v, rl.scope_logs.iter().map(|s| s.log_records.len() as u64).sum());
-                return false;
-            }
-            rl.scope_logs.retain_mut(|sl| {
-                if let Err(v) = check_scope(&sl.scope, limits) {
-                    rej.add(v, sl.log_records.len() as u64);
-                    return false;
-                }
-                sl.log_records.retain(|rec| {
-                    let checked = check_id(&rec.trace_id, 16, false, "log record", "trace_id")
-                        .and_then(|()| check_id(&rec.span_id, 8, false, "log record", "span_id"))
-                        .and_then(|()| check_attributes(&rec.attributes, limits, "log record"))
-                        .and_then(|()| {
-                            rec.body
-                                .as_ref()
-                                .map_or(Ok(()), |b| check_value(b, limits, "log record", "body", 0))
-                        });
-                    match checked {
-                        Ok(()) => true,
-                        Err(v) => {
-                            rej.add(v, 1);
-                            false
-                        }
-                    }
-                });
-                !sl.log_records.is_empty()
-            });
-            !rl.scope_logs.is_empty()
-        });
+        retain_valid(
+            &mut self.resource_logs,
+            rej,
+            |r| &mut r.scope_logs,
+            |s| &mut s.log_records,
+            |r| check_resource(&r.resource, limits),
+            |s| check_scope(&s.scope, limits),
+            |rec| {
+                check_id(&rec.trace_id, 16, false, "log record", "trace_id")?;
+                check_id(&rec.span_id, 8, false, "log record", "span_id")?;
+                check_attributes(&rec.attributes, limits, "log record")?;
+                rec.body.as_ref().map_or(Ok(()), |b| check_value(b, limits, "log record", "body", 0))
+            },
+        );
     }
 
     fn split(self, partitions: u32) -> Vec<(u32, Self, u64)> {
