@@ -71,14 +71,18 @@ fn main() -> ExitCode {
             if let Some(dir) = data_dir {
                 sets.insert(0, format!("data_dir={}", dir.display()));
             }
-            let config = match config::load(config.as_deref(), std::env::vars(), &sets) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("pharos: invalid configuration:\n{e}");
-                    return ExitCode::from(2);
-                }
-            };
+            let config::Loaded { config, warnings } =
+                match config::load(config.as_deref(), std::env::vars(), &sets) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("pharos: invalid configuration:\n{e}");
+                        return ExitCode::from(2);
+                    }
+                };
             telemetry::init_logging(&config.log);
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

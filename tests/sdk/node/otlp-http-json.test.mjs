@@ -260,7 +260,10 @@ test('NodeSDK exports spans, log records and metric points over OTLP/HTTP JSON',
     resource: resourceFromAttributes({ 'service.name': 'pharos-sdk-test-node' }),
     sampler: new AlwaysOnSampler(),
     spanProcessors: [new BatchSpanProcessor(traceExporter, { maxExportBatchSize: 64, scheduledDelayMillis: 100 })],
-    logRecordProcessors: [new BatchLogRecordProcessor(logExporter, { maxExportBatchSize: 25, scheduledDelayMillis: 100 })],
+    logRecordProcessors: [
+      // sdk-logs 0.2xx takes one options object (exporter included), unlike BatchSpanProcessor.
+      new BatchLogRecordProcessor({ exporter: logExporter, maxExportBatchSize: 25, scheduledDelayMillis: 100 }),
+    ],
     metricReaders: [metricReader],
   });
   sdk.start();
@@ -356,14 +359,24 @@ for (const [signal, expected] of [['traces', SPANS], ['logs', LOGS], ['metrics',
       outcome: s.labels.outcome,
       value: s.value,
     }));
-    assert.deepEqual(requests, [{ protocol: 'http', outcome: 'ok', value: exportCalls[signal].length }]);
+    assert.deepEqual(requests, [{ protocol: 'http/json', outcome: 'ok', value: exportCalls[signal].length }]);
   });
 }
 
 test('pharos exits 0 on SIGTERM', async () => {
   assert.equal(server.exit, null, `pharos exited early:\n${logTail(server)}`);
   server.proc.kill('SIGTERM');
-  const exit = await Promise.race([server.exited, sleep(30_000).then(() => 'timeout')]);
+  const exit = await Promise.race([server.exited, sleep(30_000, 'timeout', { ref: false })]);
   assert.notEqual(exit, 'timeout', `pharos did not stop within 30 s of SIGTERM:\n${logTail(server)}`);
   assert.deepEqual(exit, { code: 0, signal: null }, logTail(server));
+});
+
+test('pharos logged no warnings or errors', () => {
+  // A healthy run with a well-formed client has none (e.g. the processors warn when an envelope's
+  // decoded item count differs from its header).
+  const problems = server.log
+    .replace(/\x1b\[[0-9;]*m/g, '')
+    .split('\n')
+    .filter((line) => /^\S+\s+(WARN|ERROR)\s/.test(line));
+  assert.deepEqual(problems, []);
 });

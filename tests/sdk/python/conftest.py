@@ -17,8 +17,9 @@ for _name in list(os.environ):
 
 @pytest.fixture
 def pharos_factory(tmp_path):
-    """Makes PharosServer objects (not started) that share this test's temp dir; every one still
-    running at teardown is stopped with SIGTERM and must exit 0."""
+    """Makes PharosServer objects (not started) that share this test's temp dir. At teardown every
+    one still running is stopped with SIGTERM and must exit 0, and none may have logged a WARN or
+    ERROR line."""
     servers: list[PharosServer] = []
 
     def make(data_dir=None) -> PharosServer:
@@ -33,15 +34,19 @@ def pharos_factory(tmp_path):
 
     failures = []
     for server in servers:
-        if server.proc is None or server.proc.returncode is not None:
+        if server.proc is None:
             continue
-        try:
-            code = server.stop()
-        except AssertionError as e:
-            failures.append(str(e))
-            continue
-        if code != 0:
-            failures.append(f"pharos exited with {code} after SIGTERM:\n{server.log_tail()}")
+        if server.proc.returncode is None:
+            try:
+                code = server.stop()
+            except AssertionError as e:
+                failures.append(str(e))
+                continue
+            if code != 0:
+                failures.append(f"pharos exited with {code} after SIGTERM:\n{server.log_tail()}")
+        problems = server.problems()
+        if problems:
+            failures.append("pharos logged warnings or errors:\n" + "\n".join(problems))
     assert not failures, "\n\n".join(failures)
 
 

@@ -166,6 +166,15 @@ class PharosServer:
         except FileNotFoundError:
             return ""
 
+    def problems(self) -> list[str]:
+        """The WARN and ERROR lines pharos logged (a healthy run with well-formed clients has none:
+        e.g. the processors warn when an envelope's decoded item count differs from its header)."""
+        return [
+            line
+            for line in _ANSI.sub("", self._log_text()).splitlines()
+            if re.match(r"^\S+\s+(WARN|ERROR)\s", line)
+        ]
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self._log_text().splitlines()[-lines:])
 

@@ -3,11 +3,13 @@
 acknowledged, and later counted in its processing stage, exactly that many: no loss, no double
 counting, and none landing on another tenant.
 
-Three witnesses are compared:
+Witnesses compared:
   * the number the test decided to send (the constants below);
   * what the SDK really handed to its exporter, and that every export reported SUCCESS (a wrapper
     around the real exporter's `export`), so that a mistake in the SDK set-up is told apart from a
     pharos bug;
+  * for the HTTP exporters, every request on the wire (a requests.Session hook): one per export
+    call, protobuf, gzip when asked, with the tenant header, answered 200;
   * pharos' own counters: pharos_ingest_items_{received,accepted}_total and
     pharos_pipeline_items_total for the test's tenant, and pharos_ingest_requests_total (one
     request per SDK export call, all answered "ok", on the expected protocol).
@@ -18,7 +20,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import requests
+from grpc import Compression as GrpcCompression
 from opentelemetry._logs import SeverityNumber
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -64,6 +69,8 @@ COLLECTIONS = 2
 POINTS = POINTS_PER_COLLECTION * COLLECTIONS  # 16
 
 PROTOCOLS = ["grpc", "http-protobuf"]
+# Spans are also sent gzip-compressed, the exporters' other common setting.
+SPAN_PROTOCOLS = PROTOCOLS + ["grpc-gzip", "http-protobuf-gzip"]
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -107,19 +114,71 @@ def count_metric_points(metrics_data) -> int:
     )
 
 
-def span_exporter(protocol: str, server: PharosServer, tenant: str):
-    if protocol == "grpc":
-        # gRPC metadata keys must be lower case (grpcio refuses others); pharos reads x-scope-orgid.
-        return GrpcSpanExporter(endpoint=server.grpc, insecure=True, headers={"x-scope-orgid": tenant}, timeout=10)
-    return HttpSpanExporter(
-        endpoint=f"http://{server.http}/v1/traces", headers={"X-Scope-OrgID": tenant}, timeout=10
+class Wire:
+    """What really went over the wire for the HTTP exporters: every request's path, Content-Type,
+    Content-Encoding and tenant header, seen through a requests.Session response hook."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.session = requests.Session()
+        self.session.hooks["response"].append(self._seen)
+
+    def _seen(self, response, *args, **kwargs):
+        req = response.request
+        self.requests.append(
+            {
+                "path": requests.utils.urlparse(req.url).path,
+                "status": response.status_code,
+                "content_type": req.headers.get("Content-Type"),
+                "content_encoding": req.headers.get("Content-Encoding"),
+                "tenant": req.headers.get("X-Scope-OrgID"),
+            }
+        )
+
+    def assert_protobuf(self, path: str, tenant: str, gzip: bool, calls: int) -> None:
+        assert len(self.requests) == calls, f"{len(self.requests)} HTTP requests for {calls} export calls"
+        for r in self.requests:
+            assert r == {
+                "path": path,
+                "status": 200,
+                "content_type": "application/x-protobuf",
+                "content_encoding": "gzip" if gzip else None,
+                "tenant": tenant,
+            }, r
+
+
+def grpc_kwargs(server: PharosServer, tenant: str, gzip: bool = False) -> dict:
+    # gRPC metadata keys must be lower case (grpcio refuses others); pharos reads x-scope-orgid.
+    return dict(
+        endpoint=server.grpc,
+        insecure=True,
+        headers={"x-scope-orgid": tenant},
+        timeout=10,
+        compression=GrpcCompression.Gzip if gzip else None,  # None: the exporter's default, none
     )
 
 
-def log_exporter(protocol: str, server: PharosServer, tenant: str):
+def http_kwargs(server: PharosServer, path: str, tenant: str, wire: Wire, gzip: bool = False) -> dict:
+    return dict(
+        endpoint=f"http://{server.http}{path}",
+        headers={"X-Scope-OrgID": tenant},
+        timeout=10,
+        compression=HttpCompression.Gzip if gzip else None,
+        session=wire.session,
+    )
+
+
+def span_exporter(protocol: str, server: PharosServer, tenant: str, wire: Wire):
+    gzip = protocol.endswith("-gzip")
+    if protocol.startswith("grpc"):
+        return GrpcSpanExporter(**grpc_kwargs(server, tenant, gzip))
+    return HttpSpanExporter(**http_kwargs(server, "/v1/traces", tenant, wire, gzip))
+
+
+def log_exporter(protocol: str, server: PharosServer, tenant: str, wire: Wire):
     if protocol == "grpc":
-        return GrpcLogExporter(endpoint=server.grpc, insecure=True, headers={"x-scope-orgid": tenant}, timeout=10)
-    return HttpLogExporter(endpoint=f"http://{server.http}/v1/logs", headers={"X-Scope-OrgID": tenant}, timeout=10)
+        return GrpcLogExporter(**grpc_kwargs(server, tenant))
+    return HttpLogExporter(**http_kwargs(server, "/v1/logs", tenant, wire))
 
 
 CUMULATIVE = {
@@ -130,25 +189,14 @@ CUMULATIVE = {
 }
 
 
-def metric_exporter(protocol: str, server: PharosServer, tenant: str):
+def metric_exporter(protocol: str, server: PharosServer, tenant: str, wire: Wire):
     if protocol == "grpc":
-        return GrpcMetricExporter(
-            endpoint=server.grpc,
-            insecure=True,
-            headers={"x-scope-orgid": tenant},
-            timeout=10,
-            preferred_temporality=CUMULATIVE,
-        )
-    return HttpMetricExporter(
-        endpoint=f"http://{server.http}/v1/metrics",
-        headers={"X-Scope-OrgID": tenant},
-        timeout=10,
-        preferred_temporality=CUMULATIVE,
-    )
+        return GrpcMetricExporter(**grpc_kwargs(server, tenant), preferred_temporality=CUMULATIVE)
+    return HttpMetricExporter(**http_kwargs(server, "/v1/metrics", tenant, wire), preferred_temporality=CUMULATIVE)
 
 
 def pharos_protocol(protocol: str) -> str:
-    return "grpc" if protocol == "grpc" else "http"
+    return "grpc" if protocol.startswith("grpc") else "http/protobuf"
 
 
 def assert_pharos_counted(
@@ -201,21 +249,25 @@ def send_spans(exporter, service_name: str, traces: int = TRACES) -> ExportRecor
     return recorder
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", SPAN_PROTOCOLS)
 def test_spans(pharos: PharosServer, protocol: str):
     tenant = f"py-{protocol}-traces"
-    recorder = send_spans(span_exporter(protocol, pharos, tenant), f"sdk-test-{protocol}")
+    wire = Wire()
+    recorder = send_spans(span_exporter(protocol, pharos, tenant, wire), f"sdk-test-{protocol}")
     recorder.assert_all_succeeded(SPANS)
     assert len(recorder.calls) >= SPANS // 64, recorder.calls  # really several requests
+    if pharos_protocol(protocol) == "http":
+        wire.assert_protobuf("/v1/traces", tenant, protocol.endswith("-gzip"), len(recorder.calls))
     assert_pharos_counted(pharos, "traces", tenant, SPANS, protocol, len(recorder.calls))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_log_records(pharos: PharosServer, protocol: str):
     tenant = f"py-{protocol}-logs"
+    wire = Wire()
     recorders = []
     for stream in range(LOG_STREAMS):
-        exporter = log_exporter(protocol, pharos, tenant)
+        exporter = log_exporter(protocol, pharos, tenant, wire)
         recorders.append(ExportRecorder(exporter, len))
         provider = LoggerProvider(
             resource=Resource.create({"service.name": f"sdk-test-{protocol}-stream-{stream}"})
@@ -236,20 +288,23 @@ def test_log_records(pharos: PharosServer, protocol: str):
     for r in recorders:
         r.assert_all_succeeded(LOGS_PER_STREAM)
     calls = sum(len(r.calls) for r in recorders)
+    if protocol == "http-protobuf":
+        wire.assert_protobuf("/v1/logs", tenant, False, calls)
     assert_pharos_counted(pharos, "logs", tenant, LOGS, protocol, calls)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_metric_data_points(pharos: PharosServer, protocol: str):
     tenant = f"py-{protocol}-metrics"
-    exporter = metric_exporter(protocol, pharos, tenant)
+    wire = Wire()
+    exporter = metric_exporter(protocol, pharos, tenant, wire)
     recorder = ExportRecorder(exporter, count_metric_points)
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
     provider = MeterProvider(
         resource=Resource.create({"service.name": f"sdk-test-{protocol}"}), metric_readers=[reader]
     )
     meter = provider.get_meter("pharos.sdk-tests.python")
-    requests = meter.create_counter("sdk_test.requests", unit="1")
+    request_count = meter.create_counter("sdk_test.requests", unit="1")
     latency = meter.create_histogram("sdk_test.latency", unit="ms")
     inflight = meter.create_up_down_counter("sdk_test.inflight")
     meter.create_observable_gauge(
@@ -259,7 +314,7 @@ def test_metric_data_points(pharos: PharosServer, protocol: str):
 
     def record(round_: int) -> None:
         for route in ("/a", "/b", "/c"):
-            requests.add(1 + round_, {"route": route})
+            request_count.add(1 + round_, {"route": route})
         for method in ("GET", "POST"):
             latency.record(12.5 * (round_ + 1), {"method": method})
         inflight.add(2 - round_, {"pool": "main"})
@@ -273,6 +328,8 @@ def test_metric_data_points(pharos: PharosServer, protocol: str):
     # Exactly the two force_flush collections were exported, nothing at shutdown.
     assert [n for n, _ in recorder.calls] == [POINTS_PER_COLLECTION] * COLLECTIONS, recorder.calls
     recorder.assert_all_succeeded(POINTS)
+    if protocol == "http-protobuf":
+        wire.assert_protobuf("/v1/metrics", tenant, False, len(recorder.calls))
     assert_pharos_counted(pharos, "metrics", tenant, POINTS, protocol, len(recorder.calls))
 
 
@@ -284,7 +341,7 @@ def test_pipeline_counts_survive_restart_exactly_once(pharos_factory, tmp_path):
     data_dir = tmp_path / "data"
 
     first = pharos_factory(data_dir).start()
-    recorder = send_spans(span_exporter("http-protobuf", first, tenant), "sdk-test-restart")
+    recorder = send_spans(span_exporter("http-protobuf", first, tenant, Wire()), "sdk-test-restart")
     recorder.assert_all_succeeded(SPANS)
     assert_pharos_counted(first, "traces", tenant, SPANS, "http-protobuf", len(recorder.calls))
     code = first.stop()
@@ -295,7 +352,7 @@ def test_pipeline_counts_survive_restart_exactly_once(pharos_factory, tmp_path):
     assert m.get("pharos_pipeline_items_total", signal="traces", tenant=tenant) == SPANS, second.log_tail()
     assert m.get("pharos_ingest_items_accepted_total", signal="traces", tenant=tenant) == 0
 
-    more = send_spans(span_exporter("grpc", second, tenant), "sdk-test-restart", traces=1)
+    more = send_spans(span_exporter("grpc", second, tenant, Wire()), "sdk-test-restart", traces=1)
     more.assert_all_succeeded(SPANS_PER_TRACE)
     m = second.wait_processed("traces", tenant, SPANS + SPANS_PER_TRACE)
     assert m.get("pharos_ingest_items_accepted_total", signal="traces", tenant=tenant) == SPANS_PER_TRACE

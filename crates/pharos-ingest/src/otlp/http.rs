@@ -112,6 +112,12 @@ fn format_of(headers: &HeaderMap) -> Result<Format, IngestError> {
 async fn handle<R: OtlpRequest>(State(state): State<Arc<HttpState>>, request: Request) -> Response {
     let started = Instant::now();
     let format = format_of(request.headers());
+    // The protocol names of the OTLP exporters: http/protobuf, http/json.
+    let protocol = match &format {
+        Ok(Format::Protobuf) => "http/protobuf",
+        Ok(Format::Json) => "http/json",
+        Err(_) => "http",
+    };
     let reply_format = *format.as_ref().unwrap_or(&Format::Json);
     let result = match format {
         Ok(format) => receive::<R>(&state, format, request).await,
@@ -122,7 +128,7 @@ async fn handle<R: OtlpRequest>(State(state): State<Arc<HttpState>>, request: Re
         Ok(_) => "ok",
         Err(e) => e.reason(),
     };
-    state.ingestor.metrics().request(R::SIGNAL, "http", outcome, started.elapsed().as_secs_f64());
+    state.ingestor.metrics().request(R::SIGNAL, protocol, outcome, started.elapsed().as_secs_f64());
     match result {
         Ok(o) => success(reply_format, &o),
         Err(e) => {

@@ -383,13 +383,24 @@ pub enum ConfigError {
     Invalid(Vec<ConfigIssue>),
 }
 
+/// A configuration and what was odd about how it was given (e.g. `PHAROS_*` variables that name
+/// no key), to be logged once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
 /// Loads a configuration: defaults, then the file, then `PHAROS_*` variables from `env`, then
-/// `--set` overrides. Returns every issue found, each with its key path.
+/// `--set` overrides. Returns every issue found, each with its key path. A `PHAROS_*` variable that
+/// names no key is a warning (other tools may share the prefix); a `--set` that names none is an
+/// error.
 pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     sets: &[String],
-) -> Result<Config, ConfigError> {
+) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
     let file_value = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -407,10 +418,9 @@ pub fn load(
         }
         match known.get(&name) {
             Some(path) => set_path(&mut overrides, path, scalar(&value)),
-            None => issues.push(ConfigIssue {
-                path: name.clone(),
-                reason: "environment variable names no configuration key".into(),
-            }),
+            None => {
+                warnings.push(format!("environment variable {name} names no configuration key, ignoring it"))
+            }
         }
     }
     for set in sets {
@@ -442,7 +452,7 @@ pub fn load(
         ConfigError::Invalid(if issues.is_empty() { vec![first] } else { issues })
     })?;
     let issues = validate(&config);
-    if issues.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(issues)) }
+    if issues.is_empty() { Ok(Loaded { config, warnings }) } else { Err(ConfigError::Invalid(issues)) }
 }
 
 fn parse_yaml(text: &str) -> Result<Value, ConfigError> {

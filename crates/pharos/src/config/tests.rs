@@ -1,6 +1,6 @@
 use super::*;
 
-fn issues_of(result: Result<Config, ConfigError>) -> Vec<ConfigIssue> {
+fn issues_of(result: Result<Loaded, ConfigError>) -> Vec<ConfigIssue> {
     match result {
         Err(ConfigError::Invalid(issues)) => issues,
         other => panic!("expected issues, got {other:?}"),
@@ -39,7 +39,7 @@ fn load_applies_file_then_env_then_flags() {
         ("PHAROS_OTLP_HTTP_MAX_BODY_SIZE".to_string(), "1MiB".to_string()),
         ("HOME".to_string(), "/root".to_string()),
     ];
-    let config = load(Some(&file), env, &["queue.partitions=7".to_string()]).unwrap();
+    let config = load(Some(&file), env, &["queue.partitions=7".to_string()]).unwrap().config;
     assert_eq!(config.data_dir, PathBuf::from("/tmp/a"));
     assert_eq!(config.wal().partitions, 7, "flag beats env beats file");
     assert_eq!(config.wal().fsync, FsyncMode::Interval);
@@ -68,15 +68,14 @@ fn load_names_every_bad_key_by_path() {
 }
 
 #[test]
-fn load_refuses_unknown_env_and_flag_keys() {
-    let issues = issues_of(load(
-        None,
-        vec![("PHAROS_QUEUE_FSYNK".to_string(), "always".to_string())],
-        &["otlp.nope=1".to_string()],
-    ));
-    assert_eq!(issues.len(), 2, "{issues:?}");
-    assert_eq!(issues[0].path, "PHAROS_QUEUE_FSYNK");
-    assert_eq!(issues[1].path, "otlp.nope");
+fn load_warns_of_unknown_env_keys_and_refuses_unknown_flag_keys() {
+    let env = || vec![("PHAROS_QUEUE_FSYNK".to_string(), "always".to_string())];
+    let loaded = load(None, env(), &[]).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].contains("PHAROS_QUEUE_FSYNK"), "{:?}", loaded.warnings);
+    let issues = issues_of(load(None, env(), &["otlp.nope=1".to_string()]));
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(issues[0].path, "otlp.nope");
 }
 
 #[test]
