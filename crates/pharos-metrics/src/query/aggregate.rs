@@ -1,0 +1,323 @@
+//! Aggregation operators: sum, avg, count, min, max, stddev, stdvar, group, quantile,
+//! count_values, topk, bottomk, limitk, limit_ratio.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use promql_parser::parser::token::{
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMIT_RATIO, T_LIMITK, T_MAX, T_MIN, T_QUANTILE,
+    T_STDDEV, T_STDVAR, T_SUM, T_TOPK,
+};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
+
+use crate::model::{Labels, METRIC_NAME};
+
+use super::error::QueryError;
+use super::eval::{Evaluator, unparen};
+use super::kahan::kahan_inc;
+use super::quantile::quantile;
+use super::value::{InstantSample, Value};
+
+/// How series are grouped.
+enum Grouping<'a> {
+    By(&'a [String]),
+    Without(&'a [String]),
+}
+
+impl Grouping<'_> {
+    fn key(&self, l: &Labels) -> Vec<(String, String)> {
+        match self {
+            Self::By(names) => {
+                let mut names: Vec<&String> = names.iter().collect();
+                names.sort();
+                names.dedup();
+                names.into_iter().map(|n| (n.clone(), l.get(n).to_owned())).collect()
+            }
+            Self::Without(names) => l
+                .iter()
+                .filter(|x| x.name != METRIC_NAME && !names.contains(&x.name))
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
+        }
+    }
+
+    fn labels(&self, l: &Labels) -> Labels {
+        let mut out = l.clone();
+        match self {
+            Self::By(names) => out.keep(names),
+            Self::Without(names) => {
+                out.remove_all(names);
+                out.remove(METRIC_NAME);
+            }
+        }
+        out
+    }
+}
+
+struct Group {
+    labels: Labels,
+    members: Vec<usize>,
+}
+
+fn group_samples(input: &[InstantSample], grouping: &Grouping<'_>) -> Vec<Group> {
+    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, s) in input.iter().enumerate() {
+        let key = grouping.key(&s.labels);
+        let gi = *index.entry(key).or_insert_with(|| {
+            groups.push(Group { labels: grouping.labels(&s.labels), members: Vec::new() });
+            groups.len() - 1
+        });
+        groups[gi].members.push(i);
+    }
+    groups
+}
+
+pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
+    let empty: Vec<String> = Vec::new();
+    let grouping = match &agg.modifier {
+        Some(LabelModifier::Include(l)) => Grouping::By(&l.labels),
+        Some(LabelModifier::Exclude(l)) => Grouping::Without(&l.labels),
+        None => Grouping::By(&empty),
+    };
+    let op = agg.op.id();
+    if op == T_COUNT_VALUES {
+        let label = match agg.param.as_deref().map(unparen) {
+            Some(Expr::StringLiteral(s)) => s.val.clone(),
+            _ => {
+                return Err(QueryError::Unsupported {
+                    what: "count_values without a string parameter".into(),
+                });
+            }
+        };
+        if label.is_empty() || std::str::from_utf8(label.as_bytes()).is_err() {
+            return Err(QueryError::InvalidLabelName { name: label });
+        }
+        let input = ev.eval_vector(&agg.expr, t)?;
+        return Ok(Value::Vector(count_values(&input, &grouping, &label)));
+    }
+    let param = match &agg.param {
+        Some(p) if op != T_COUNT_VALUES => Some(ev.eval_scalar(p, t)?),
+        _ => None,
+    };
+    let input = ev.eval_vector(&agg.expr, t)?;
+    if op == T_TOPK || op == T_BOTTOMK || op == T_LIMITK || op == T_LIMIT_RATIO {
+        return select_k(op, param.unwrap_or(f64::NAN), input, &grouping).map(Value::Vector);
+    }
+    let groups = group_samples(&input, &grouping);
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let vals: Vec<f64> = g.members.iter().map(|&i| input[i].v).collect();
+        let drop_name = g.members.iter().any(|&i| input[i].drop_name);
+        let v = match op {
+            T_SUM => {
+                let (mut s, mut c) = (0.0, 0.0);
+                for v in &vals {
+                    (s, c) = kahan_inc(*v, s, c);
+                }
+                if s.is_infinite() { s } else { s + c }
+            }
+            T_AVG => average(&vals),
+            T_COUNT => vals.len() as f64,
+            T_GROUP => 1.0,
+            T_MIN => vals[1..].iter().fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
+            T_MAX => vals[1..].iter().fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
+            T_STDDEV => std_variance(&vals).sqrt(),
+            T_STDVAR => std_variance(&vals),
+            T_QUANTILE => {
+                let mut v = vals;
+                quantile(param.unwrap_or(f64::NAN), &mut v)
+            }
+            _ => {
+                return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
+            }
+        };
+        out.push(InstantSample { labels: g.labels, v, drop_name });
+    }
+    Ok(Value::Vector(out))
+}
+
+fn average(vals: &[f64]) -> f64 {
+    let mut sum = vals[0];
+    let (mut c, mut mean) = (0.0, 0.0);
+    let mut incremental = false;
+    let mut count = 1.0;
+    for (i, &v) in vals.iter().enumerate().skip(1) {
+        count = (i + 1) as f64;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    if incremental { mean + c } else { sum / count + c / count }
+}
+
+/// Population variance with Welford's method; NaN if the first value is NaN or infinite.
+fn std_variance(vals: &[f64]) -> f64 {
+    let first = vals[0];
+    let mut value = if first.is_nan() || first.is_infinite() { f64::NAN } else { 0.0 };
+    let mut mean = first;
+    let mut count = 1.0;
+    for &v in &vals[1..] {
+        count += 1.0;
+        let delta = v - mean;
+        mean += delta / count;
+        value += delta * (v - mean);
+    }
+    value / count
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
+fn format_go_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn count_values(input: &[InstantSample], grouping: &Grouping<'_>, label: &str) -> Vec<InstantSample> {
+    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut out: Vec<InstantSample> = Vec::new();
+    let grouping = match grouping {
+        Grouping::By(names) => {
+            let mut names = names.to_vec();
+            names.push(label.to_owned());
+            GroupingOwned::By(names)
+        }
+        Grouping::Without(names) => GroupingOwned::Without(names.to_vec()),
+    };
+    for s in input {
+        let mut labels = s.labels.clone();
+        labels.set(label, &format_go_float(s.v));
+        let g = grouping.as_ref();
+        let key = g.key(&labels);
+        match index.get(&key) {
+            Some(&i) => out[i].v += 1.0,
+            None => {
+                index.insert(key, out.len());
+                out.push(InstantSample { labels: g.labels(&labels), v: 1.0, drop_name: false });
+            }
+        }
+    }
+    out
+}
+
+enum GroupingOwned {
+    By(Vec<String>),
+    Without(Vec<String>),
+}
+
+impl GroupingOwned {
+    fn as_ref(&self) -> Grouping<'_> {
+        match self {
+            Self::By(n) => Grouping::By(n),
+            Self::Without(n) => Grouping::Without(n),
+        }
+    }
+}
+
+/// Orders larger values first, NaN last (topk); `reverse` for bottomk.
+fn cmp_for_k(a: f64, b: f64, bottom: bool) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ if bottom => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+        _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
+    }
+}
+
+fn select_k(
+    op: u16,
+    param: f64,
+    input: Vec<InstantSample>,
+    grouping: &Grouping<'_>,
+) -> Result<Vec<InstantSample>, QueryError> {
+    if op == T_LIMIT_RATIO {
+        if param.is_nan() {
+            return Err(QueryError::NanRatio);
+        }
+        if param == 0.0 {
+            return Ok(Vec::new());
+        }
+        let r = param.clamp(-1.0, 1.0);
+        return Ok(input
+            .into_iter()
+            .filter(|s| {
+                let offset = ratio_offset(&s.labels);
+                (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r)
+            })
+            .collect());
+    }
+    if param.is_nan() {
+        return Err(QueryError::NanParameter);
+    }
+    if param <= i64::MIN as f64 {
+        return Err(QueryError::ParameterOutOfRange { value: param, direction: "underflows" });
+    }
+    if param >= i64::MAX as f64 {
+        return Err(QueryError::ParameterOutOfRange { value: param, direction: "overflows" });
+    }
+    let k = (param as i64).min(input.len() as i64);
+    if k < 1 {
+        return Ok(Vec::new());
+    }
+    let k = k as usize;
+    let groups = group_samples(&input, grouping);
+    let mut keep: Vec<usize> = Vec::new();
+    for g in groups {
+        let mut members = g.members;
+        if op != T_LIMITK {
+            let bottom = op == T_BOTTOMK;
+            members.sort_by(|&a, &b| cmp_for_k(input[a].v, input[b].v, bottom));
+        }
+        members.truncate(k);
+        keep.extend(members);
+    }
+    let mut slots: Vec<Option<InstantSample>> = input.into_iter().map(Some).collect();
+    Ok(keep.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect())
+}
+
+/// A stable pseudo-random position in `[0, 1)` for a label set (FNV-1a 64 of the labels).
+fn ratio_offset(labels: &Labels) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in labels.iter() {
+        for b in l.name.bytes().chain([0xff]).chain(l.value.bytes()).chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn average_of_huge_values_switches_to_incremental_mean() {
+        let v = [f64::MAX, f64::MAX, -f64::MAX];
+        let avg = average(&v);
+        assert!((avg - f64::MAX / 3.0).abs() / (f64::MAX / 3.0) < 1e-12, "{avg}");
+    }
+
+    #[test]
+    fn std_variance_of_constant_values_is_zero() {
+        assert_eq!(std_variance(&[5.0, 5.0, 5.0]), 0.0);
+        assert!(std_variance(&[f64::INFINITY, 1.0]).is_nan());
+    }
+}

@@ -1,0 +1,287 @@
+//! The query engine's public face: options, instant and range queries, cancellation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use promql_parser::parser::Expr;
+use promql_parser::parser::value::ValueType;
+
+use crate::model::{Labels, METRIC_NAME, Sample, Series};
+
+use super::error::QueryError;
+use super::eval::Evaluator;
+use super::source::SeriesSource;
+use super::value::{QueryValue, RangeSeries, Value, VectorSample};
+
+/// Engine settings; the defaults are Prometheus's.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How far back an instant selector looks for a sample (Prometheus: 5m).
+    pub lookback_delta: Duration,
+    /// Most samples a query may hold in memory at once.
+    pub max_samples: usize,
+    /// Longest a query may run; `None` for no limit.
+    pub timeout: Option<Duration>,
+    /// Step of subqueries written without one (`x[5m:]`); Prometheus uses the global
+    /// evaluation interval (default 1m).
+    pub default_subquery_step: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            lookback_delta: Duration::from_secs(300),
+            max_samples: 50_000_000,
+            timeout: Some(Duration::from_secs(120)),
+            default_subquery_step: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Lets a caller stop a running query; cheap to clone, all clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that has not been cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks every query holding this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The limits one query runs under.
+#[derive(Debug, Clone)]
+pub(crate) struct QueryLimits {
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) cancel: CancelToken,
+    pub(crate) max_samples: usize,
+}
+
+impl QueryLimits {
+    pub(crate) fn check(&self) -> Result<(), QueryError> {
+        if self.cancel.is_cancelled() {
+            return Err(QueryError::Canceled);
+        }
+        if let Some(d) = self.deadline
+            && Instant::now() >= d
+        {
+            return Err(QueryError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+/// A PromQL engine evaluating queries against a [`SeriesSource`].
+#[derive(Debug, Clone, Default)]
+pub struct Engine {
+    opts: EngineOptions,
+}
+
+/// Parses a PromQL expression.
+pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    promql_parser::parser::parse(query).map_err(|message| QueryError::Parse { message })
+}
+
+impl Engine {
+    /// An engine with the given options.
+    pub fn new(opts: EngineOptions) -> Self {
+        Self { opts }
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    fn limits(&self, cancel: &CancelToken) -> QueryLimits {
+        QueryLimits {
+            deadline: self.opts.timeout.map(|t| Instant::now() + t),
+            cancel: cancel.clone(),
+            max_samples: self.opts.max_samples,
+        }
+    }
+
+    /// Evaluates `expr` at time `t` (ms).
+    pub fn instant(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        t: i64,
+        cancel: &CancelToken,
+    ) -> Result<QueryValue, QueryError> {
+        let limits = self.limits(cancel);
+        let ev = Evaluator::new(source, &self.opts, limits, expr, t, t, 0)?;
+        match ev.eval_top(expr, t)? {
+            Value::Scalar(v) => Ok(QueryValue::Scalar { t, v }),
+            Value::Str(value) => Ok(QueryValue::String { t, value }),
+            Value::Vector(vec) => {
+                let mut out = Vec::with_capacity(vec.len());
+                for s in vec {
+                    let labels = if s.drop_name { s.labels.without_name() } else { s.labels };
+                    out.push(VectorSample { labels, t, v: s.v });
+                }
+                let mut seen: Vec<&Labels> = out.iter().map(|s| &s.labels).collect();
+                seen.sort();
+                if seen.windows(2).any(|w| w[0] == w[1]) {
+                    return Err(QueryError::DuplicateLabelset);
+                }
+                Ok(QueryValue::Vector(out))
+            }
+            Value::Matrix(series, _) => Ok(QueryValue::Matrix(finish_matrix(series)?)),
+        }
+    }
+
+    /// Evaluates `expr` at every `step` from `start` to `end` (ms, inclusive).
+    pub fn range(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+        cancel: &CancelToken,
+    ) -> Result<QueryValue, QueryError> {
+        match expr.value_type() {
+            ValueType::Matrix => {
+                return Err(QueryError::InvalidRangeQueryType { found: "range vector" });
+            }
+            ValueType::String => return Err(QueryError::InvalidRangeQueryType { found: "string" }),
+            _ => {}
+        }
+        if step <= 0 {
+            return Err(QueryError::InvalidRange {
+                reason: "zero or negative query resolution step widths are not accepted",
+            });
+        }
+        if end < start {
+            return Err(QueryError::InvalidRange { reason: "end timestamp must not be before start time" });
+        }
+        let limits = self.limits(cancel);
+        let max_samples = limits.max_samples;
+        let ev = Evaluator::new(source, &self.opts, limits, expr, start, end, step)?;
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut series: Vec<RangeSeries> = Vec::new();
+        let mut total_points = 0usize;
+        let mut t = start;
+        while t <= end {
+            ev.set_retained(total_points);
+            let samples = match ev.eval_top(expr, t)? {
+                Value::Scalar(v) => {
+                    vec![super::value::InstantSample { labels: Labels::empty(), v, drop_name: false }]
+                }
+                Value::Vector(v) => v,
+                Value::Str(_) => return Err(QueryError::InvalidRangeQueryType { found: "string" }),
+                Value::Matrix(..) => {
+                    return Err(QueryError::InvalidRangeQueryType { found: "range vector" });
+                }
+            };
+            for s in samples {
+                let i = match index.get(&s.labels) {
+                    Some(&i) => {
+                        if series[i].points.last().is_some_and(|p| p.t == t) {
+                            return Err(QueryError::DuplicateLabelset);
+                        }
+                        i
+                    }
+                    None => {
+                        index.insert(s.labels.clone(), series.len());
+                        series.push(RangeSeries {
+                            labels: s.labels,
+                            points: Vec::new(),
+                            drop_name: s.drop_name,
+                        });
+                        series.len() - 1
+                    }
+                };
+                series[i].points.push(Sample { t, v: s.v });
+                total_points += 1;
+                if total_points > max_samples {
+                    return Err(QueryError::TooManySamples { limit: max_samples });
+                }
+            }
+            t = match t.checked_add(step) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        Ok(QueryValue::Matrix(finish_matrix(series)?))
+    }
+}
+
+/// Removes `__name__` where the evaluation asked for it, merges series that became
+/// identical (an error if they overlap in time), and sorts by labels.
+fn finish_matrix(series: Vec<RangeSeries>) -> Result<Vec<Series>, QueryError> {
+    let mut merged: Vec<Series> = Vec::with_capacity(series.len());
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    for s in series {
+        let mut labels = s.labels;
+        if s.drop_name {
+            labels.remove(METRIC_NAME);
+        }
+        match index.get(&labels) {
+            Some(&i) => {
+                let target = &mut merged[i];
+                target.samples.extend(s.points);
+                target.samples.sort_by_key(|p| p.t);
+                if target.samples.windows(2).any(|w| w[0].t == w[1].t) {
+                    return Err(QueryError::DuplicateLabelset);
+                }
+            }
+            None => {
+                index.insert(labels.clone(), merged.len());
+                merged.push(Series { labels, samples: s.points });
+            }
+        }
+    }
+    merged.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Labels;
+    use crate::query::MemSource;
+
+    #[test]
+    fn parse_error_is_bad_data_with_the_parser_message() {
+        let err = parse("sum(rate(x[5m]").expect_err("unbalanced");
+        assert_eq!(err.error_type().as_str(), "bad_data");
+        assert!(!err.to_string().is_empty());
+    }
+
+    #[test]
+    fn instant_query_over_max_samples_fails_with_execution_error() {
+        let mut src = MemSource::new();
+        for i in 0..10 {
+            src.add(Labels::from_pairs([("__name__", "m"), ("i", &*i.to_string())]), 0, 1.0);
+        }
+        let engine = Engine::new(EngineOptions { max_samples: 5, ..EngineOptions::default() });
+        let expr = parse("m").expect("valid");
+        let err = engine.instant(&src, &expr, 1000, &CancelToken::new()).expect_err("too many samples");
+        assert!(matches!(err, QueryError::TooManySamples { limit: 5 }));
+        assert_eq!(err.error_type().as_str(), "execution");
+    }
+
+    #[test]
+    fn cancelled_query_stops_with_canceled_error() {
+        let src = MemSource::new();
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let expr = parse("vector(1)").expect("valid");
+        let err = Engine::default().instant(&src, &expr, 0, &cancel).expect_err("cancelled");
+        assert!(matches!(err, QueryError::Canceled));
+    }
+}

@@ -1,0 +1,435 @@
+//! Step-wise evaluation of a parsed expression against a [`SeriesSource`].
+//!
+//! Every node is evaluated at one timestamp at a time; a range query evaluates the whole
+//! expression once per step. Series are fetched once per selector for the whole time range
+//! the query can touch, then sliced per step, so storage sees one read per selector.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::{MatchOp, Matcher as ParserMatcher};
+use promql_parser::parser::{AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
+
+use crate::model::{Labels, METRIC_NAME, Sample, Series, is_stale_nan};
+
+use super::engine::{EngineOptions, QueryLimits};
+use super::error::QueryError;
+use super::source::{Matcher, SeriesSource, compile_anchored};
+use super::value::{InstantSample, RangeSeries, RangeWindow, Value};
+use super::{aggregate, binary, functions};
+
+pub(crate) struct Evaluator<'a> {
+    source: &'a dyn SeriesSource,
+    lookback: i64,
+    subquery_step: i64,
+    pub(crate) query_start: i64,
+    pub(crate) query_end: i64,
+    pub(crate) query_step: i64,
+    mint: i64,
+    maxt: i64,
+    cache: RefCell<HashMap<usize, Rc<Vec<Series>>>>,
+    limits: QueryLimits,
+    retained: Cell<usize>,
+    step_samples: Cell<usize>,
+}
+
+pub(crate) fn duration_ms(d: &Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn offset_ms(o: Option<&Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => duration_ms(d),
+        Some(Offset::Neg(d)) => -duration_ms(d),
+    }
+}
+
+fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => duration_ms(&d),
+        Err(e) => -duration_ms(&e.duration()),
+    }
+}
+
+/// Removes any number of enclosing parentheses.
+pub(crate) fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(
+        source: &'a dyn SeriesSource,
+        opts: &EngineOptions,
+        limits: QueryLimits,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Self, QueryError> {
+        let mut ev = Self {
+            source,
+            lookback: duration_ms(&opts.lookback_delta),
+            subquery_step: duration_ms(&opts.default_subquery_step).max(1),
+            query_start: start,
+            query_end: end,
+            query_step: step,
+            mint: i64::MAX,
+            maxt: i64::MIN,
+            cache: RefCell::new(HashMap::new()),
+            limits,
+            retained: Cell::new(0),
+            step_samples: Cell::new(0),
+        };
+        let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
+        ev.walk_bounds(expr, start, end, &mut mint, &mut maxt);
+        ev.mint = mint;
+        ev.maxt = maxt;
+        Ok(ev)
+    }
+
+    fn at_time(&self, at: Option<&AtModifier>, t: i64) -> i64 {
+        match at {
+            None => t,
+            Some(AtModifier::Start) => self.query_start,
+            Some(AtModifier::End) => self.query_end,
+            Some(AtModifier::At(st)) => system_time_ms(st),
+        }
+    }
+
+    /// Widens `[mint, maxt]` to every sample time a selector under `expr` may read when
+    /// `expr` is evaluated at times in `[lo, hi]`.
+    fn walk_bounds(&self, expr: &Expr, lo: i64, hi: i64, mint: &mut i64, maxt: &mut i64) {
+        let mut widen = |a: i64, b: i64| {
+            *mint = (*mint).min(a);
+            *maxt = (*maxt).max(b);
+        };
+        match expr {
+            Expr::VectorSelector(vs) => {
+                let (a, b) = self.anchor(vs.at.as_ref(), vs.offset.as_ref(), lo, hi);
+                widen(a.saturating_sub(self.lookback), b);
+            }
+            Expr::MatrixSelector(ms) => {
+                let (a, b) = self.anchor(ms.vs.at.as_ref(), ms.vs.offset.as_ref(), lo, hi);
+                widen(a.saturating_sub(duration_ms(&ms.range)), b);
+            }
+            Expr::Subquery(sq) => {
+                let (a, b) = self.anchor(sq.at.as_ref(), sq.offset.as_ref(), lo, hi);
+                let a = a.saturating_sub(duration_ms(&sq.range));
+                self.walk_bounds(&sq.expr, a, b, mint, maxt);
+            }
+            Expr::Aggregate(ag) => {
+                self.walk_bounds(&ag.expr, lo, hi, mint, maxt);
+                if let Some(p) = &ag.param {
+                    self.walk_bounds(p, lo, hi, mint, maxt);
+                }
+            }
+            Expr::Unary(u) => self.walk_bounds(&u.expr, lo, hi, mint, maxt),
+            Expr::Paren(p) => self.walk_bounds(&p.expr, lo, hi, mint, maxt),
+            Expr::Binary(b) => {
+                self.walk_bounds(&b.lhs, lo, hi, mint, maxt);
+                self.walk_bounds(&b.rhs, lo, hi, mint, maxt);
+            }
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    self.walk_bounds(a, lo, hi, mint, maxt);
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+
+    fn anchor(&self, at: Option<&AtModifier>, off: Option<&Offset>, lo: i64, hi: i64) -> (i64, i64) {
+        let off = offset_ms(off);
+        match at {
+            None => (lo.saturating_sub(off), hi.saturating_sub(off)),
+            Some(a) => {
+                let t = self.at_time(Some(a), lo).saturating_sub(off);
+                (t, t)
+            }
+        }
+    }
+
+    /// Points the caller of a range query already holds (they count against the limit).
+    pub(crate) fn set_retained(&self, n: usize) {
+        self.retained.set(n);
+    }
+
+    /// Evaluates the top-level expression at one step.
+    pub(crate) fn eval_top(&self, expr: &Expr, t: i64) -> Result<Value, QueryError> {
+        self.step_samples.set(0);
+        self.eval(expr, t)
+    }
+
+    pub(crate) fn count_samples(&self, n: usize) -> Result<(), QueryError> {
+        let total = self.step_samples.get().saturating_add(n);
+        self.step_samples.set(total);
+        if total.saturating_add(self.retained.get()) > self.limits.max_samples {
+            return Err(QueryError::TooManySamples { limit: self.limits.max_samples });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn eval(&self, expr: &Expr, t: i64) -> Result<Value, QueryError> {
+        self.limits.check()?;
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::Str(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(mut vec) => {
+                    for s in &mut vec {
+                        s.v = -s.v;
+                        s.drop_name = true;
+                    }
+                    Ok(Value::Vector(vec))
+                }
+                _ => Err(QueryError::Unsupported { what: "unary minus on a non-numeric value".into() }),
+            },
+            Expr::VectorSelector(vs) => {
+                let points = self.select_vector(vs, t)?;
+                Ok(Value::Vector(
+                    points
+                        .into_iter()
+                        .map(|(labels, _, v)| InstantSample { labels, v, drop_name: false })
+                        .collect(),
+                ))
+            }
+            Expr::MatrixSelector(ms) => {
+                let (m, w) = self.select_matrix(ms, t)?;
+                Ok(Value::Matrix(m, w))
+            }
+            Expr::Subquery(sq) => {
+                let (m, w) = self.eval_subquery(sq, t)?;
+                Ok(Value::Matrix(m, w))
+            }
+            Expr::Call(c) => functions::eval_call(self, c, t),
+            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, t),
+            Expr::Binary(b) => binary::eval_binary(self, b, t),
+            Expr::Extension(_) => Err(QueryError::Unsupported { what: "extension expressions".into() }),
+        }
+    }
+
+    /// Evaluates an expression that must yield a scalar (function or aggregation parameter).
+    pub(crate) fn eval_scalar(&self, expr: &Expr, t: i64) -> Result<f64, QueryError> {
+        match self.eval(expr, t)? {
+            Value::Scalar(v) => Ok(v),
+            _ => Err(QueryError::Unsupported { what: format!("expected a scalar for {expr}") }),
+        }
+    }
+
+    /// Evaluates an expression that must yield an instant vector.
+    pub(crate) fn eval_vector(&self, expr: &Expr, t: i64) -> Result<Vec<InstantSample>, QueryError> {
+        match self.eval(expr, t)? {
+            Value::Vector(v) => Ok(v),
+            _ => Err(QueryError::Unsupported { what: format!("expected an instant vector for {expr}") }),
+        }
+    }
+
+    /// Evaluates a range-vector argument (a range selector or a subquery).
+    pub(crate) fn eval_range(
+        &self,
+        expr: &Expr,
+        t: i64,
+    ) -> Result<(Vec<RangeSeries>, RangeWindow), QueryError> {
+        match self.eval(unparen(expr), t)? {
+            Value::Matrix(m, w) => Ok((m, w)),
+            _ => Err(QueryError::Unsupported { what: format!("expected a range vector for {expr}") }),
+        }
+    }
+
+    fn fetch(&self, vs: &VectorSelector) -> Result<Rc<Vec<Series>>, QueryError> {
+        let key = vs as *const VectorSelector as usize;
+        if let Some(s) = self.cache.borrow().get(&key) {
+            return Ok(Rc::clone(s));
+        }
+        let groups = selector_matchers(vs)?;
+        let mut all: Vec<Series> = Vec::new();
+        if self.mint <= self.maxt {
+            for g in &groups {
+                all.extend(self.source.select(g, self.mint, self.maxt)?);
+            }
+        }
+        if groups.len() > 1 {
+            all.sort_by(|a, b| a.labels.cmp(&b.labels));
+            all.dedup_by(|a, b| a.labels == b.labels);
+        }
+        let all = Rc::new(all);
+        self.cache.borrow_mut().insert(key, Rc::clone(&all));
+        Ok(all)
+    }
+
+    /// The sample each series has at `t` (with lookback, offset and `@`), as
+    /// `(labels, sample timestamp, value)`.
+    pub(crate) fn select_vector(
+        &self,
+        vs: &VectorSelector,
+        t: i64,
+    ) -> Result<Vec<(Labels, i64, f64)>, QueryError> {
+        let series = self.fetch(vs)?;
+        let ref_t = self.at_time(vs.at.as_ref(), t).saturating_sub(offset_ms(vs.offset.as_ref()));
+        let mut out = Vec::new();
+        for s in series.iter() {
+            let idx = s.samples.partition_point(|p| p.t <= ref_t);
+            if idx == 0 {
+                continue;
+            }
+            let p = s.samples[idx - 1];
+            if p.t <= ref_t.saturating_sub(self.lookback) || is_stale_nan(p.v) {
+                continue;
+            }
+            out.push((s.labels.clone(), p.t, p.v));
+        }
+        self.count_samples(out.len())?;
+        Ok(out)
+    }
+
+    fn select_matrix(
+        &self,
+        ms: &MatrixSelector,
+        t: i64,
+    ) -> Result<(Vec<RangeSeries>, RangeWindow), QueryError> {
+        let series = self.fetch(&ms.vs)?;
+        let end = self.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset_ms(ms.vs.offset.as_ref()));
+        let start = end.saturating_sub(duration_ms(&ms.range));
+        let mut out = Vec::new();
+        let mut n = 0;
+        for s in series.iter() {
+            let lo = s.samples.partition_point(|p| p.t <= start);
+            let hi = s.samples.partition_point(|p| p.t <= end);
+            if lo >= hi {
+                continue;
+            }
+            let points: Vec<Sample> =
+                s.samples[lo..hi].iter().filter(|p| !is_stale_nan(p.v)).copied().collect();
+            if points.is_empty() {
+                continue;
+            }
+            n += points.len();
+            out.push(RangeSeries { labels: s.labels.clone(), points, drop_name: false });
+        }
+        self.count_samples(n)?;
+        Ok((out, RangeWindow { start, end }))
+    }
+
+    fn eval_subquery(
+        &self,
+        sq: &SubqueryExpr,
+        t: i64,
+    ) -> Result<(Vec<RangeSeries>, RangeWindow), QueryError> {
+        let end = self.at_time(sq.at.as_ref(), t).saturating_sub(offset_ms(sq.offset.as_ref()));
+        let range = duration_ms(&sq.range);
+        let step = sq.step.as_ref().map_or(self.subquery_step, duration_ms).max(1);
+        let start = end.saturating_sub(range);
+        // First step-aligned timestamp strictly after the window start.
+        let mut ts = step * (start / step);
+        if ts <= start {
+            ts += step;
+        }
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut n = 0;
+        while ts <= end {
+            let samples = match self.eval(&sq.expr, ts)? {
+                Value::Scalar(v) => vec![InstantSample { labels: Labels::empty(), v, drop_name: false }],
+                Value::Vector(v) => v,
+                _ => {
+                    return Err(QueryError::Unsupported {
+                        what: "subquery of a non-numeric expression".into(),
+                    });
+                }
+            };
+            for s in samples {
+                let i = match index.get(&s.labels) {
+                    Some(&i) => {
+                        if out[i].points.last().is_some_and(|p| p.t == ts) {
+                            return Err(QueryError::DuplicateLabelset);
+                        }
+                        i
+                    }
+                    None => {
+                        index.insert(s.labels.clone(), out.len());
+                        out.push(RangeSeries {
+                            labels: s.labels,
+                            points: Vec::new(),
+                            drop_name: s.drop_name,
+                        });
+                        out.len() - 1
+                    }
+                };
+                out[i].points.push(Sample { t: ts, v: s.v });
+                n += 1;
+            }
+            ts += step;
+        }
+        self.count_samples(n)?;
+        Ok((out, RangeWindow { start, end }))
+    }
+}
+
+/// The matcher groups of a selector (one group, or one per `or` alternative), each with
+/// the metric name matcher when the selector names a metric.
+fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
+    let mut groups: Vec<Vec<&ParserMatcher>> = Vec::new();
+    if vs.matchers.or_matchers.is_empty() {
+        groups.push(vs.matchers.matchers.iter().collect());
+    } else {
+        for g in &vs.matchers.or_matchers {
+            groups.push(g.iter().chain(vs.matchers.matchers.iter()).collect());
+        }
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let mut ms = Vec::with_capacity(g.len() + 1);
+        if let Some(name) = &vs.name {
+            ms.push(Matcher::equal(METRIC_NAME, name));
+        }
+        for m in g {
+            ms.push(convert_matcher(m)?);
+        }
+        out.push(ms);
+    }
+    Ok(out)
+}
+
+fn convert_matcher(m: &ParserMatcher) -> Result<Matcher, QueryError> {
+    match &m.op {
+        MatchOp::Equal => Ok(Matcher::equal(&m.name, &m.value)),
+        MatchOp::NotEqual => Ok(Matcher::not_equal(&m.name, &m.value)),
+        MatchOp::Re(parsed) | MatchOp::NotRe(parsed) => {
+            let negated = matches!(m.op, MatchOp::NotRe(_));
+            match Matcher::regex(&m.name, &m.value, negated) {
+                Ok(x) => Ok(x),
+                // Go accepts some patterns Rust rejects (a literal `{`); the parser has
+                // already escaped those in its own compiled (anchored) form.
+                Err(first) => {
+                    let re = compile_anchored(parsed.as_str()).map_err(|_| first)?;
+                    Ok(Matcher {
+                        name: m.name.clone(),
+                        kind: if negated {
+                            super::source::MatchKind::NotRegex(re)
+                        } else {
+                            super::source::MatchKind::Regex(re)
+                        },
+                        value: m.value.clone(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Label matchers of a selector argument, as `absent()` needs them.
+pub(crate) fn selector_of(expr: &Expr) -> Option<&VectorSelector> {
+    match unparen(expr) {
+        Expr::VectorSelector(vs) => Some(vs),
+        Expr::MatrixSelector(ms) => Some(&ms.vs),
+        _ => None,
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests of pharos-metrics (one test binary).
+
+mod conformance;
+mod promqltest;
