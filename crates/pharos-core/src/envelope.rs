@@ -4,23 +4,56 @@ use crate::{Signal, Tenant, TenantError};
 
 /// The unit that travels through the queue: one tenant's batch of one signal.
 ///
-/// The payload is the OTLP export request of the signal (`ExportTraceServiceRequest`, ...),
-/// protobuf-encoded. The header carries what a consumer needs before decoding the payload.
+/// The payload is the request as it arrived, in its own wire format (decoded once, re-encoded
+/// only to split it by partition): an OTLP export request, or a Prometheus remote-write request.
+/// The header carries what a consumer needs before decoding the payload.
 ///
-/// Encoding (version 1), all integers little-endian; see `docs/formats/envelope.md`:
-/// `b"PE"` | version u8 | signal u8 | tenant length u8 | tenant bytes | received at (unix ns) u64 |
-/// item count u32 | payload.
+/// Encoding (version 2), all integers little-endian; see `docs/formats/envelope.md`:
+/// `b"PE"` | version u8 | signal u8 | payload format u8 | tenant length u8 | tenant bytes |
+/// received at (unix ns) u64 | item count u32 | payload. Version 1 had no format byte (always OTLP)
+/// and is still read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub tenant: Tenant,
     pub signal: Signal,
+    pub format: PayloadFormat,
     pub received_at_unix_nanos: u64,
     pub items: u32,
     pub payload: Bytes,
 }
 
+/// The wire format of an envelope's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadFormat {
+    /// The signal's OTLP export request, protobuf.
+    Otlp,
+    /// A Prometheus remote-write 1.0 `prometheus.WriteRequest`, protobuf (not snappy-compressed).
+    PrometheusWriteV1,
+    /// A Prometheus remote-write 2.0 `io.prometheus.write.v2.Request`, protobuf.
+    PrometheusWriteV2,
+}
+
+impl PayloadFormat {
+    fn code(self) -> u8 {
+        match self {
+            PayloadFormat::Otlp => 0,
+            PayloadFormat::PrometheusWriteV1 => 1,
+            PayloadFormat::PrometheusWriteV2 => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<PayloadFormat> {
+        match code {
+            0 => Some(PayloadFormat::Otlp),
+            1 => Some(PayloadFormat::PrometheusWriteV1),
+            2 => Some(PayloadFormat::PrometheusWriteV2),
+            _ => None,
+        }
+    }
+}
+
 const MAGIC: &[u8; 2] = b"PE";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -32,6 +65,8 @@ pub enum EnvelopeError {
     UnsupportedVersion(u8),
     #[error("envelope signal code {0} is unknown")]
     UnknownSignal(u8),
+    #[error("envelope payload format code {0} is unknown")]
+    UnknownFormat(u8),
     #[error("envelope tenant is invalid")]
     Tenant(#[from] TenantError),
 }
@@ -41,6 +76,7 @@ impl Envelope {
         let mut buf = Envelope::encode_header(
             &self.tenant,
             self.signal,
+            self.format,
             self.received_at_unix_nanos,
             self.items,
             self.payload.len(),
@@ -54,15 +90,17 @@ impl Envelope {
     pub fn encode_header(
         tenant: &Tenant,
         signal: Signal,
+        format: PayloadFormat,
         received_at_unix_nanos: u64,
         items: u32,
         payload_len: usize,
     ) -> BytesMut {
         let tenant = tenant.as_str().as_bytes();
-        let mut buf = BytesMut::with_capacity(2 + 3 + tenant.len() + 12 + payload_len);
+        let mut buf = BytesMut::with_capacity(2 + 4 + tenant.len() + 12 + payload_len);
         buf.put_slice(MAGIC);
         buf.put_u8(VERSION);
         buf.put_u8(signal.code());
+        buf.put_u8(format.code());
         // Tenant ids are at most 150 bytes (MAX_TENANT_BYTES), so the length fits in a byte.
         buf.put_u8(tenant.len() as u8);
         buf.put_slice(tenant);
@@ -80,25 +118,37 @@ impl Envelope {
         if &bytes[..2] != MAGIC {
             return Err(EnvelopeError::BadMagic { found: [bytes[0], bytes[1]] });
         }
-        if bytes[2] != VERSION {
-            return Err(EnvelopeError::UnsupportedVersion(bytes[2]));
-        }
         let signal = Signal::from_code(bytes[3]).ok_or(EnvelopeError::UnknownSignal(bytes[3]))?;
-        let tenant_len = usize::from(bytes[4]);
-        let fixed_end = 5 + tenant_len + 12;
+        // Version 1 had no format byte: its payloads are all OTLP.
+        let (format, tenant_at) = match bytes[2] {
+            1 => (PayloadFormat::Otlp, 4),
+            VERSION => {
+                let format =
+                    PayloadFormat::from_code(bytes[4]).ok_or(EnvelopeError::UnknownFormat(bytes[4]))?;
+                (format, 5)
+            }
+            v => return Err(EnvelopeError::UnsupportedVersion(v)),
+        };
+        if len <= tenant_at {
+            return Err(truncated());
+        }
+        let tenant_len = usize::from(bytes[tenant_at]);
+        let tenant_start = tenant_at + 1;
+        let fixed_end = tenant_start + tenant_len + 12;
         if len < fixed_end {
             return Err(truncated());
         }
-        let tenant_str = std::str::from_utf8(&bytes[5..5 + tenant_len])
+        let tenant_str = std::str::from_utf8(&bytes[tenant_start..tenant_start + tenant_len])
             .map_err(|_| EnvelopeError::Tenant(TenantError::Empty))?;
         let tenant = Tenant::parse(tenant_str)?;
         let mut u64_bytes = [0u8; 8];
-        u64_bytes.copy_from_slice(&bytes[5 + tenant_len..5 + tenant_len + 8]);
+        u64_bytes.copy_from_slice(&bytes[tenant_start + tenant_len..tenant_start + tenant_len + 8]);
         let mut u32_bytes = [0u8; 4];
-        u32_bytes.copy_from_slice(&bytes[5 + tenant_len + 8..fixed_end]);
+        u32_bytes.copy_from_slice(&bytes[tenant_start + tenant_len + 8..fixed_end]);
         Ok(Envelope {
             tenant,
             signal,
+            format,
             received_at_unix_nanos: u64::from_le_bytes(u64_bytes),
             items: u32::from_le_bytes(u32_bytes),
             payload: bytes.slice(fixed_end..),
@@ -115,6 +165,7 @@ mod tests {
         let env = Envelope {
             tenant: Tenant::parse("team-a").unwrap(),
             signal: Signal::Logs,
+            format: PayloadFormat::Otlp,
             received_at_unix_nanos: 1_700_000_000_123_456_789,
             items: 42,
             payload: Bytes::from_static(b"\x0a\x03abc"),
@@ -127,6 +178,7 @@ mod tests {
         let env = Envelope {
             tenant: Tenant::default(),
             signal: Signal::Traces,
+            format: PayloadFormat::PrometheusWriteV2,
             received_at_unix_nanos: 1,
             items: 1,
             payload: Bytes::from_static(b"xyz"),
@@ -139,7 +191,19 @@ mod tests {
         bad[3] = 9;
         assert!(matches!(Envelope::decode(bad.into()), Err(EnvelopeError::UnknownSignal(9))));
         let mut bad = bytes.to_vec();
-        bad[5] = b'/';
+        bad[6] = b'/';
         assert!(matches!(Envelope::decode(bad.into()), Err(EnvelopeError::Tenant(_))));
+    }
+
+    #[test]
+    fn envelope_version_1_is_still_read_as_otlp() {
+        // b"PE", version 1, signal logs, tenant "ab", received at 7, 3 items, payload "xyz".
+        let mut v1 = b"PE\x01\x03\x02ab".to_vec();
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        v1.extend_from_slice(b"xyz");
+        let env = Envelope::decode(v1.into()).unwrap();
+        assert_eq!((env.signal, env.format, env.tenant.as_str()), (Signal::Logs, PayloadFormat::Otlp, "ab"));
+        assert_eq!((env.received_at_unix_nanos, env.items, &env.payload[..]), (7, 3, &b"xyz"[..]));
     }
 }

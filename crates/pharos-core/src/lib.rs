@@ -6,10 +6,11 @@ mod envelope;
 mod error;
 mod label_cap;
 mod partition;
+pub mod prompb;
 mod signal;
 mod tenant;
 
-pub use envelope::{Envelope, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeError, PayloadFormat};
 pub use error::ErrorCode;
 pub use label_cap::{LabelCap, OTHER_LABEL_VALUE};
 pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};

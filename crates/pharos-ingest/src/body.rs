@@ -2,9 +2,39 @@
 
 use std::io::Read;
 
+use http_body_util::BodyExt;
+
 use bytes::Bytes;
 
 use crate::IngestError;
+
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// gets to read the 413 (most clients read the answer only after sending everything).
+pub(crate) const DISCARD_LIMIT: usize = 64 << 20;
+
+/// Reads a body of at most `limit` bytes. A longer one is read on (and dropped) up to
+/// [`DISCARD_LIMIT`] before the error, so it costs no memory.
+pub(crate) async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, IngestError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::ReadBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total <= limit {
+            buf.extend_from_slice(&data);
+        } else {
+            buf = bytes::BytesMut::new();
+            if total > DISCARD_LIMIT {
+                break;
+            }
+        }
+    }
+    if total > limit {
+        return Err(IngestError::BodyTooLarge { limit });
+    }
+    Ok(buf.freeze())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Compression {

@@ -31,6 +31,8 @@ pub enum IngestError {
     BodyTimeout { secs: f64 },
     #[error("cannot read the request body: {0}")]
     ReadBody(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -43,7 +45,8 @@ impl IngestError {
             | IngestError::DecodeProtobuf(_)
             | IngestError::DecodeJson(_)
             | IngestError::AllRejected { .. }
-            | IngestError::ReadBody(_) => ErrorCode::InvalidInput,
+            | IngestError::ReadBody(_)
+            | IngestError::Invalid(_) => ErrorCode::InvalidInput,
             IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
                 ErrorCode::UnsupportedMediaType
             }
@@ -79,6 +82,7 @@ impl IngestError {
             IngestError::AllRejected { .. } => "all_rejected",
             IngestError::BodyTimeout { .. } => "body_timeout",
             IngestError::ReadBody(_) => "read_body",
+            IngestError::Invalid(_) => "invalid_request",
             IngestError::Queue(QueueError::Full { .. }) => "queue_full",
             IngestError::Queue(QueueError::Closed) => "shutting_down",
             IngestError::Queue(_) => "queue_error",

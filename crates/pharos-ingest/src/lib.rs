@@ -6,6 +6,7 @@ mod error;
 mod limits;
 mod metrics;
 pub mod otlp;
+pub mod remote_write;
 mod tenant;
 
 pub use error::IngestError;

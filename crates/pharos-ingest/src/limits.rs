@@ -15,6 +15,10 @@ pub struct Limits {
     pub max_attribute_value_length: usize,
     /// How deep `kvlistValue` and `arrayValue` may nest.
     pub max_nesting_depth: usize,
+    /// The most labels on one Prometheus series (`__name__` included).
+    pub max_labels_per_series: usize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +31,10 @@ impl Default for Limits {
             max_attribute_key_length: 1024,
             max_attribute_value_length: 64 << 10,
             max_nesting_depth: 16,
+            // Mimir's defaults.
+            max_labels_per_series: 30,
+            max_label_name_length: 1024,
+            max_label_value_length: 2048,
         }
     }
 }

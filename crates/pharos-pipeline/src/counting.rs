@@ -81,7 +81,28 @@ impl CountingSink {
 
 /// Decodes an envelope's payload and counts its items.
 fn count_items(env: &Envelope) -> Result<u64, prost::DecodeError> {
+    use pharos_core::{PayloadFormat, prompb};
     let payload = env.payload.clone();
+    let series_items = |samples: usize, histograms: usize| (samples + histograms) as u64;
+    match env.format {
+        PayloadFormat::Otlp => {}
+        PayloadFormat::PrometheusWriteV1 => {
+            let req = prompb::v1::WriteRequest::decode(payload)?;
+            return Ok(req
+                .timeseries
+                .iter()
+                .map(|s| series_items(s.samples.len(), s.histograms.len()))
+                .sum());
+        }
+        PayloadFormat::PrometheusWriteV2 => {
+            let req = prompb::v2::Request::decode(payload)?;
+            return Ok(req
+                .timeseries
+                .iter()
+                .map(|s| series_items(s.samples.len(), s.histograms.len()))
+                .sum());
+        }
+    }
     Ok(match env.signal {
         Signal::Traces => ExportTraceServiceRequest::decode(payload)?
             .resource_spans
@@ -216,6 +237,7 @@ mod tests {
         Envelope {
             tenant: Tenant::parse(tenant).unwrap(),
             signal: Signal::Logs,
+            format: pharos_core::PayloadFormat::Otlp,
             received_at_unix_nanos: 0,
             items: n as u32,
             payload: req.encode_to_vec().into(),

@@ -94,10 +94,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     ingest_metrics.register(&mut registry);
     let ingestor = Arc::new(Ingestor::new(queue.clone(), config.ingest_limits(), ingest_metrics));
     let retry_after = config.limits.retry_after.0;
-    let otlp_http_router = otlp_http::router(
-        ingestor.clone(),
-        HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after },
-    );
+    let http_options = HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after };
+    let remote_write = pharos_ingest::remote_write::router(ingestor.clone(), http_options.clone());
+    let otlp_http_router = otlp_http::router(ingestor.clone(), http_options).merge(remote_write.clone());
     let grpc_routes =
         grpc::routes(ingestor.clone(), config.otlp.grpc.max_message_size.0 as usize, retry_after);
 
@@ -109,7 +108,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(api_state.clone());
+        .with_state(api_state.clone())
+        // Prometheus users point remote_write at the same address they query.
+        .merge(remote_write);
 
     let bind =
         |addr| async move { TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}")) };

@@ -15,7 +15,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::{
     logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
     metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse},
@@ -27,37 +26,9 @@ use prost::Message;
 use super::{Ingestor, OtlpRequest, Outcome};
 use crate::{
     IngestError, TENANT_HEADER,
-    body::{Compression, decompress},
+    body::{Compression, DISCARD_LIMIT, decompress, read_body},
     tenant_from_header,
 };
-
-/// How much of an oversized body is read and thrown away so that the client, still sending,
-/// gets to read the 413 (most clients read the answer only after sending everything).
-const DISCARD_LIMIT: usize = 64 << 20;
-
-/// Reads a body of at most `limit` bytes. A longer one is read on (and dropped) up to
-/// [`DISCARD_LIMIT`] before the error, so it costs no memory.
-async fn read_body(mut body: Body, limit: usize) -> Result<bytes::Bytes, IngestError> {
-    let mut buf = bytes::BytesMut::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| IngestError::ReadBody(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        total += data.len();
-        if total <= limit {
-            buf.extend_from_slice(&data);
-        } else {
-            buf = bytes::BytesMut::new();
-            if total > DISCARD_LIMIT {
-                break;
-            }
-        }
-    }
-    if total > limit {
-        return Err(IngestError::BodyTooLarge { limit });
-    }
-    Ok(buf.freeze())
-}
 
 /// Bodies above this size are decoded off the async runtime.
 const BLOCKING_BODY_BYTES: usize = 1 << 20;

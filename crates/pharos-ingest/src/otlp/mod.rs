@@ -4,7 +4,7 @@
 pub mod grpc;
 pub mod http;
 mod signals;
-mod validate;
+pub(crate) mod validate;
 
 use std::{
     sync::Arc,
@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use pharos_core::{Envelope, Signal, Tenant};
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_queue::Queue;
 
 pub use signals::{OtlpRequest, STREAM_RESOURCE_ATTRIBUTES};
@@ -32,11 +32,11 @@ pub struct Outcome {
 
 /// A request made ready for the queue: one envelope per partition.
 pub struct Prepared {
-    signal: Signal,
-    tenant: Tenant,
-    envelopes: Vec<(u32, Bytes)>,
-    accepted: u64,
-    rejections: Rejections,
+    pub(crate) signal: Signal,
+    pub(crate) tenant: Tenant,
+    pub(crate) envelopes: Vec<(u32, Bytes)>,
+    pub(crate) accepted: u64,
+    pub(crate) rejections: Rejections,
 }
 
 /// Validates export requests, splits them by partition and makes them durable in the queue.
@@ -49,6 +49,10 @@ pub struct Ingestor {
 impl Ingestor {
     pub fn new(queue: Arc<dyn Queue>, limits: Limits, metrics: IngestMetrics) -> Ingestor {
         Ingestor { queue, limits, metrics }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.queue.partitions()
     }
 
     pub fn limits(&self) -> &Limits {
@@ -96,6 +100,7 @@ impl Ingestor {
                     let mut buf = Envelope::encode_header(
                         tenant,
                         signal,
+                        PayloadFormat::Otlp,
                         received_at_unix_nanos,
                         n as u32,
                         part.encoded_len(),

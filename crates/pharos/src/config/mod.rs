@@ -70,6 +70,9 @@ pub struct LimitsConfig {
     pub max_attribute_key_length: usize,
     pub max_attribute_value_length: usize,
     pub max_nesting_depth: usize,
+    pub max_labels_per_series: usize,
+    pub max_label_name_length: usize,
+    pub max_label_value_length: usize,
     pub retry_after: HumanDuration,
 }
 
@@ -170,6 +173,9 @@ impl Default for LimitsConfig {
             max_attribute_key_length: l.max_attribute_key_length,
             max_attribute_value_length: l.max_attribute_value_length,
             max_nesting_depth: l.max_nesting_depth,
+            max_labels_per_series: l.max_labels_per_series,
+            max_label_name_length: l.max_label_name_length,
+            max_label_value_length: l.max_label_value_length,
             retry_after: HumanDuration(Duration::from_secs(1)),
         }
     }
@@ -210,6 +216,9 @@ impl Config {
             max_attribute_key_length: self.limits.max_attribute_key_length,
             max_attribute_value_length: self.limits.max_attribute_value_length,
             max_nesting_depth: self.limits.max_nesting_depth,
+            max_labels_per_series: self.limits.max_labels_per_series,
+            max_label_name_length: self.limits.max_label_name_length,
+            max_label_value_length: self.limits.max_label_value_length,
         }
     }
 

@@ -10,4 +10,5 @@ mod conformance;
 mod crash;
 mod harness;
 mod load;
+mod remote_write;
 mod shutdown;
