@@ -10,10 +10,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use opentelemetry_proto::tonic::collector::{
-    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
-    trace::v1::ExportTraceServiceRequest,
-};
 use pharos_core::{Envelope, Signal, Tenant};
 use pharos_queue::Offset;
 use prost::Message;
@@ -79,60 +75,139 @@ impl CountingSink {
     }
 }
 
-/// Decodes an envelope's payload and counts its items.
-fn count_items(env: &Envelope) -> Result<u64, prost::DecodeError> {
-    use pharos_core::{PayloadFormat, prompb};
-    let payload = env.payload.clone();
-    let series_items = |samples: usize, histograms: usize| (samples + histograms) as u64;
-    match env.format {
-        PayloadFormat::Otlp => {}
-        PayloadFormat::PrometheusWriteV1 => {
-            let req = prompb::v1::WriteRequest::decode(payload)?;
-            return Ok(req
-                .timeseries
-                .iter()
-                .map(|s| series_items(s.samples.len(), s.histograms.len()))
-                .sum());
-        }
-        PayloadFormat::PrometheusWriteV2 => {
-            let req = prompb::v2::Request::decode(payload)?;
-            return Ok(req
-                .timeseries
-                .iter()
-                .map(|s| series_items(s.samples.len(), s.histograms.len()))
-                .sum());
-        }
+/// Messages that mirror the nesting of the OTLP and remote-write requests down to the items and
+/// declare nothing else: decoding one walks and checks the whole protobuf framing but skips every
+/// field it does not count, which costs a fraction of a full decode.
+mod shape {
+    /// An item (span, log record, data point, sample): its fields are skipped.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Item {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Scope {
+        /// `spans`, `log_records` (tag 2 in ScopeSpans and ScopeLogs).
+        #[prost(message, repeated, tag = "2")]
+        pub(super) items: Vec<Item>,
     }
-    Ok(match env.signal {
-        Signal::Traces => ExportTraceServiceRequest::decode(payload)?
-            .resource_spans
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Resource {
+        /// `scope_spans`, `scope_logs`.
+        #[prost(message, repeated, tag = "2")]
+        pub(super) scopes: Vec<Scope>,
+    }
+
+    /// `ExportTraceServiceRequest` and `ExportLogsServiceRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Export {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) resources: Vec<Resource>,
+    }
+
+    /// Gauge, Sum, Histogram, ExponentialHistogram, Summary: `data_points` is tag 1 in each.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Points {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) points: Vec<Item>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct Metric {
+        #[prost(message, optional, tag = "5")]
+        pub(super) gauge: Option<Points>,
+        #[prost(message, optional, tag = "7")]
+        pub(super) sum: Option<Points>,
+        #[prost(message, optional, tag = "9")]
+        pub(super) histogram: Option<Points>,
+        #[prost(message, optional, tag = "10")]
+        pub(super) exponential_histogram: Option<Points>,
+        #[prost(message, optional, tag = "11")]
+        pub(super) summary: Option<Points>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct MetricScope {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) metrics: Vec<Metric>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct MetricResource {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) scopes: Vec<MetricScope>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct MetricsExport {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) resources: Vec<MetricResource>,
+    }
+
+    /// A remote-write series: samples are tag 2 in 1.0 and 2.0, histograms tag 4 in 1.0 and 3 in 2.0.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SeriesV1 {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) samples: Vec<Item>,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) histograms: Vec<Item>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct SeriesV2 {
+        #[prost(message, repeated, tag = "2")]
+        pub(super) samples: Vec<Item>,
+        #[prost(message, repeated, tag = "3")]
+        pub(super) histograms: Vec<Item>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct WriteV1 {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) series: Vec<SeriesV1>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(super) struct WriteV2 {
+        #[prost(message, repeated, tag = "5")]
+        pub(super) series: Vec<SeriesV2>,
+    }
+}
+
+/// Decodes an envelope's payload down to its items and counts them.
+fn count_items(env: &Envelope) -> Result<u64, prost::DecodeError> {
+    use pharos_core::PayloadFormat;
+    let payload = env.payload.clone();
+    let len = |v: &Option<shape::Points>| v.as_ref().map_or(0, |p| p.points.len() as u64);
+    Ok(match (env.format, env.signal) {
+        (PayloadFormat::PrometheusWriteV1, _) => shape::WriteV1::decode(payload)?
+            .series
             .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len() as u64)
+            .map(|s| (s.samples.len() + s.histograms.len()) as u64)
             .sum(),
-        Signal::Logs => ExportLogsServiceRequest::decode(payload)?
-            .resource_logs
+        (PayloadFormat::PrometheusWriteV2, _) => shape::WriteV2::decode(payload)?
+            .series
             .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len() as u64)
+            .map(|s| (s.samples.len() + s.histograms.len()) as u64)
             .sum(),
-        Signal::Metrics => {
-            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-            ExportMetricsServiceRequest::decode(payload)?
-                .resource_metrics
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .flat_map(|s| &s.metrics)
-                .map(|m| match &m.data {
-                    None => 0,
-                    Some(Data::Gauge(d)) => d.data_points.len() as u64,
-                    Some(Data::Sum(d)) => d.data_points.len() as u64,
-                    Some(Data::Histogram(d)) => d.data_points.len() as u64,
-                    Some(Data::ExponentialHistogram(d)) => d.data_points.len() as u64,
-                    Some(Data::Summary(d)) => d.data_points.len() as u64,
-                })
-                .sum()
-        }
+        (PayloadFormat::Otlp, Signal::Traces | Signal::Logs) => shape::Export::decode(payload)?
+            .resources
+            .iter()
+            .flat_map(|r| &r.scopes)
+            .map(|s| s.items.len() as u64)
+            .sum(),
+        (PayloadFormat::Otlp, Signal::Metrics) => shape::MetricsExport::decode(payload)?
+            .resources
+            .iter()
+            .flat_map(|r| &r.scopes)
+            .flat_map(|s| &s.metrics)
+            .map(|m| {
+                len(&m.gauge)
+                    + len(&m.sum)
+                    + len(&m.histogram)
+                    + len(&m.exponential_histogram)
+                    + len(&m.summary)
+            })
+            .sum(),
     })
 }
 
@@ -214,7 +289,14 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use bytes::Bytes;
-    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::{
+        collector::{
+            logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+            trace::v1::ExportTraceServiceRequest,
+        },
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        metrics::v1::metric::Data,
+    };
     use pharos_queue::{
         Queue,
         wal::{Wal, WalConfig},
@@ -289,5 +371,84 @@ mod tests {
         let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
         sink.write(vec![(0, env.clone()), (1, env)]).await.unwrap();
         assert_eq!(sink.counts().values().sum::<u64>(), 10);
+    }
+
+    fn envelope(signal: Signal, format: pharos_core::PayloadFormat, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            tenant: Tenant::default(),
+            signal,
+            format,
+            received_at_unix_nanos: 0,
+            items: 0,
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn count_items_agrees_with_a_full_decode_of_the_conformance_examples() {
+        use pharos_core::PayloadFormat::Otlp;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/otlp");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+
+        let traces: ExportTraceServiceRequest = serde_json::from_str(&read("trace.json")).unwrap();
+        let full: usize =
+            traces.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let env = envelope(Signal::Traces, Otlp, traces.encode_to_vec());
+        assert_eq!(count_items(&env).unwrap(), full as u64);
+
+        for file in ["logs.json", "events.json"] {
+            let logs: ExportLogsServiceRequest = serde_json::from_str(&read(file)).unwrap();
+            let full: usize =
+                logs.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
+            let env = envelope(Signal::Logs, Otlp, logs.encode_to_vec());
+            assert_eq!(count_items(&env).unwrap(), full as u64, "{file}");
+        }
+
+        let metrics: ExportMetricsServiceRequest = serde_json::from_str(&read("metrics.json")).unwrap();
+        let full: usize = metrics
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(d)) => d.data_points.len(),
+                Some(Data::Sum(d)) => d.data_points.len(),
+                Some(Data::Histogram(d)) => d.data_points.len(),
+                Some(Data::ExponentialHistogram(d)) => d.data_points.len(),
+                Some(Data::Summary(d)) => d.data_points.len(),
+                None => 0,
+            })
+            .sum();
+        assert!(full > 0);
+        let env = envelope(Signal::Metrics, Otlp, metrics.encode_to_vec());
+        assert_eq!(count_items(&env).unwrap(), full as u64);
+
+        let env = envelope(Signal::Traces, Otlp, vec![0x0a, 0xff, 0xff]);
+        assert!(count_items(&env).is_err(), "damaged protobuf must not count");
+    }
+
+    #[test]
+    fn count_items_counts_remote_write_samples_and_histograms() {
+        use pharos_core::prompb::{Histogram, v1, v2};
+        let series = |n: usize, h: usize| v1::TimeSeries {
+            samples: vec![v1::Sample { value: 1.0, timestamp: 1 }; n],
+            histograms: vec![Histogram::default(); h],
+            ..Default::default()
+        };
+        let req = v1::WriteRequest { timeseries: vec![series(3, 0), series(0, 2)], metadata: vec![] };
+        let env =
+            envelope(Signal::Metrics, pharos_core::PayloadFormat::PrometheusWriteV1, req.encode_to_vec());
+        assert_eq!(count_items(&env).unwrap(), 5);
+        let req = v2::Request {
+            symbols: vec![String::new()],
+            timeseries: vec![v2::TimeSeries {
+                samples: vec![v1::Sample { value: 1.0, timestamp: 1 }; 4],
+                histograms: vec![Histogram::default()],
+                ..Default::default()
+            }],
+        };
+        let env =
+            envelope(Signal::Metrics, pharos_core::PayloadFormat::PrometheusWriteV2, req.encode_to_vec());
+        assert_eq!(count_items(&env).unwrap(), 5);
     }
 }
