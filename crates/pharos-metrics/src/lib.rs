@@ -1,8 +1,10 @@
 //! Pharos metrics: the sample model and the PromQL engine.
 //!
 //! `model` holds labels, samples and series; `query` parses and evaluates PromQL against
-//! any [`query::SeriesSource`]. Storage (`store`) and the Prometheus HTTP API (`api`) come
-//! later.
+//! any [`query::SeriesSource`]; `store` is the in-memory head of the TSDB (one per tenant),
+//! itself a `SeriesSource`; `api` serves the Prometheus HTTP API over the heads.
 
+pub mod api;
 pub mod model;
 pub mod query;
+pub mod store;

@@ -50,6 +50,14 @@ impl Labels {
         labels
     }
 
+    /// Builds a label set from labels already sorted by name, with unique names and
+    /// non-empty values (as the head stores them).
+    pub(crate) fn from_sorted(labels: impl IntoIterator<Item = Label>) -> Self {
+        let v: Vec<Label> = labels.into_iter().collect();
+        debug_assert!(v.windows(2).all(|w| w[0].name < w[1].name));
+        Self(v)
+    }
+
     /// Value of `name`, or `""` when absent (as Prometheus treats missing labels).
     pub fn get(&self, name: &str) -> &str {
         match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {

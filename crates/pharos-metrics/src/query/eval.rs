@@ -375,7 +375,7 @@ impl<'a> Evaluator<'a> {
 
 /// The matcher groups of a selector (one group, or one per `or` alternative), each with
 /// the metric name matcher when the selector names a metric.
-fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
     let mut groups: Vec<Vec<&ParserMatcher>> = Vec::new();
     if vs.matchers.or_matchers.is_empty() {
         groups.push(vs.matchers.matchers.iter().collect());

@@ -14,11 +14,13 @@ mod eval;
 mod functions;
 mod kahan;
 mod quantile;
+mod selector;
 mod source;
 mod value;
 
 pub use engine::{CancelToken, Engine, EngineOptions, parse};
 pub use error::{ErrorType, QueryError};
+pub use selector::{extract_selectors, parse_series_selector};
 pub use source::{
     MatchKind, Matcher, MemSource, REGEX_SIZE_LIMIT, SeriesSource, compile_anchored, matches_all,
 };

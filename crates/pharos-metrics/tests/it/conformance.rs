@@ -16,13 +16,74 @@ use pharos_metrics::query::{
     CancelToken, Engine, EngineOptions, Expr, Matcher, MemSource, QueryError, QueryValue, SeriesSource,
     matches_all, parse,
 };
+use pharos_metrics::store::{AppendError, Head, HeadOptions};
 use promql_parser::parser::AtModifier;
 
 use crate::promqltest::{Command, EvalCmd, EvalTime, SeqValue, parse_script};
 
+/// Where a script's samples are loaded: the reference in-memory source, or the TSDB head.
+enum Backend {
+    Mem(MemSource),
+    /// The head, and the same samples in a reference source: scripts may load a new
+    /// value for a loaded timestamp, which the head refuses, so then the head is rebuilt.
+    Head(Box<Head>, MemSource),
+}
+
+impl Backend {
+    fn new(head: bool) -> Self {
+        if head {
+            // Scripts may load a series' samples in any order across `load` commands.
+            Self::Head(Box::new(test_head()), MemSource::new())
+        } else {
+            Self::Mem(MemSource::new())
+        }
+    }
+
+    fn add(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), String> {
+        match self {
+            Self::Mem(m) => {
+                m.add(labels.clone(), t, v);
+                Ok(())
+            }
+            Self::Head(h, shadow) => {
+                shadow.add(labels.clone(), t, v);
+                match h.append(labels, t, v) {
+                    Err(AppendError::DuplicateSample { .. }) => {
+                        **h = test_head();
+                        for s in shadow.select(&[], i64::MIN, i64::MAX).map_err(|e| e.to_string())? {
+                            let out = h.append_samples(&s.labels, &s.samples);
+                            if let Some(e) = out.first_error {
+                                return Err(format!("reload {}: {e}", s.labels));
+                            }
+                        }
+                        Ok(())
+                    }
+                    r => r.map_err(|e| format!("load {labels} at {t}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, QueryError> {
+        match self {
+            Self::Mem(m) => m.select(matchers, mint, maxt),
+            Self::Head(h, _) => h.select(matchers, mint, maxt),
+        }
+    }
+}
+
+fn test_head() -> Head {
+    // Scripts may load a series' samples in any order across `load` commands.
+    Head::new(HeadOptions {
+        out_of_order_window: Duration::from_secs(100 * 365 * 86_400),
+        max_series: 0,
+        ..HeadOptions::default()
+    })
+}
+
 /// The store the scripts load into, remembering which series carried native histograms.
 struct TestSource {
-    mem: MemSource,
+    mem: Backend,
     histogram_series: HashSet<Labels>,
     touched_histograms: AtomicBool,
 }
@@ -357,12 +418,17 @@ fn run_eval(engine: &Engine, src: &TestSource, cmd: &EvalCmd) -> Result<(), Stri
 
 /// Runs one script.
 pub(crate) fn run_file(path: &Path) -> Result<FileReport, String> {
+    run_file_on(path, false)
+}
+
+/// Runs one script with its samples in the reference source or (`head`) in a TSDB head.
+fn run_file_on(path: &Path, head: bool) -> Result<FileReport, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let cmds = parse_script(&text)?;
     let engine =
         Engine::new(EngineOptions { timeout: Some(Duration::from_secs(100)), ..EngineOptions::default() });
     let mut src = TestSource {
-        mem: MemSource::new(),
+        mem: Backend::new(head),
         histogram_series: HashSet::new(),
         touched_histograms: AtomicBool::new(false),
     };
@@ -370,7 +436,7 @@ pub(crate) fn run_file(path: &Path) -> Result<FileReport, String> {
     for c in cmds {
         match c {
             Command::Clear => {
-                src.mem.clear();
+                src.mem = Backend::new(head);
                 src.histogram_series.clear();
             }
             Command::Load { step, with_nhcb, series } => {
@@ -381,7 +447,7 @@ pub(crate) fn run_file(path: &Path) -> Result<FileReport, String> {
                     for (i, v) in s.values.iter().enumerate() {
                         let t = i as i64 * step;
                         match v {
-                            SeqValue::Float(f) => src.mem.add(s.labels.clone(), t, *f),
+                            SeqValue::Float(f) => src.mem.add(&s.labels, t, *f)?,
                             SeqValue::Histogram => {
                                 src.histogram_series.insert(s.labels.clone());
                             }
@@ -524,4 +590,42 @@ fn promql_conformance_passes_at_least_the_baseline() {
         return;
     }
     assert!(regressions.is_empty(), "PromQL conformance regressed:\n{}", regressions.join("\n"));
+}
+
+/// The same scripts with their samples in the TSDB head (compressed chunks, the index,
+/// out-of-order merging) must give exactly the results they give on the reference source.
+#[test]
+fn promql_conformance_over_head_matches_mem_source() {
+    let dir = testdata_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read PromQL test data {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "test"))
+        .collect();
+    files.sort();
+    let mut differences = Vec::new();
+    for f in &files {
+        let mem = run_file_on(f, false);
+        let head = run_file_on(f, true);
+        match (mem, head) {
+            (Ok(m), Ok(h)) => {
+                if (m.passed, m.failed, m.skipped) != (h.passed, h.failed, h.skipped) {
+                    differences.push(format!(
+                        "{}: mem {}/{}/{} head {}/{}/{} (passed/failed/skipped); head failures: {:?}",
+                        f.display(),
+                        m.passed,
+                        m.failed,
+                        m.skipped,
+                        h.passed,
+                        h.failed,
+                        h.skipped,
+                        h.failures.iter().take(3).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            (Ok(_), Err(e)) => differences.push(format!("{}: head cannot run: {e}", f.display())),
+            (Err(_), _) => {}
+        }
+    }
+    assert!(differences.is_empty(), "head and mem source disagree:\n{}", differences.join("\n"));
 }

@@ -1,0 +1,310 @@
+//! The head's inverted index: interned symbols, series by id, and postings
+//! (label name → value → sorted list of series slots).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::model::Labels;
+use crate::query::{MatchKind, Matcher};
+
+use super::series::MemSeries;
+
+/// Position of a series in [`Index::series`]; postings hold these, in increasing order
+/// because slots are handed out in creation order and never reused.
+type Slot = u32;
+
+/// Stable series id: 64-bit FNV-1a over `name 0xff value 0xff` of each label in order.
+/// (Colliding label sets get the next free id, see [`Index::find`].)
+pub fn series_hash(labels: &Labels) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for l in labels.iter() {
+        feed(l.name.as_bytes());
+        feed(&[0xff]);
+        feed(l.value.as_bytes());
+        feed(&[0xff]);
+    }
+    h
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    by_id: HashMap<u64, Slot>,
+    series: Vec<Arc<MemSeries>>,
+    postings: HashMap<Arc<str>, HashMap<Arc<str>, Vec<Slot>>>,
+    symbols: HashSet<Arc<str>>,
+}
+
+impl Index {
+    pub(crate) fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.symbols.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.symbols.insert(a.clone());
+        a
+    }
+
+    /// The series with these labels, or the id a new one would get: probing from the
+    /// hash past ids held by other label sets.
+    pub(crate) fn find(&self, hash: u64, labels: &Labels) -> Result<Arc<MemSeries>, u64> {
+        let mut id = hash;
+        while let Some(&slot) = self.by_id.get(&id) {
+            let s = &self.series[slot as usize];
+            if s.has_labels(labels) {
+                return Ok(s.clone());
+            }
+            id = id.wrapping_add(1);
+        }
+        Err(id)
+    }
+
+    /// Adds a series under a free `id` (from [`find`](Self::find)).
+    pub(crate) fn insert(&mut self, id: u64, labels: &Labels) -> Arc<MemSeries> {
+        let slot = self.series.len() as Slot;
+        let mut interned = Vec::with_capacity(labels.len());
+        for l in labels.iter() {
+            let n = self.intern(&l.name);
+            let v = self.intern(&l.value);
+            interned.push((n, v));
+        }
+        for (n, v) in &interned {
+            self.postings.entry(n.clone()).or_default().entry(v.clone()).or_default().push(slot);
+        }
+        let s = Arc::new(MemSeries::new(id, interned.into_boxed_slice()));
+        self.series.push(s.clone());
+        self.by_id.insert(id, slot);
+        s
+    }
+
+    /// The series with this id.
+    pub(crate) fn by_id(&self, id: u64) -> Option<Arc<MemSeries>> {
+        self.by_id.get(&id).map(|&slot| self.series[slot as usize].clone())
+    }
+
+    /// Every series, in creation order.
+    pub(crate) fn all(&self) -> Vec<Arc<MemSeries>> {
+        self.series.clone()
+    }
+
+    /// Every label name, sorted.
+    pub(crate) fn label_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.postings.keys().map(|k| k.to_string()).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Every value of label `name`, sorted.
+    pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .postings
+            .get(name)
+            .map(|vals| vals.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        out.sort_unstable();
+        out
+    }
+
+    /// The series a matcher selects through the postings, for matchers that do not match
+    /// the empty value (those can select series without the label, so they filter instead).
+    fn postings_for(&self, m: &Matcher) -> Vec<Slot> {
+        let Some(values) = self.postings.get(m.name.as_str()) else { return Vec::new() };
+        if let MatchKind::Equal = m.kind {
+            return values.get(m.value.as_str()).cloned().unwrap_or_default();
+        }
+        let mut lists: Vec<&Vec<Slot>> =
+            values.iter().filter(|(v, _)| m.matches(v)).map(|(_, p)| p).collect();
+        match lists.len() {
+            0 => Vec::new(),
+            1 => lists.pop().cloned().unwrap_or_default(),
+            _ => {
+                let mut out: Vec<Slot> = lists.into_iter().flatten().copied().collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    /// The series matching every matcher: postings of the matchers that need the label
+    /// are intersected (smallest first), the others filter the candidates.
+    pub(crate) fn select(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
+        let (indexed, filters): (Vec<&Matcher>, Vec<&Matcher>) =
+            matchers.iter().partition(|m| !m.matches_empty());
+        // Equality first: a single lookup, usually the most selective.
+        let mut lists: Vec<Vec<Slot>> = Vec::with_capacity(indexed.len());
+        let (eq, other): (Vec<&Matcher>, Vec<&Matcher>) =
+            indexed.into_iter().partition(|m| matches!(m.kind, MatchKind::Equal));
+        for m in eq.into_iter().chain(other) {
+            let p = self.postings_for(m);
+            if p.is_empty() {
+                return Vec::new();
+            }
+            lists.push(p);
+        }
+        lists.sort_by_key(Vec::len);
+        let slots: Vec<Slot> = match lists.split_first() {
+            None => (0..self.series.len() as Slot).collect(),
+            Some((first, rest)) => {
+                let mut acc = first.clone();
+                for l in rest {
+                    acc = intersect(&acc, l);
+                    if acc.is_empty() {
+                        return Vec::new();
+                    }
+                }
+                acc
+            }
+        };
+        slots
+            .into_iter()
+            .map(|slot| &self.series[slot as usize])
+            .filter(|s| filters.iter().all(|m| m.matches(s.label(&m.name))))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Intersection of two sorted lists; binary search when one is much shorter.
+fn intersect(small: &[Slot], big: &[Slot]) -> Vec<Slot> {
+    if small.len().saturating_mul(16) < big.len() {
+        return small.iter().copied().filter(|x| big.binary_search(x).is_ok()).collect();
+    }
+    let mut out = Vec::with_capacity(small.len().min(big.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < small.len() && j < big.len() {
+        match small[i].cmp(&big[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(small[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::matches_all;
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn build(n: usize) -> (Index, Vec<Labels>) {
+        let mut rng = XorShift(7);
+        let mut idx = Index::default();
+        let mut all = Vec::new();
+        for i in 0..n {
+            let mut pairs = vec![
+                ("__name__".to_owned(), format!("metric_{}", rng.below(5))),
+                ("instance".to_owned(), format!("host-{i}")),
+            ];
+            if rng.below(2) == 0 {
+                pairs.push(("job".to_owned(), ["api", "db", "web"][rng.below(3) as usize].to_owned()));
+            }
+            if rng.below(3) == 0 {
+                pairs.push(("code".to_owned(), ["200", "404", "500"][rng.below(3) as usize].to_owned()));
+            }
+            let labels = Labels::from_pairs(pairs);
+            let hash = series_hash(&labels);
+            match idx.find(hash, &labels) {
+                Ok(_) => {}
+                Err(id) => {
+                    idx.insert(id, &labels);
+                    all.push(labels);
+                }
+            }
+        }
+        (idx, all)
+    }
+
+    fn m(name: &str, op: &str, value: &str) -> Matcher {
+        match op {
+            "=" => Matcher::equal(name, value),
+            "!=" => Matcher::not_equal(name, value),
+            "=~" => Matcher::regex(name, value, false).expect("valid regex"),
+            _ => Matcher::regex(name, value, true).expect("valid regex"),
+        }
+    }
+
+    #[test]
+    fn index_select_agrees_with_brute_force() {
+        let (idx, all) = build(2000);
+        let cases: Vec<Vec<Matcher>> = vec![
+            vec![m("__name__", "=", "metric_1")],
+            vec![m("__name__", "=", "metric_1"), m("job", "=", "api")],
+            vec![m("__name__", "=", "metric_2"), m("job", "!=", "api")],
+            vec![m("__name__", "=~", "metric_[12]"), m("code", "=~", "5..")],
+            vec![m("job", "=", "")],
+            vec![m("job", "!=", "")],
+            vec![m("job", "=~", "")],
+            vec![m("job", "=~", "api|")],
+            vec![m("job", "!~", "api|db")],
+            vec![m("code", "!~", ".+")],
+            vec![m("__name__", "=", "metric_3"), m("code", "=~", ".*"), m("job", "!~", "web")],
+            vec![m("__name__", "=", "nope")],
+            vec![m("nolabel", "=", "")],
+            vec![m("nolabel", "!=", "x"), m("instance", "=~", "host-1.*")],
+        ];
+        for ms in &cases {
+            let mut got: Vec<Labels> = idx.select(ms).iter().map(|s| s.to_labels()).collect();
+            let mut want: Vec<Labels> = all.iter().filter(|l| matches_all(l, ms)).cloned().collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "matchers {ms:?}");
+        }
+    }
+
+    #[test]
+    fn index_colliding_ids_probe_to_the_next_free_id() {
+        let mut idx = Index::default();
+        let a = Labels::from_pairs([("__name__", "a")]);
+        let b = Labels::from_pairs([("__name__", "b")]);
+        // Force both label sets onto the same starting id.
+        let id_a = idx.find(42, &a).expect_err("empty index");
+        idx.insert(id_a, &a);
+        let id_b = idx.find(42, &b).expect_err("b is new");
+        assert_eq!((id_a, id_b), (42, 43));
+        idx.insert(id_b, &b);
+        assert_eq!(idx.find(42, &b).map(|s| s.id).ok(), Some(43));
+        assert_eq!(idx.find(42, &a).map(|s| s.id).ok(), Some(42));
+    }
+
+    #[test]
+    fn index_interns_repeated_strings_once() {
+        let (idx, _) = build(500);
+        let job = idx.symbols.get("job").expect("interned");
+        // The symbol table, each series using it and the postings key share one allocation.
+        assert!(Arc::strong_count(job) > 2);
+    }
+
+    #[test]
+    fn series_hash_is_stable() {
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "api")]);
+        assert_eq!(series_hash(&l), series_hash(&l.clone()));
+        assert_ne!(series_hash(&l), series_hash(&Labels::from_pairs([("__name__", "up")])));
+    }
+}

@@ -1,0 +1,23 @@
+//! The head of the TSDB: recent samples of each tenant in memory.
+//!
+//! A [`Head`] holds a tenant's series: labels interned and indexed (name → value → sorted
+//! postings), samples in Gorilla-compressed [`XorChunk`]s of up to 120 samples, a small
+//! per-series buffer for out-of-order samples within a configurable window, metadata per
+//! metric name and a bounded ring of exemplars per series. [`Heads`] keeps one head per
+//! tenant. A head is a [`SeriesSource`](crate::query::SeriesSource), so the PromQL engine
+//! runs on it directly.
+
+mod chunk;
+mod error;
+mod exemplar;
+mod head;
+mod index;
+mod metadata;
+mod series;
+
+pub use chunk::{ChunkError, ChunkIter, SAMPLES_PER_CHUNK, XorChunk};
+pub use error::AppendError;
+pub use exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars};
+pub use head::{AppendOutcome, Head, HeadOptions, Heads};
+pub use index::series_hash;
+pub use metadata::{Metadata, MetricType};

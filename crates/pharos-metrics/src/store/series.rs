@@ -1,0 +1,324 @@
+//! One series in the head: interned labels, compressed chunks, an out-of-order buffer and
+//! an exemplar ring, behind a mutex held only for short, bounded work.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::model::{Label, Labels, Sample};
+
+use super::chunk::{SAMPLES_PER_CHUNK, XorChunk};
+use super::error::AppendError;
+use super::exemplar::Exemplar;
+
+/// Samples the out-of-order buffer holds before they are merged into the chunks.
+pub(crate) const OOO_BUFFER_SAMPLES: usize = 32;
+
+/// A label pair whose strings are shared with the head's symbol table.
+pub(crate) type InternedLabel = (Arc<str>, Arc<str>);
+
+/// A series held in the head.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub(crate) id: u64,
+    /// Sorted by name, as in [`Labels`].
+    pub(crate) labels: Box<[InternedLabel]>,
+    data: Mutex<SeriesData>,
+}
+
+/// Samples of one series in `[mint, maxt]`, copied out under the lock and decoded after.
+pub(crate) struct Snapshot {
+    chunks: Vec<Arc<XorChunk>>,
+    open: Option<XorChunk>,
+    ooo: Vec<Sample>,
+}
+
+impl Snapshot {
+    /// Decodes and merges the snapshot into samples within `[mint, maxt]`, in time order.
+    pub(crate) fn samples(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+        let mut ordered = Vec::new();
+        for c in self.chunks.iter().map(|c| &**c).chain(self.open.as_ref()) {
+            ordered.extend(c.iter().filter(|s| s.t >= mint && s.t <= maxt));
+        }
+        if self.ooo.is_empty() {
+            return ordered;
+        }
+        merge_sorted(ordered, &self.ooo)
+    }
+}
+
+/// Merges two time-ordered runs without common timestamps.
+fn merge_sorted(a: Vec<Sample>, b: &[Sample]) -> Vec<Sample> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut bi = b.iter().peekable();
+    for s in a {
+        while let Some(o) = bi.next_if(|o| o.t < s.t) {
+            out.push(*o);
+        }
+        out.push(s);
+    }
+    out.extend(bi.copied());
+    out
+}
+
+#[derive(Debug, Default)]
+struct SeriesData {
+    /// Full chunks, in time order, not overlapping.
+    chunks: Vec<Arc<XorChunk>>,
+    /// The chunk being appended to; its samples follow those of `chunks`.
+    open: XorChunk,
+    /// Newest in-order sample (timestamp, value bits).
+    last: Option<(i64, u64)>,
+    /// Out-of-order samples, sorted, none sharing a timestamp with the chunks.
+    ooo: Vec<Sample>,
+    exemplars: VecDeque<Exemplar>,
+}
+
+impl SeriesData {
+    fn min_t(&self) -> Option<i64> {
+        let first = match self.chunks.first() {
+            Some(c) => Some(c.min_t()),
+            None if !self.open.is_empty() => Some(self.open.min_t()),
+            None => None,
+        };
+        match (first, self.ooo.first()) {
+            (Some(a), Some(b)) => Some(a.min(b.t)),
+            (a, b) => a.or(b.map(|s| s.t)),
+        }
+    }
+
+    fn push_in_order(&mut self, t: i64, v: f64) {
+        if self.open.len() >= SAMPLES_PER_CHUNK {
+            let full = std::mem::take(&mut self.open);
+            self.chunks.push(Arc::new(full));
+        }
+        // A fresh or non-full chunk always has room.
+        if self.open.append(t, v).is_ok() {
+            self.last = Some((t, v.to_bits()));
+        }
+    }
+
+    /// The value stored for `t`, searching the buffer and the chunk whose range covers it.
+    fn value_at(&self, t: i64) -> Option<u64> {
+        if let Ok(i) = self.ooo.binary_search_by(|s| s.t.cmp(&t)) {
+            return Some(self.ooo[i].v.to_bits());
+        }
+        let i = self.chunks.partition_point(|c| c.max_t() < t);
+        let chunk = match self.chunks.get(i) {
+            Some(c) => &**c,
+            None => &self.open,
+        };
+        if chunk.is_empty() || chunk.min_t() > t {
+            return None;
+        }
+        chunk.iter().find(|s| s.t == t).map(|s| s.v.to_bits())
+    }
+
+    /// Re-encodes the chunks the buffered out-of-order samples fall into, with them merged in.
+    fn merge_ooo(&mut self) {
+        let Some(first) = self.ooo.first().map(|s| s.t) else { return };
+        let from = self.chunks.partition_point(|c| c.max_t() < first);
+        let mut ordered: Vec<Sample> = Vec::new();
+        for c in self.chunks[from..].iter().map(|c| &**c).chain(std::iter::once(&self.open)) {
+            ordered.extend(c.iter());
+        }
+        let ooo = std::mem::take(&mut self.ooo);
+        let merged = merge_sorted(ordered, &ooo);
+        let last = self.last;
+        self.chunks.truncate(from);
+        self.open = XorChunk::new();
+        for s in merged {
+            self.push_in_order(s.t, s.v);
+        }
+        // The newest sample is unchanged: out-of-order samples are all older.
+        self.last = last;
+    }
+}
+
+impl MemSeries {
+    pub(crate) fn new(id: u64, labels: Box<[InternedLabel]>) -> Self {
+        Self { id, labels, data: Mutex::new(SeriesData::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SeriesData> {
+        // The data stays consistent across a panic in another holder: every mutation
+        // completes before the next begins.
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The labels as a [`Labels`] value.
+    pub(crate) fn to_labels(&self) -> Labels {
+        Labels::from_sorted(
+            self.labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }),
+        )
+    }
+
+    /// Value of label `name`, `""` if absent.
+    pub(crate) fn label(&self, name: &str) -> &str {
+        match self.labels.binary_search_by(|(n, _)| (**n).cmp(name)) {
+            Ok(i) => &self.labels[i].1,
+            Err(_) => "",
+        }
+    }
+
+    /// Whether the labels equal `labels`.
+    pub(crate) fn has_labels(&self, labels: &Labels) -> bool {
+        self.labels.len() == labels.len()
+            && self.labels.iter().zip(labels.iter()).all(|((n, v), l)| **n == *l.name && **v == *l.value)
+    }
+
+    /// Appends a sample; `window_ms` is the out-of-order window (0: none).
+    pub(crate) fn append(&self, t: i64, v: f64, window_ms: i64) -> Result<(), AppendError> {
+        let mut d = self.lock();
+        let bits = v.to_bits();
+        match d.last {
+            None => {
+                d.push_in_order(t, v);
+                Ok(())
+            }
+            Some((last, _)) if t > last => {
+                d.push_in_order(t, v);
+                Ok(())
+            }
+            Some((last, last_bits)) if t == last => {
+                if last_bits == bits {
+                    Ok(())
+                } else {
+                    Err(AppendError::DuplicateSample { timestamp: t })
+                }
+            }
+            Some((last, _)) => {
+                if window_ms <= 0 {
+                    return Err(AppendError::OutOfOrder { timestamp: t, last });
+                }
+                if last.saturating_sub(t) > window_ms {
+                    return Err(AppendError::TooOld { timestamp: t, last, window_ms });
+                }
+                match d.value_at(t) {
+                    Some(existing) if existing == bits => return Ok(()),
+                    Some(_) => return Err(AppendError::DuplicateSample { timestamp: t }),
+                    None => {}
+                }
+                let i = d.ooo.partition_point(|s| s.t < t);
+                d.ooo.insert(i, Sample { t, v });
+                if d.ooo.len() >= OOO_BUFFER_SAMPLES {
+                    d.merge_ooo();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies out what is needed to read `[mint, maxt]`: full chunks are shared, the open
+    /// chunk (at most ~120 samples) and the buffer are cloned.
+    pub(crate) fn snapshot(&self, mint: i64, maxt: i64) -> Snapshot {
+        let d = self.lock();
+        let chunks = d.chunks.iter().filter(|c| c.max_t() >= mint && c.min_t() <= maxt).cloned().collect();
+        let open =
+            (!d.open.is_empty() && d.open.max_t() >= mint && d.open.min_t() <= maxt).then(|| d.open.clone());
+        let ooo = d.ooo.iter().filter(|s| s.t >= mint && s.t <= maxt).copied().collect();
+        Snapshot { chunks, open, ooo }
+    }
+
+    /// Oldest and newest sample timestamps, `None` without samples.
+    pub(crate) fn time_range(&self) -> Option<(i64, i64)> {
+        let d = self.lock();
+        Some((d.min_t()?, d.last?.0))
+    }
+
+    /// Whether the series has a sample in `[mint, maxt]`, judged by its time range.
+    pub(crate) fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        self.time_range().is_some_and(|(lo, hi)| lo <= maxt && hi >= mint)
+    }
+
+    /// Adds an exemplar to the ring of at most `cap`; a repeat of the newest is ignored.
+    pub(crate) fn add_exemplar(&self, e: Exemplar, cap: usize) -> Result<(), AppendError> {
+        if cap == 0 {
+            return Ok(());
+        }
+        let mut d = self.lock();
+        if let Some(newest) = d.exemplars.back() {
+            if newest.t == e.t && newest.value.to_bits() == e.value.to_bits() && newest.labels == e.labels {
+                return Ok(());
+            }
+            if e.t < newest.t {
+                return Err(AppendError::OutOfOrderExemplar { timestamp: e.t, last: newest.t });
+            }
+        }
+        while d.exemplars.len() >= cap {
+            d.exemplars.pop_front();
+        }
+        d.exemplars.push_back(e);
+        Ok(())
+    }
+
+    /// Exemplars with timestamps in `[mint, maxt]`, oldest first.
+    pub(crate) fn exemplars(&self, mint: i64, maxt: i64) -> Vec<Exemplar> {
+        self.lock().exemplars.iter().filter(|e| e.t >= mint && e.t <= maxt).cloned().collect()
+    }
+
+    /// Number of full and open chunks and buffered out-of-order samples (for tests and stats).
+    #[cfg(test)]
+    pub(crate) fn layout(&self) -> (usize, u16, usize) {
+        let d = self.lock();
+        (d.chunks.len(), d.open.len(), d.ooo.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series() -> MemSeries {
+        MemSeries::new(1, Box::new([(Arc::from("__name__"), Arc::from("m"))]))
+    }
+
+    fn all(s: &MemSeries) -> Vec<(i64, u64)> {
+        s.snapshot(i64::MIN, i64::MAX)
+            .samples(i64::MIN, i64::MAX)
+            .iter()
+            .map(|s| (s.t, s.v.to_bits()))
+            .collect()
+    }
+
+    #[test]
+    fn series_cuts_a_chunk_every_120_samples() {
+        let s = series();
+        for i in 0..250 {
+            s.append(i * 10, i as f64, 0).expect("in order");
+        }
+        assert_eq!(s.layout(), (2, 10, 0));
+        assert_eq!(all(&s).len(), 250);
+    }
+
+    #[test]
+    fn series_out_of_order_buffer_merges_into_chunks_and_reads_in_order() {
+        let s = series();
+        let mut expected = Vec::new();
+        for i in 0..300i64 {
+            if i % 3 != 0 {
+                s.append(i * 10, i as f64, 0).expect("in order");
+            }
+            expected.push((i * 10, (i as f64).to_bits()));
+        }
+        for i in (0..300i64).filter(|i| i % 3 == 0).rev().take(100) {
+            s.append(i * 10, i as f64, 10_000).expect("within window");
+        }
+        assert_eq!(all(&s), expected);
+        let (_, _, buffered) = s.layout();
+        assert!(buffered < OOO_BUFFER_SAMPLES);
+        let window: Vec<i64> = s.snapshot(1000, 1050).samples(1000, 1050).iter().map(|s| s.t).collect();
+        assert_eq!(window, vec![1000, 1010, 1020, 1030, 1040, 1050]);
+    }
+
+    #[test]
+    fn series_out_of_order_duplicate_is_checked_against_chunks() {
+        let s = series();
+        for i in 0..200 {
+            s.append(i * 10, 1.0, 0).expect("in order");
+        }
+        assert_eq!(s.append(50, 1.0, 100_000), Ok(()));
+        assert_eq!(s.append(50, 2.0, 100_000), Err(AppendError::DuplicateSample { timestamp: 50 }));
+        assert_eq!(s.append(1995, 2.0, 100_000), Ok(()));
+        assert_eq!(s.append(1995, 3.0, 100_000), Err(AppendError::DuplicateSample { timestamp: 1995 }));
+    }
+}
