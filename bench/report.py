@@ -52,7 +52,7 @@ def main(d):
     if any(r["mode"] == "max" for r in rows):
         out.append("### Max rate (items/s accepted; ratio = Pharos / peer)")
         out.append("")
-        hdr = ["protocol", "signal", "Pharos", "Pharos p99 ms", "Pharos CPU %", "loadgen CPU %", "errors"]
+        hdr = ["protocol", "signal", "Pharos", "Pharos p99 ms", "Pharos CPU %", "loadgen CPU %", "other CPU %", "errors"]
         for p in peers:
             hdr += [p, f"Pharos/{p}"]
         hdr += ["load avg (before)"]
@@ -69,6 +69,7 @@ def main(d):
                 fmt_ms(ph["latency"]["p99_ms"]),
                 str(ph.get("server_cpu_pct")),
                 str(ph.get("loadgen_cpu_pct")),
+                str(ph.get("other_cpu_pct", "-")),
                 str(ph["requests_err"]),
             ]
             for p in peers:
@@ -83,12 +84,32 @@ def main(d):
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
 
+    if any(r["mode"] == "max" for r in rows):
+        out.append("### Max rate: server CPU and items per server CPU-second (less sensitive to other load)")
+        out.append("")
+        hdr = ["protocol", "signal"]
+        for sv in servers:
+            hdr += [f"{sv} CPU %", f"{sv} items/CPU-s"]
+        out.append("| " + " | ".join(hdr) + " |")
+        out.append("|" + "---|" * len(hdr))
+        for proto, sig in combos:
+            cells = [proto, sig]
+            for sv in servers:
+                r = get(sv, "max", proto, sig)
+                cpu = r and r.get("server_cpu_pct")
+                if not cpu:
+                    cells += ["-", "-"]
+                    continue
+                cells += [str(cpu), fmt_rate(r["items_per_sec"] / (cpu / 100.0))]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+
     if any(r["mode"] == "half" for r in rows):
         target = next(r["target_rate"] for r in rows if r["mode"] == "half")
         out.append(f"### Fixed rate {target}/s: request latency (ms, send to response)")
         out.append("")
         hdr = ["server", "protocol", "signal", "achieved items/s", "p50", "p90", "p99", "p99.9", "max",
-               "p99 from schedule", "errors", "server CPU %", "load avg (before)"]
+               "p99 from schedule", "errors", "server CPU %", "other CPU %", "load avg (before)"]
         out.append("| " + " | ".join(hdr) + " |")
         out.append("|" + "---|" * len(hdr))
         for s in servers:
@@ -101,7 +122,8 @@ def main(d):
                 out.append("| " + " | ".join([
                     s, proto, sig, fmt_rate(r["items_per_sec"]), fmt_ms(l["p50_ms"]), fmt_ms(l["p90_ms"]),
                     fmt_ms(l["p99_ms"]), fmt_ms(l["p999_ms"]), fmt_ms(l["max_ms"]), fmt_ms(ls.get("p99_ms")),
-                    str(r["requests_err"]), str(r.get("server_cpu_pct")), r.get("loadavg_before", ""),
+                    str(r["requests_err"]), str(r.get("server_cpu_pct")), str(r.get("other_cpu_pct", "-")),
+                    r.get("loadavg_before", ""),
                 ]) + " |")
         out.append("")
 

@@ -31,7 +31,7 @@ impl Prebuilt {
     pub fn instantiate(&self, seq: u64) -> Bytes {
         let mut buf = BytesMut::from(&self.bytes[..]);
         // Spread the sequence number so that consecutive numbers change many bits.
-        let mix = splitmix64(seq ^ 0x5eed_0f_7a_a0_5e_ed).to_le_bytes();
+        let mix = splitmix64(seq ^ 0x005e_ed0f_7aa0_5eed).to_le_bytes();
         for &off in &self.trace_id_offsets {
             for (b, m) in buf[off..off + 8].iter_mut().zip(mix.iter()) {
                 *b ^= *m;
@@ -79,20 +79,21 @@ impl Rng {
     }
 }
 
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
 fn s(key: &str, v: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
-    }
+    kv(key, any_value::Value::StringValue(v.into()))
 }
 fn i(key: &str, v: i64) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::IntValue(v)) }) }
+    kv(key, any_value::Value::IntValue(v))
 }
 fn b(key: &str, v: bool) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::BoolValue(v)) }) }
+    kv(key, any_value::Value::BoolValue(v))
 }
 
-const SERVICES: &[&str] = &["checkout", "cart", "payment", "inventory", "frontend", "shipping", "auth", "search"];
+const SERVICES: &[&str] =
+    &["checkout", "cart", "payment", "inventory", "frontend", "shipping", "auth", "search"];
 const ROUTES: &[&str] = &[
     "/api/v1/orders/{id}",
     "/api/v1/cart",
@@ -197,8 +198,14 @@ pub fn build_traces(batch: usize, seed: u64) -> Prebuilt {
                         i("http.response.status_code", status_code),
                         s("server.address", format!("{svc}.shop.svc.cluster.local")),
                         i("server.port", 8080),
-                        s("client.address", format!("10.{}.{}.{}", rng.below(255), rng.below(255), rng.below(255))),
-                        s("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0"),
+                        s(
+                            "client.address",
+                            format!("10.{}.{}.{}", rng.below(255), rng.below(255), rng.below(255)),
+                        ),
+                        s(
+                            "user_agent.original",
+                            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
+                        ),
                         s("network.protocol.version", "1.1"),
                     ],
                 )
@@ -232,7 +239,10 @@ pub fn build_traces(batch: usize, seed: u64) -> Prebuilt {
                 (
                     "render_response".to_string(),
                     SpanKind::Internal,
-                    vec![s("code.function.name", "handlers::render_response"), b("cache.hit", rng.below(2) == 0)],
+                    vec![
+                        s("code.function.name", "handlers::render_response"),
+                        b("cache.hit", rng.below(2) == 0),
+                    ],
                 )
             };
             let start = root_start + if first { 0 } else { rng.below(50_000_000) };
@@ -263,7 +273,11 @@ pub fn build_traces(batch: usize, seed: u64) -> Prebuilt {
                 attributes,
                 events,
                 status: Some(Status {
-                    code: if status_code == 500 { StatusCode::Error as i32 } else { StatusCode::Unset as i32 },
+                    code: if status_code == 500 {
+                        StatusCode::Error as i32
+                    } else {
+                        StatusCode::Unset as i32
+                    },
                     message: String::new(),
                 }),
                 ..Default::default()
@@ -388,7 +402,12 @@ mod tests {
         let a = ExportTraceServiceRequest::decode(p.instantiate(1)).unwrap();
         let b = ExportTraceServiceRequest::decode(p.instantiate(2)).unwrap();
         let ids = |r: &ExportTraceServiceRequest| -> Vec<Vec<u8>> {
-            r.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).map(|s| s.trace_id.clone()).collect()
+            r.resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .map(|s| s.trace_id.clone())
+                .collect()
         };
         let (ia, ib) = (ids(&a), ids(&b));
         assert_eq!(ia.len(), 40);

@@ -166,14 +166,23 @@ impl WorkerStats {
 /// Outcome of one request.
 enum Outcome {
     /// Accepted; items rejected by partial success.
-    Ok { rejected: u64 },
+    Ok {
+        rejected: u64,
+    },
     Err(String),
 }
 
 /// Per-worker transport.
 enum Client {
-    Grpc { grpc: tonic::client::Grpc<Channel>, path: http::uri::PathAndQuery },
-    Http { addr: String, path: &'static str, sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> },
+    Grpc {
+        grpc: tonic::client::Grpc<Channel>,
+        path: http::uri::PathAndQuery,
+    },
+    Http {
+        addr: String,
+        path: &'static str,
+        sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    },
 }
 
 fn rejected_from(signal: Signal, body: &[u8]) -> u64 {
@@ -222,7 +231,9 @@ impl Client {
                     Ok(resp) => {
                         let status = resp.status();
                         match resp.into_body().collect().await {
-                            Ok(b) if status.is_success() => Outcome::Ok { rejected: rejected_from(signal, &b.to_bytes()) },
+                            Ok(b) if status.is_success() => {
+                                Outcome::Ok { rejected: rejected_from(signal, &b.to_bytes()) }
+                            }
                             Ok(_) => Outcome::Err(format!("http_{}", status.as_u16())),
                             Err(_) => {
                                 *sender = None;
@@ -232,7 +243,11 @@ impl Client {
                     }
                     Err(e) => {
                         *sender = None;
-                        Outcome::Err(if e.is_canceled() { "http_canceled".into() } else { "http_send_error".into() })
+                        Outcome::Err(if e.is_canceled() {
+                            "http_canceled".into()
+                        } else {
+                            "http_send_error".into()
+                        })
                     }
                 }
             }
@@ -248,6 +263,26 @@ async fn http1_connect(addr: &str) -> Result<hyper::client::conn::http1::SendReq
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// A few attempts, 250 ms apart, at connecting (the server may still be settling).
+async fn retry<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 8 => {
+                eprintln!("pharos-loadgen: {e:#}; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 struct Plan {
@@ -429,14 +464,15 @@ async fn run(args: Args) -> Result<()> {
             };
             let mut channels = Vec::with_capacity(args.connections);
             for _ in 0..args.connections {
-                let ch = Endpoint::from_shared(format!("http://{}", args.endpoint))?
+                let ep = Endpoint::from_shared(format!("http://{}", args.endpoint))?
                     .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(5))
                     .initial_stream_window_size(Some(4 << 20))
-                    .initial_connection_window_size(Some(16 << 20))
-                    .connect()
-                    .await
-                    .with_context(|| format!("grpc connect {}", args.endpoint))?;
+                    .initial_connection_window_size(Some(16 << 20));
+                let ch = retry(|| async {
+                    ep.connect().await.with_context(|| format!("grpc connect {}", args.endpoint))
+                })
+                .await?;
                 channels.push(ch);
             }
             (0..args.workers)
@@ -452,12 +488,11 @@ async fn run(args: Args) -> Result<()> {
                 Signal::Traces => "/v1/traces",
                 Signal::Logs => "/v1/logs",
             };
-            let mut v = Vec::with_capacity(args.workers);
-            for _ in 0..args.workers {
-                let sender = http1_connect(&args.endpoint).await?;
-                v.push(Client::Http { addr: args.endpoint.clone(), path, sender: Some(sender) });
-            }
-            v
+            // Check the endpoint once; each worker then connects (and reconnects) by itself.
+            retry(|| http1_connect(&args.endpoint)).await?;
+            (0..args.workers)
+                .map(|_| Client::Http { addr: args.endpoint.clone(), path, sender: None })
+                .collect()
         }
     };
 
@@ -477,11 +512,8 @@ async fn run(args: Args) -> Result<()> {
         interval,
         workers: args.workers,
     });
-    let handles: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| tokio::spawn(worker(i, c, plan.clone())))
-        .collect();
+    let handles: Vec<_> =
+        clients.into_iter().enumerate().map(|(i, c)| tokio::spawn(worker(i, c, plan.clone()))).collect();
     let mut total = WorkerStats::new();
     for h in handles {
         total.merge(h.await?);
