@@ -33,6 +33,9 @@ pub struct RunnerOptions {
     pub poll_wait: Duration,
     /// How long to keep draining the queue after shutdown begins.
     pub drain_timeout: Duration,
+    /// How often the sink is flushed and the offset committed while records flow (each flush
+    /// and commit costs an fsync). Records read since the last commit are read again after a crash.
+    pub commit_interval: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -42,6 +45,7 @@ impl Default for RunnerOptions {
             max_batch: 1024,
             poll_wait: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(200),
         }
     }
 }
@@ -76,7 +80,19 @@ impl Runner {
         let mut replaying = replay_end > resume;
         let mut last_progress = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
+        // The offset after the last record handed to the sink, and the last one committed.
+        let mut written = consumer.position();
+        let mut committed_at = written;
+        let mut last_commit = Instant::now();
         loop {
+            if written > committed_at
+                && (last_commit.elapsed() >= options.commit_interval || drain_deadline.is_some())
+            {
+                sink.flush(written).await?;
+                consumer.commit(written).await?;
+                committed_at = written;
+                last_commit = Instant::now();
+            }
             if drain_deadline.is_none() && cancel.is_cancelled() {
                 drain_deadline = Some(Instant::now() + options.drain_timeout);
             }
@@ -114,8 +130,7 @@ impl Runner {
                 }
             }
             sink.write(envelopes).await?;
-            sink.flush(next).await?;
-            consumer.commit(next).await?;
+            written = next;
             if replaying {
                 if next >= replay_end {
                     replaying = false;
@@ -131,6 +146,10 @@ impl Runner {
                     );
                 }
             }
+        }
+        if written > committed_at {
+            sink.flush(written).await?;
+            consumer.commit(written).await?;
         }
         Ok(())
     }

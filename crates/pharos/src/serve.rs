@@ -82,6 +82,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             options: RunnerOptions {
                 max_batch: config.processor.batch_size,
                 drain_timeout: config.processor.drain_timeout.0,
+                commit_interval: config.processor.commit_interval.0,
                 ..RunnerOptions::default()
             },
             metrics: pipeline_metrics.clone(),

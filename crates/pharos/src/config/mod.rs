@@ -104,6 +104,7 @@ pub struct WalQueueConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessorConfig {
     pub batch_size: usize,
+    pub commit_interval: HumanDuration,
     pub drain_timeout: HumanDuration,
 }
 
@@ -196,7 +197,11 @@ impl Default for WalQueueConfig {
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
-        ProcessorConfig { batch_size: 1024, drain_timeout: HumanDuration(Duration::from_secs(10)) }
+        ProcessorConfig {
+            batch_size: 1024,
+            commit_interval: HumanDuration(Duration::from_millis(200)),
+            drain_timeout: HumanDuration(Duration::from_secs(10)),
+        }
     }
 }
 
