@@ -14,7 +14,7 @@ use crate::model::{Labels, METRIC_NAME};
 
 use super::error::QueryError;
 use super::eval::{Evaluator, unparen};
-use super::kahan::kahan_inc;
+use super::kahan::{kahan_inc, kahan_mean};
 use super::quantile::quantile;
 use super::value::{InstantSample, Value};
 
@@ -138,27 +138,7 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
 }
 
 fn average(vals: &[f64]) -> f64 {
-    let mut sum = vals[0];
-    let (mut c, mut mean) = (0.0, 0.0);
-    let mut incremental = false;
-    let mut count = 1.0;
-    for (i, &v) in vals.iter().enumerate().skip(1) {
-        count = (i + 1) as f64;
-        if !incremental {
-            let (ns, nc) = kahan_inc(v, sum, c);
-            if !ns.is_infinite() {
-                sum = ns;
-                c = nc;
-                continue;
-            }
-            incremental = true;
-            mean = sum / (count - 1.0);
-            c /= count - 1.0;
-        }
-        let q = (count - 1.0) / count;
-        (mean, c) = kahan_inc(v / count, q * mean, q * c);
-    }
-    if incremental { mean + c } else { sum / count + c / count }
+    kahan_mean(vals.iter().copied())
 }
 
 /// Population variance with Welford's method; NaN if the first value is NaN or infinite.

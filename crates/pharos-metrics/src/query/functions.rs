@@ -8,7 +8,7 @@ use crate::model::{Labels, METRIC_NAME, Sample};
 
 use super::error::QueryError;
 use super::eval::{Evaluator, selector_of, unparen};
-use super::kahan::{KahanSum, kahan_inc};
+use super::kahan::{KahanSum, kahan_inc, kahan_mean};
 use super::quantile::{Bucket, bucket_fraction, bucket_quantile, quantile};
 use super::source::compile_anchored;
 use super::value::{InstantSample, RangeSeries, RangeWindow, Value};
@@ -648,28 +648,7 @@ fn compare_over_time(p: &[Sample], better: impl Fn(f64, f64) -> bool) -> (i64, f
 }
 
 fn avg_over_time(p: &[Sample]) -> f64 {
-    let mut sum = p[0].v;
-    let mut c = 0.0;
-    let mut mean = 0.0;
-    let mut incremental = false;
-    let mut count = 1.0;
-    for (i, x) in p.iter().enumerate().skip(1) {
-        count = (i + 1) as f64;
-        if !incremental {
-            let (ns, nc) = kahan_inc(x.v, sum, c);
-            if !ns.is_infinite() {
-                sum = ns;
-                c = nc;
-                continue;
-            }
-            incremental = true;
-            mean = sum / (count - 1.0);
-            c /= count - 1.0;
-        }
-        let q = (count - 1.0) / count;
-        (mean, c) = kahan_inc(x.v / count, q * mean, q * c);
-    }
-    if incremental { mean + c } else { sum / count + c / count }
+    kahan_mean(p.iter().map(|x| x.v))
 }
 
 fn variance(p: &[Sample]) -> f64 {

@@ -16,6 +16,33 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
+/// The mean of `values` (at least one) as Prometheus computes `avg` and `avg_over_time`: a
+/// compensated sum while it stays finite, then an incremental mean so that large values do not
+/// overflow.
+pub(crate) fn kahan_mean(mut values: impl Iterator<Item = f64>) -> f64 {
+    let mut sum = values.next().unwrap_or(f64::NAN);
+    let (mut c, mut mean) = (0.0, 0.0);
+    let mut incremental = false;
+    let mut count = 1.0;
+    for v in values {
+        count += 1.0;
+        if !incremental {
+            let (ns, nc) = kahan_inc(v, sum, c);
+            if !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    if incremental { mean + c } else { sum / count + c / count }
+}
+
 /// A running compensated sum.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct KahanSum {
