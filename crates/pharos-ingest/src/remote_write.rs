@@ -19,14 +19,17 @@ use axum::{
 };
 use bytes::Bytes;
 use pharos_core::{
-    Envelope, FNV_OFFSET, PartitionKey, PayloadFormat, Signal, Tenant, fnv1a_extend, partition_of, prompb,
+    FNV_OFFSET, PartitionKey, PayloadFormat, Signal, Tenant, fnv1a_extend, partition_of, prompb,
 };
 use prost::Message;
 
 use crate::{
     IngestError, Ingestor, Limits, TENANT_HEADER,
     body::read_body,
-    otlp::{Prepared, Rejections, http::HttpOptions, validate::Violation},
+    otlp::{
+        Outcome, Prepared, Rejections, encode_envelope, http::HttpOptions, now_unix_nanos,
+        validate::Violation,
+    },
     tenant_from_header,
 };
 
@@ -79,7 +82,7 @@ async fn handle(State(state): State<Arc<RwState>>, request: Request) -> Response
     let started = Instant::now();
     let result = receive(&state, request).await;
     let (version, outcome) = match &result {
-        Ok((v, _, r)) if r.count > 0 => (Some(*v), "partial"),
+        Ok((v, _, o)) if o.rejected > 0 => (Some(*v), "partial"),
         Ok((v, _, _)) => (Some(*v), "ok"),
         Err((v, e)) => (*v, e.reason()),
     };
@@ -89,13 +92,8 @@ async fn handle(State(state): State<Arc<RwState>>, request: Request) -> Response
     };
     state.ingestor.metrics().request(Signal::Metrics, protocol, outcome, started.elapsed().as_secs_f64());
     match result {
-        Ok((_, written, rejections)) if rejections.count > 0 => {
-            let message = format!(
-                "{} of the request's samples were refused; the first because: {}",
-                rejections.count,
-                rejections.first.unwrap_or_default()
-            );
-            response(StatusCode::BAD_REQUEST, message, Some(written), &state.options)
+        Ok((_, written, o)) if o.rejected > 0 => {
+            response(StatusCode::BAD_REQUEST, o.message.unwrap_or_default(), Some(written), &state.options)
         }
         Ok((_, written, _)) => response(StatusCode::NO_CONTENT, String::new(), Some(written), &state.options),
         Err((version, e)) => {
@@ -132,7 +130,7 @@ fn response(
     r
 }
 
-type Received = (Version, Written, Rejections);
+type Received = (Version, Written, Outcome);
 
 async fn receive(state: &RwState, request: Request) -> Result<Received, (Option<Version>, IngestError)> {
     let (parts, body) = request.into_parts();
@@ -158,12 +156,7 @@ async fn receive(state: &RwState, request: Request) -> Result<Received, (Option<
         .map_err(|e| fail(IngestError::ReadBody(e.to_string())))?
         .map_err(fail)?;
     let outcome = state.ingestor.commit(prepared).await.map_err(fail)?;
-    let mut rejections = Rejections::default();
-    if let Some(message) = outcome.message {
-        rejections.count = outcome.rejected;
-        rejections.first = Some(message);
-    }
-    Ok((version, written, rejections))
+    Ok((version, written, outcome))
 }
 
 /// Snappy block decoding with the declared length checked before allocating.
@@ -269,7 +262,8 @@ fn prepare(
     let partitions = ingestor.partitions().max(1);
     let mut rejections = Rejections::default();
     let mut written = Written::default();
-    let (format, parts) = match version {
+    let received_at = now_unix_nanos();
+    let parts: Vec<(u32, Bytes, u64)> = match version {
         Version::V1 => {
             let req = prompb::v1::WriteRequest::decode(&raw[..])?;
             let mut per: Vec<prompb::v1::WriteRequest> = vec![Default::default(); partitions as usize];
@@ -291,16 +285,25 @@ fn prepare(
             if let Some(first) = per.iter_mut().find(|r| !r.timeseries.is_empty()) {
                 first.metadata = metadata.take().unwrap_or_default();
             }
-            let parts: Vec<(u32, Vec<u8>, u64)> = per
-                .into_iter()
+            per.into_iter()
                 .enumerate()
                 .filter(|(_, r)| !r.timeseries.is_empty())
                 .map(|(p, r)| {
                     let n = r.timeseries.iter().map(|s| (s.samples.len() + s.histograms.len()) as u64).sum();
-                    (p as u32, r.encode_to_vec(), n)
+                    (
+                        p as u32,
+                        encode_envelope(
+                            tenant,
+                            Signal::Metrics,
+                            PayloadFormat::PrometheusWriteV1,
+                            received_at,
+                            n,
+                            &r,
+                        ),
+                        n,
+                    )
                 })
-                .collect();
-            (PayloadFormat::PrometheusWriteV1, parts)
+                .collect()
         }
         Version::V2 => {
             let req = prompb::v2::Request::decode(&raw[..])?;
@@ -346,17 +349,26 @@ fn prepare(
                 per[p].push(series);
             }
             // Each partition's part carries the whole symbol table: refs stay valid as they are.
-            let parts = per
-                .into_iter()
+            per.into_iter()
                 .enumerate()
                 .filter(|(_, s)| !s.is_empty())
                 .map(|(p, timeseries)| {
                     let n = timeseries.iter().map(|s| (s.samples.len() + s.histograms.len()) as u64).sum();
                     let part = prompb::v2::Request { symbols: symbols.clone(), timeseries };
-                    (p as u32, part.encode_to_vec(), n)
+                    (
+                        p as u32,
+                        encode_envelope(
+                            tenant,
+                            Signal::Metrics,
+                            PayloadFormat::PrometheusWriteV2,
+                            received_at,
+                            n,
+                            &part,
+                        ),
+                        n,
+                    )
                 })
-                .collect();
-            (PayloadFormat::PrometheusWriteV2, parts)
+                .collect()
         }
     };
     let accepted: u64 = parts.iter().map(|(_, _, n)| n).sum();
@@ -372,23 +384,7 @@ fn prepare(
             message: rejections.first.unwrap_or_default(),
         });
     }
-    let received_at_unix_nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let envelopes = parts
-        .into_iter()
-        .map(|(p, payload, n)| {
-            let mut buf = Envelope::encode_header(
-                tenant,
-                Signal::Metrics,
-                format,
-                received_at_unix_nanos,
-                n as u32,
-                payload.len(),
-            );
-            buf.extend_from_slice(&payload);
-            (p, buf.freeze())
-        })
-        .collect();
+    let envelopes = parts.into_iter().map(|(p, envelope, _)| (p, envelope)).collect();
     Ok((
         Prepared { signal: Signal::Metrics, tenant: tenant.clone(), envelopes, accepted, rejections },
         written,

@@ -39,6 +39,31 @@ pub struct Prepared {
     pub(crate) rejections: Rejections,
 }
 
+pub(crate) fn now_unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Encodes `message` as the payload of an envelope, straight into the envelope's buffer.
+pub(crate) fn encode_envelope(
+    tenant: &Tenant,
+    signal: Signal,
+    format: PayloadFormat,
+    received_at_unix_nanos: u64,
+    items: u64,
+    message: &impl prost::Message,
+) -> Bytes {
+    let mut buf = Envelope::encode_header(
+        tenant,
+        signal,
+        format,
+        received_at_unix_nanos,
+        items as u32,
+        message.encoded_len(),
+    );
+    message.encode(&mut buf).expect("the buffer has room for the whole message");
+    buf.freeze()
+}
+
 /// Validates export requests, splits them by partition and makes them durable in the queue.
 pub struct Ingestor {
     queue: Arc<dyn Queue>,
@@ -89,24 +114,14 @@ impl Ingestor {
                 message: rejections.first.unwrap_or_default(),
             });
         }
-        let received_at_unix_nanos =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let received_at = now_unix_nanos();
         let envelopes = if accepted == 0 {
             Vec::new()
         } else {
             req.split(self.queue.partitions())
                 .into_iter()
                 .map(|(partition, part, n)| {
-                    let mut buf = Envelope::encode_header(
-                        tenant,
-                        signal,
-                        PayloadFormat::Otlp,
-                        received_at_unix_nanos,
-                        n as u32,
-                        part.encoded_len(),
-                    );
-                    part.encode(&mut buf).expect("the buffer has room for the whole message");
-                    (partition, buf.freeze())
+                    (partition, encode_envelope(tenant, signal, PayloadFormat::Otlp, received_at, n, &part))
                 })
                 .collect()
         };

@@ -185,6 +185,7 @@ async fn remote_write_bad_input_gets_what_prometheus_answers() {
         let r = write(&url, None, Some("snappy"), "mixed", snappy(&req.encode_to_vec())).await;
         assert_eq!(r.status, 400, "{why}: {}", r.text);
         assert!(r.text.contains(why), "{why}: {}", r.text);
+        assert!(r.text.starts_with("1 of 4 data points rejected; the first because: "), "{}", r.text);
         assert_eq!(header(&r, "x-prometheus-remote-write-samples-written"), "3");
     }
     // v2: a reference past the symbol table.
