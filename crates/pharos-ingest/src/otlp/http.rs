@@ -16,14 +16,13 @@ use axum::{
     routing::post,
 };
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
-    metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse},
-    trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse},
+    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+    trace::v1::ExportTraceServiceRequest,
 };
 use pharos_core::Signal;
 use prost::Message;
 
-use super::{Ingestor, OtlpRequest, Outcome};
+use super::{Ingestor, OtlpRequest, Outcome, encode_response};
 use crate::{
     IngestError, TENANT_HEADER,
     body::{Compression, DISCARD_LIMIT, decompress, read_body},
@@ -137,15 +136,14 @@ async fn receive<R: OtlpRequest>(
     let t = tenant.clone();
     let work = move || {
         let body = decompress(body, compression, ingestor.limits().max_decompressed_size)?;
-        let (req, warning): (R, _) = match format {
-            Format::Protobuf => (R::decode(body)?, None),
+        match format {
+            Format::Protobuf => ingestor.prepare_encoded(R::SIGNAL, &t, body).map(|p| (p, None)),
             Format::Json => {
                 let req: R = serde_json::from_slice(&body)?;
                 let warning = (req.items() == 0).then(|| snake_case_warning::<R>(&body)).flatten();
-                (req, warning)
+                ingestor.prepare(&t, req).map(|p| (p, warning))
             }
-        };
-        ingestor.prepare(&t, req).map(|p| (p, warning))
+        }
     };
     let (prepared, warning) = if big {
         tokio::task::spawn_blocking(work).await.map_err(|e| IngestError::ReadBody(e.to_string()))??
@@ -177,36 +175,10 @@ fn snake_case_warning<R: OtlpRequest>(body: &[u8]) -> Option<String> {
 
 fn success(format: Format, o: &Outcome) -> Response {
     let body = match format {
-        Format::Protobuf => protobuf_response(o),
+        Format::Protobuf => encode_response(o),
         Format::Json => json_response(o),
     };
     (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
-}
-
-fn protobuf_response(o: &Outcome) -> Vec<u8> {
-    let rejected = o.rejected as i64;
-    let message = o.message.clone();
-    match o.signal {
-        Signal::Traces => ExportTraceServiceResponse {
-            partial_success: message
-                .map(|error_message| ExportTracePartialSuccess { rejected_spans: rejected, error_message }),
-        }
-        .encode_to_vec(),
-        Signal::Metrics => ExportMetricsServiceResponse {
-            partial_success: message.map(|error_message| ExportMetricsPartialSuccess {
-                rejected_data_points: rejected,
-                error_message,
-            }),
-        }
-        .encode_to_vec(),
-        Signal::Logs => ExportLogsServiceResponse {
-            partial_success: message.map(|error_message| ExportLogsPartialSuccess {
-                rejected_log_records: rejected,
-                error_message,
-            }),
-        }
-        .encode_to_vec(),
-    }
 }
 
 fn json_response(o: &Outcome) -> Vec<u8> {

@@ -5,6 +5,7 @@ pub mod grpc;
 pub mod http;
 mod signals;
 pub(crate) mod validate;
+mod wire;
 
 use std::{
     sync::Arc,
@@ -15,8 +16,15 @@ use bytes::Bytes;
 use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_queue::Queue;
 
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse},
+    metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse},
+    trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse},
+};
+use prost::Message;
 pub use signals::{OtlpRequest, STREAM_RESOURCE_ATTRIBUTES};
 pub use validate::Rejections;
+pub use wire::WireError;
 
 use crate::{IngestError, IngestMetrics, Limits};
 
@@ -64,6 +72,33 @@ pub(crate) fn encode_envelope(
     buf.freeze()
 }
 
+/// The protobuf export response for an outcome: empty, or a partial success.
+pub(crate) fn encode_response(o: &Outcome) -> Vec<u8> {
+    let rejected = o.rejected as i64;
+    let message = o.message.clone();
+    match o.signal {
+        Signal::Traces => ExportTraceServiceResponse {
+            partial_success: message
+                .map(|error_message| ExportTracePartialSuccess { rejected_spans: rejected, error_message }),
+        }
+        .encode_to_vec(),
+        Signal::Metrics => ExportMetricsServiceResponse {
+            partial_success: message.map(|error_message| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message,
+            }),
+        }
+        .encode_to_vec(),
+        Signal::Logs => ExportLogsServiceResponse {
+            partial_success: message.map(|error_message| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message,
+            }),
+        }
+        .encode_to_vec(),
+    }
+}
+
 /// Validates export requests, splits them by partition and makes them durable in the queue.
 pub struct Ingestor {
     queue: Arc<dyn Queue>,
@@ -88,10 +123,26 @@ impl Ingestor {
         &self.metrics
     }
 
-    /// The CPU-bound half of an export: count, validate, split and encode.
-    pub fn prepare<R: OtlpRequest>(&self, tenant: &Tenant, mut req: R) -> Result<Prepared, IngestError> {
-        let signal = R::SIGNAL;
-        let items = req.items();
+    /// The CPU-bound half of an export: count, validate, split and encode. `body` is the
+    /// protobuf encoding of an export request of `signal`.
+    pub fn prepare_encoded(
+        &self,
+        signal: Signal,
+        tenant: &Tenant,
+        body: Bytes,
+    ) -> Result<Prepared, IngestError> {
+        match signal {
+            Signal::Metrics => self.prepare_metrics(tenant, ExportMetricsServiceRequest::decode(body)?),
+            Signal::Traces | Signal::Logs => self.prepare_wire(signal, tenant, &body),
+        }
+    }
+
+    /// [`Ingestor::prepare_encoded`] for a request already decoded (from JSON, say).
+    pub fn prepare<R: OtlpRequest>(&self, tenant: &Tenant, req: R) -> Result<Prepared, IngestError> {
+        self.prepare_encoded(R::SIGNAL, tenant, Bytes::from(req.encode_to_vec()))
+    }
+
+    fn check_item_count(&self, signal: Signal, tenant: &Tenant, items: usize) -> Result<(), IngestError> {
         self.metrics.received(signal, tenant, items as u64);
         if items > self.limits.max_items_per_request {
             self.metrics.rejected(signal, tenant, "too_many_items", items as u64);
@@ -101,8 +152,17 @@ impl Ingestor {
                 limit: self.limits.max_items_per_request,
             });
         }
-        let mut rejections = Rejections::default();
-        req.validate(&self.limits, &mut rejections);
+        Ok(())
+    }
+
+    /// Counts the rejections; `Err` when nothing is left to accept.
+    fn settle(
+        &self,
+        signal: Signal,
+        tenant: &Tenant,
+        items: usize,
+        rejections: &Rejections,
+    ) -> Result<u64, IngestError> {
         for (reason, n) in &rejections.by_reason {
             self.metrics.rejected(signal, tenant, reason, *n);
         }
@@ -111,14 +171,57 @@ impl Ingestor {
             return Err(IngestError::AllRejected {
                 signal,
                 count: rejections.count,
-                message: rejections.first.unwrap_or_default(),
+                message: rejections.first.clone().unwrap_or_default(),
             });
         }
+        Ok(accepted)
+    }
+
+    /// Traces and logs: validated and split on the wire format, without decoding.
+    fn prepare_wire(&self, signal: Signal, tenant: &Tenant, body: &[u8]) -> Result<Prepared, IngestError> {
+        let mut plan = wire::Plan::scan(signal, body)?;
+        let items = plan.items();
+        self.check_item_count(signal, tenant, items)?;
+        let mut rejections = Rejections::default();
+        plan.validate(body, &self.limits, self.queue.partitions(), &mut rejections)?;
+        let accepted = self.settle(signal, tenant, items, &rejections)?;
+        let received_at = now_unix_nanos();
+        let mut envelopes = Vec::new();
+        for p in 0..self.queue.partitions() {
+            let sizes = plan.sizes(p);
+            if sizes.items == 0 {
+                continue;
+            }
+            let mut buf = Envelope::encode_header(
+                tenant,
+                signal,
+                PayloadFormat::Otlp,
+                received_at,
+                sizes.items as u32,
+                sizes.len,
+            );
+            plan.write(body, p, &sizes, &mut buf);
+            envelopes.push((p, buf.freeze()));
+        }
+        Ok(Prepared { signal, tenant: tenant.clone(), envelopes, accepted, rejections })
+    }
+
+    fn prepare_metrics(
+        &self,
+        tenant: &Tenant,
+        mut req: ExportMetricsServiceRequest,
+    ) -> Result<Prepared, IngestError> {
+        let signal = Signal::Metrics;
+        let items = req.items();
+        self.check_item_count(signal, tenant, items)?;
+        let mut rejections = Rejections::default();
+        signals::validate_metrics(&mut req, &self.limits, &mut rejections);
+        let accepted = self.settle(signal, tenant, items, &rejections)?;
         let received_at = now_unix_nanos();
         let envelopes = if accepted == 0 {
             Vec::new()
         } else {
-            req.split(self.queue.partitions())
+            signals::split_metrics(req, self.queue.partitions())
                 .into_iter()
                 .map(|(partition, part, n)| {
                     (partition, encode_envelope(tenant, signal, PayloadFormat::Otlp, received_at, n, &part))
@@ -159,6 +262,7 @@ impl Ingestor {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use opentelemetry_proto::tonic::{
         collector::{
             logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
@@ -172,9 +276,6 @@ mod tests {
         Queue,
         wal::{Wal, WalConfig},
     };
-    use prost::Message;
-
-    use super::*;
 
     /// Each item as a request of its own, with its resource and scope: comparing these as
     /// multisets shows that splitting lost, duplicated or detached nothing.

@@ -13,11 +13,10 @@ use opentelemetry_proto::tonic::{
         SummaryDataPoint, metric::Data,
     },
     resource::v1::Resource,
-    trace::v1::Span,
 };
 use pharos_core::{FNV_OFFSET, PartitionKey, Signal, fnv1a_extend, partition_of};
 
-use super::validate::{Rejections, Violation, check_attributes, check_id, check_value};
+use super::validate::{Rejections, Violation, check_attributes, check_id};
 use crate::Limits;
 
 /// An OTLP export request of one signal.
@@ -28,13 +27,6 @@ pub trait OtlpRequest:
 
     /// Spans, data points or log records in the request.
     fn items(&self) -> usize;
-
-    /// Removes every item that breaks a rule, recording why.
-    fn validate(&mut self, limits: &Limits, rejections: &mut Rejections);
-
-    /// Splits the request by partition: `(partition, request, items)` for each partition that
-    /// gets something.
-    fn split(self, partitions: u32) -> Vec<(u32, Self, u64)>;
 }
 
 /// The resource attributes that name a log stream (the labels of a stream). Every record of a
@@ -118,7 +110,7 @@ fn hash_value(h: &mut u64, v: &AnyValue) {
 
 /// Hashes the attributes `keep` selects, in key order, so that their order on the wire does not
 /// matter.
-fn hash_attributes(h: &mut u64, attrs: &[KeyValue], keep: impl Fn(&str) -> bool) {
+pub(crate) fn hash_attributes(h: &mut u64, attrs: &[KeyValue], keep: impl Fn(&str) -> bool) {
     let mut sorted: Vec<&KeyValue> = attrs.iter().filter(|kv| keep(&kv.key)).collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     for kv in sorted {
@@ -131,138 +123,12 @@ fn hash_attributes(h: &mut u64, attrs: &[KeyValue], keep: impl Fn(&str) -> bool)
     }
 }
 
-/// Removes the items of a three-level request (resource → scope → items) that break a rule; a
-/// resource or scope that breaks one takes all its items with it. Empty scopes and resources go.
-fn retain_valid<R, S, I>(
-    resources: &mut Vec<R>,
-    rej: &mut Rejections,
-    scopes_of: fn(&mut R) -> &mut Vec<S>,
-    items_of: fn(&mut S) -> &mut Vec<I>,
-    check_resource: impl Fn(&R) -> Result<(), Violation>,
-    check_scope: impl Fn(&S) -> Result<(), Violation>,
-    check_item: impl Fn(&I) -> Result<(), Violation>,
-) {
-    resources.retain_mut(|r| {
-        if let Err(v) = check_resource(r) {
-            let items = scopes_of(r).iter_mut().map(|s| items_of(s).len() as u64).sum();
-            rej.add(v, items);
-            return false;
-        }
-        scopes_of(r).retain_mut(|s| {
-            if let Err(v) = check_scope(s) {
-                rej.add(v, items_of(s).len() as u64);
-                return false;
-            }
-            items_of(s).retain(|item| match check_item(item) {
-                Ok(()) => true,
-                Err(v) => {
-                    rej.add(v, 1);
-                    false
-                }
-            });
-            !items_of(s).is_empty()
-        });
-        !scopes_of(r).is_empty()
-    });
-}
-
-/// Spreads the items of a three-level request (resource → scope → items) over partitions.
-/// `key` gives an item's partition; resource and scope headers are copied into every partition that
-/// gets one of their items.
-fn split_nested<R: Clone, S: Clone, I>(
-    resources: Vec<R>,
-    partitions: u32,
-    scopes_of: fn(&mut R) -> &mut Vec<S>,
-    items_of: fn(&mut S) -> &mut Vec<I>,
-    key: impl Fn(&R, &I) -> u32,
-) -> Vec<(u32, Vec<R>, u64)> {
-    let n = partitions as usize;
-    let mut out: Vec<(Vec<R>, u64)> = (0..n).map(|_| (Vec::new(), 0)).collect();
-    for mut r in resources {
-        let scopes = take(scopes_of(&mut r));
-        let mut per_r: Vec<Option<R>> = vec![None; n];
-        for mut s in scopes {
-            let items = take(items_of(&mut s));
-            let mut per_s: Vec<Option<S>> = vec![None; n];
-            for item in items {
-                let p = key(&r, &item) as usize;
-                items_of(per_s[p].get_or_insert_with(|| s.clone())).push(item);
-                out[p].1 += 1;
-            }
-            for (p, s) in per_s.into_iter().enumerate() {
-                if let Some(s) = s {
-                    scopes_of(per_r[p].get_or_insert_with(|| r.clone())).push(s);
-                }
-            }
-        }
-        for (p, r) in per_r.into_iter().enumerate() {
-            if let Some(r) = r {
-                out[p].0.push(r);
-            }
-        }
-    }
-    out.into_iter()
-        .enumerate()
-        .filter(|(_, (rs, _))| !rs.is_empty())
-        .map(|(p, (rs, n))| (p as u32, rs, n))
-        .collect()
-}
-
 impl OtlpRequest for ExportTraceServiceRequest {
     const SIGNAL: Signal = Signal::Traces;
 
     fn items(&self) -> usize {
         self.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
     }
-
-    fn validate(&mut self, limits: &Limits, rej: &mut Rejections) {
-        retain_valid(
-            &mut self.resource_spans,
-            rej,
-            |r| &mut r.scope_spans,
-            |s| &mut s.spans,
-            |r| check_resource(&r.resource, limits),
-            |s| check_scope(&s.scope, limits),
-            |span| check_span(span, limits),
-        );
-    }
-
-    fn split(self, partitions: u32) -> Vec<(u32, Self, u64)> {
-        if partitions <= 1 {
-            let n = self.items() as u64;
-            return vec![(0, self, n)];
-        }
-        split_nested(
-            self.resource_spans,
-            partitions,
-            |r| &mut r.scope_spans,
-            |s| &mut s.spans,
-            |_, span: &Span| {
-                let mut id = [0u8; 16];
-                id.copy_from_slice(&span.trace_id);
-                partition_of(PartitionKey::TraceId(id), partitions)
-            },
-        )
-        .into_iter()
-        .map(|(p, resource_spans, n)| (p, ExportTraceServiceRequest { resource_spans }, n))
-        .collect()
-    }
-}
-
-fn check_span(span: &Span, limits: &Limits) -> Result<(), Violation> {
-    check_id(&span.trace_id, 16, true, "span", "trace_id")?;
-    check_id(&span.span_id, 8, true, "span", "span_id")?;
-    check_id(&span.parent_span_id, 8, false, "span", "parent_span_id")?;
-    check_attributes(&span.attributes, limits, "span")?;
-    for event in &span.events {
-        check_attributes(&event.attributes, limits, "span event")?;
-    }
-    for link in &span.links {
-        check_id(&link.trace_id, 16, true, "span link", "trace_id")?;
-        check_id(&link.span_id, 8, true, "span link", "span_id")?;
-        check_attributes(&link.attributes, limits, "span link")?;
-    }
-    Ok(())
 }
 
 impl OtlpRequest for ExportLogsServiceRequest {
@@ -270,48 +136,6 @@ impl OtlpRequest for ExportLogsServiceRequest {
 
     fn items(&self) -> usize {
         self.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum()
-    }
-
-    fn validate(&mut self, limits: &Limits, rej: &mut Rejections) {
-        retain_valid(
-            &mut self.resource_logs,
-            rej,
-            |r| &mut r.scope_logs,
-            |s| &mut s.log_records,
-            |r| check_resource(&r.resource, limits),
-            |s| check_scope(&s.scope, limits),
-            |rec| {
-                check_id(&rec.trace_id, 16, false, "log record", "trace_id")?;
-                check_id(&rec.span_id, 8, false, "log record", "span_id")?;
-                check_attributes(&rec.attributes, limits, "log record")?;
-                rec.body.as_ref().map_or(Ok(()), |b| check_value(b, limits, "log record", "body", 0))
-            },
-        );
-    }
-
-    fn split(self, partitions: u32) -> Vec<(u32, Self, u64)> {
-        // A stream is named by resource attributes alone, so whole resources move together.
-        let mut out: Vec<(u32, Self, u64)> = Vec::new();
-        for rl in self.resource_logs {
-            let p = if partitions <= 1 {
-                0
-            } else {
-                let mut h = FNV_OFFSET;
-                hash_attributes(&mut h, resource_attrs(&rl.resource), |k| {
-                    STREAM_RESOURCE_ATTRIBUTES.contains(&k)
-                });
-                partition_of(PartitionKey::Hash(h), partitions)
-            };
-            let n: u64 = rl.scope_logs.iter().map(|s| s.log_records.len() as u64).sum();
-            match out.iter_mut().find(|(q, _, _)| *q == p) {
-                Some((_, req, count)) => {
-                    req.resource_logs.push(rl);
-                    *count += n;
-                }
-                None => out.push((p, ExportLogsServiceRequest { resource_logs: vec![rl] }, n)),
-            }
-        }
-        out
     }
 }
 
@@ -472,87 +296,91 @@ impl OtlpRequest for ExportMetricsServiceRequest {
             .map(metric_points)
             .sum()
     }
+}
 
-    fn validate(&mut self, limits: &Limits, rej: &mut Rejections) {
-        self.resource_metrics.retain_mut(|rm| {
-            let count = |rm: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics| -> u64 {
-                rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(|m| metric_points(m) as u64).sum()
-            };
-            if let Err(v) = check_resource(&rm.resource, limits) {
-                rej.add(v, count(rm));
+/// Removes every data point that breaks a rule, recording why; a resource, scope or metric that
+/// breaks one takes all its points with it.
+pub(crate) fn validate_metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits, rej: &mut Rejections) {
+    req.resource_metrics.retain_mut(|rm| {
+        let count = |rm: &opentelemetry_proto::tonic::metrics::v1::ResourceMetrics| -> u64 {
+            rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(|m| metric_points(m) as u64).sum()
+        };
+        if let Err(v) = check_resource(&rm.resource, limits) {
+            rej.add(v, count(rm));
+            return false;
+        }
+        rm.scope_metrics.retain_mut(|sm| {
+            if let Err(v) = check_scope(&sm.scope, limits) {
+                rej.add(v, sm.metrics.iter().map(|m| metric_points(m) as u64).sum());
                 return false;
             }
-            rm.scope_metrics.retain_mut(|sm| {
-                if let Err(v) = check_scope(&sm.scope, limits) {
-                    rej.add(v, sm.metrics.iter().map(|m| metric_points(m) as u64).sum());
+            sm.metrics.retain_mut(|m| {
+                if m.name.is_empty() {
+                    let v = Violation { reason: "invalid_metric", message: "metric has no name".to_string() };
+                    rej.add(v, metric_points(m) as u64);
                     return false;
                 }
-                sm.metrics.retain_mut(|m| {
-                    if m.name.is_empty() {
-                        let v =
-                            Violation { reason: "invalid_metric", message: "metric has no name".to_string() };
-                        rej.add(v, metric_points(m) as u64);
-                        return false;
-                    }
-                    if let Some(data) = m.data.as_mut() {
-                        with_points!(data, points => retain_points(points, limits, rej));
-                    }
-                    metric_points(m) > 0
-                });
-                !sm.metrics.is_empty()
+                if let Some(data) = m.data.as_mut() {
+                    with_points!(data, points => retain_points(points, limits, rej));
+                }
+                metric_points(m) > 0
             });
-            !rm.scope_metrics.is_empty()
+            !sm.metrics.is_empty()
         });
-    }
+        !rm.scope_metrics.is_empty()
+    });
+}
 
-    fn split(self, partitions: u32) -> Vec<(u32, Self, u64)> {
-        if partitions <= 1 {
-            let n = self.items() as u64;
-            return vec![(0, self, n)];
-        }
-        // Metrics nest one level deeper (metric → points), so a metric header is copied into each
-        // partition that gets one of its points. A series is the resource's job/instance
-        // attributes, the metric name and the point's attributes.
-        let n = partitions as usize;
-        let mut out: Vec<Option<ExportMetricsServiceRequest>> = vec![None; n];
-        let mut counts = vec![0u64; n];
-        for mut rm in self.resource_metrics {
-            let mut resource_hash = FNV_OFFSET;
-            hash_attributes(&mut resource_hash, resource_attrs(&rm.resource), |k| {
-                SERIES_RESOURCE_ATTRIBUTES.contains(&k)
-            });
-            let scopes = take(&mut rm.scope_metrics);
-            let mut per_r: Vec<Option<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>> =
-                vec![None; n];
-            for mut sm in scopes {
-                let metrics = take(&mut sm.metrics);
-                let mut per_s: Vec<Option<opentelemetry_proto::tonic::metrics::v1::ScopeMetrics>> =
-                    vec![None; n];
-                for mut m in metrics {
-                    let Some(data) = m.data.take() else { continue };
-                    let mut series_base = resource_hash;
-                    fnv1a_extend(&mut series_base, m.name.as_bytes());
-                    fnv1a_extend(&mut series_base, &[0xff]);
-                    for (p, data, points) in split_data(data, series_base, partitions) {
-                        counts[p as usize] += points;
-                        let copy = Metric { data: Some(data), ..m.clone() };
-                        per_s[p as usize].get_or_insert_with(|| sm.clone()).metrics.push(copy);
-                    }
-                }
-                for (p, s) in per_s.into_iter().enumerate() {
-                    if let Some(s) = s {
-                        per_r[p].get_or_insert_with(|| rm.clone()).scope_metrics.push(s);
-                    }
-                }
-            }
-            for (p, r) in per_r.into_iter().enumerate() {
-                if let Some(r) = r {
-                    out[p].get_or_insert_with(Default::default).resource_metrics.push(r);
-                }
-            }
-        }
-        out.into_iter().enumerate().filter_map(|(p, req)| req.map(|r| (p as u32, r, counts[p]))).collect()
+/// Splits a metrics request by partition: `(partition, request, points)` for each partition that
+/// gets something.
+pub(crate) fn split_metrics(
+    req: ExportMetricsServiceRequest,
+    partitions: u32,
+) -> Vec<(u32, ExportMetricsServiceRequest, u64)> {
+    if partitions <= 1 {
+        let n = req.items() as u64;
+        return vec![(0, req, n)];
     }
+    // Metrics nest one level deeper (metric → points), so a metric header is copied into each
+    // partition that gets one of its points. A series is the resource's job/instance
+    // attributes, the metric name and the point's attributes.
+    let n = partitions as usize;
+    let mut out: Vec<Option<ExportMetricsServiceRequest>> = vec![None; n];
+    let mut counts = vec![0u64; n];
+    for mut rm in req.resource_metrics {
+        let mut resource_hash = FNV_OFFSET;
+        hash_attributes(&mut resource_hash, resource_attrs(&rm.resource), |k| {
+            SERIES_RESOURCE_ATTRIBUTES.contains(&k)
+        });
+        let scopes = take(&mut rm.scope_metrics);
+        let mut per_r: Vec<Option<opentelemetry_proto::tonic::metrics::v1::ResourceMetrics>> = vec![None; n];
+        for mut sm in scopes {
+            let metrics = take(&mut sm.metrics);
+            let mut per_s: Vec<Option<opentelemetry_proto::tonic::metrics::v1::ScopeMetrics>> = vec![None; n];
+            for mut m in metrics {
+                let Some(data) = m.data.take() else { continue };
+                let mut series_base = resource_hash;
+                fnv1a_extend(&mut series_base, m.name.as_bytes());
+                fnv1a_extend(&mut series_base, &[0xff]);
+                for (p, data, points) in split_data(data, series_base, partitions) {
+                    counts[p as usize] += points;
+                    let copy = Metric { data: Some(data), ..m.clone() };
+                    per_s[p as usize].get_or_insert_with(|| sm.clone()).metrics.push(copy);
+                }
+            }
+            for (p, s) in per_s.into_iter().enumerate() {
+                if let Some(s) = s {
+                    per_r[p].get_or_insert_with(|| rm.clone()).scope_metrics.push(s);
+                }
+            }
+        }
+        for (p, r) in per_r.into_iter().enumerate() {
+            if let Some(r) = r {
+                out[p].get_or_insert_with(Default::default).resource_metrics.push(r);
+            }
+        }
+    }
+    out.into_iter().enumerate().filter_map(|(p, req)| req.map(|r| (p as u32, r, counts[p]))).collect()
 }
 
 #[cfg(test)]
@@ -560,7 +388,6 @@ mod tests {
     use opentelemetry_proto::tonic::{
         collector::metrics::v1::ExportMetricsServiceRequest,
         metrics::v1::{Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics},
-        trace::v1::{ResourceSpans, ScopeSpans},
     };
 
     use super::*;
@@ -571,47 +398,6 @@ mod tests {
             value: Some(AnyValue { value: Some(Value::IntValue(v)) }),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn split_keeps_every_trace_in_one_partition_and_loses_no_span() {
-        let spans = |res: u8| -> Vec<Span> {
-            (0..60u8)
-                .map(|i| Span {
-                    trace_id: vec![i % 20 + 1; 16],
-                    span_id: vec![i + 1, res, 0, 0, 0, 0, 0, 1],
-                    ..Default::default()
-                })
-                .collect()
-        };
-        let req = ExportTraceServiceRequest {
-            resource_spans: (0..2u8)
-                .map(|r| ResourceSpans {
-                    resource: Some(Resource { attributes: vec![kv("r", r.into())], ..Default::default() }),
-                    scope_spans: vec![ScopeSpans { spans: spans(r), ..Default::default() }],
-                    ..Default::default()
-                })
-                .collect(),
-        };
-        let parts = req.split(4);
-        assert!(parts.len() > 1, "20 traces over 4 partitions all landed in one");
-        let mut owner = std::collections::HashMap::new();
-        let mut total = 0;
-        for (p, part, n) in &parts {
-            assert_eq!(*n as usize, part.items());
-            total += part.items();
-            for rs in &part.resource_spans {
-                assert!(rs.resource.is_some(), "resource header copied");
-                for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
-                    assert_eq!(
-                        *owner.entry(span.trace_id.clone()).or_insert(*p),
-                        *p,
-                        "a trace in two partitions"
-                    );
-                }
-            }
-        }
-        assert_eq!(total, 120);
     }
 
     #[test]
@@ -634,7 +420,7 @@ mod tests {
         };
         let owner_of = |t| {
             let mut owner = std::collections::BTreeMap::new();
-            for (p, part, _) in req(t).split(4) {
+            for (p, part, _) in split_metrics(req(t), 4) {
                 for m in part.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics)
                 {
                     assert_eq!(m.name, "m");

@@ -35,16 +35,59 @@ impl Rejections {
     }
 }
 
+pub(crate) fn too_many_attributes(owner: &str, count: usize, limits: &Limits) -> Violation {
+    Violation {
+        reason: "too_many_attributes",
+        message: format!(
+            "{owner} has {count} attributes, over the limit max_attributes of {}",
+            limits.max_attributes
+        ),
+    }
+}
+
+pub(crate) fn key_too_long(owner: &str, len: usize, limits: &Limits) -> Violation {
+    Violation {
+        reason: "attribute_key_too_long",
+        message: format!(
+            "{owner} has an attribute key of {len} bytes, over the limit max_attribute_key_length of {}",
+            limits.max_attribute_key_length
+        ),
+    }
+}
+
+pub(crate) fn nested_key_too_long(owner: &str, key: &str, len: usize, limits: &Limits) -> Violation {
+    Violation {
+        reason: "attribute_key_too_long",
+        message: format!(
+            "{owner} attribute {key:?} holds a key of {len} bytes, over the limit max_attribute_key_length of {}",
+            limits.max_attribute_key_length
+        ),
+    }
+}
+
+pub(crate) fn value_too_long(owner: &str, key: &str, len: usize, limits: &Limits) -> Violation {
+    Violation {
+        reason: "attribute_value_too_long",
+        message: format!(
+            "{owner} attribute {key:?} has a value of {len} bytes, over the limit max_attribute_value_length of {}",
+            limits.max_attribute_value_length
+        ),
+    }
+}
+
+pub(crate) fn nesting_too_deep(owner: &str, key: &str, limits: &Limits) -> Violation {
+    Violation {
+        reason: "nesting_too_deep",
+        message: format!(
+            "{owner} attribute {key:?} nests arrays or kvlists more than {} levels deep (the limit max_nesting_depth)",
+            limits.max_nesting_depth
+        ),
+    }
+}
+
 pub(crate) fn check_attributes(attrs: &[KeyValue], limits: &Limits, owner: &str) -> Result<(), Violation> {
     if attrs.len() > limits.max_attributes {
-        return Err(Violation {
-            reason: "too_many_attributes",
-            message: format!(
-                "{owner} has {} attributes, over the limit max_attributes of {}",
-                attrs.len(),
-                limits.max_attributes
-            ),
-        });
+        return Err(too_many_attributes(owner, attrs.len(), limits));
     }
     for kv in attrs {
         check_key_value(kv, limits, owner)?;
@@ -54,14 +97,7 @@ pub(crate) fn check_attributes(attrs: &[KeyValue], limits: &Limits, owner: &str)
 
 fn check_key_value(kv: &KeyValue, limits: &Limits, owner: &str) -> Result<(), Violation> {
     if kv.key.len() > limits.max_attribute_key_length {
-        return Err(Violation {
-            reason: "attribute_key_too_long",
-            message: format!(
-                "{owner} has an attribute key of {} bytes, over the limit max_attribute_key_length of {}",
-                kv.key.len(),
-                limits.max_attribute_key_length
-            ),
-        });
+        return Err(key_too_long(owner, kv.key.len(), limits));
     }
     if let Some(v) = &kv.value {
         check_value(v, limits, owner, &kv.key, 0)?;
@@ -77,43 +113,26 @@ pub(crate) fn check_value(
     key: &str,
     depth: usize,
 ) -> Result<(), Violation> {
-    let too_long = |len: usize| Violation {
-        reason: "attribute_value_too_long",
-        message: format!(
-            "{owner} attribute {key:?} has a value of {len} bytes, over the limit max_attribute_value_length of {}",
-            limits.max_attribute_value_length
-        ),
-    };
-    let too_deep = || Violation {
-        reason: "nesting_too_deep",
-        message: format!(
-            "{owner} attribute {key:?} nests arrays or kvlists more than {} levels deep (the limit max_nesting_depth)",
-            limits.max_nesting_depth
-        ),
-    };
     match &value.value {
-        Some(Value::StringValue(s)) if s.len() > limits.max_attribute_value_length => Err(too_long(s.len())),
-        Some(Value::BytesValue(b)) if b.len() > limits.max_attribute_value_length => Err(too_long(b.len())),
+        Some(Value::StringValue(s)) if s.len() > limits.max_attribute_value_length => {
+            Err(value_too_long(owner, key, s.len(), limits))
+        }
+        Some(Value::BytesValue(b)) if b.len() > limits.max_attribute_value_length => {
+            Err(value_too_long(owner, key, b.len(), limits))
+        }
         Some(Value::ArrayValue(a)) => {
             if depth + 1 > limits.max_nesting_depth {
-                return Err(too_deep());
+                return Err(nesting_too_deep(owner, key, limits));
             }
             a.values.iter().try_for_each(|v| check_value(v, limits, owner, key, depth + 1))
         }
         Some(Value::KvlistValue(kvs)) => {
             if depth + 1 > limits.max_nesting_depth {
-                return Err(too_deep());
+                return Err(nesting_too_deep(owner, key, limits));
             }
             for kv in &kvs.values {
                 if kv.key.len() > limits.max_attribute_key_length {
-                    return Err(Violation {
-                        reason: "attribute_key_too_long",
-                        message: format!(
-                            "{owner} attribute {key:?} holds a key of {} bytes, over the limit max_attribute_key_length of {}",
-                            kv.key.len(),
-                            limits.max_attribute_key_length
-                        ),
-                    });
+                    return Err(nested_key_too_long(owner, key, kv.key.len(), limits));
                 }
                 if let Some(v) = &kv.value {
                     check_value(v, limits, owner, key, depth + 1)?;
