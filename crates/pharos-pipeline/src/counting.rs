@@ -244,7 +244,7 @@ impl Sink for CountingSink {
         Ok(())
     }
 
-    async fn flush(&mut self, next: Offset) -> Result<(), PipelineError> {
+    async fn flush(&mut self, next: Offset, _closing: bool) -> Result<Offset, PipelineError> {
         self.next_offset = next;
         let checkpoint = Checkpoint {
             next_offset: next,
@@ -265,7 +265,8 @@ impl Sink for CountingSink {
                 path: self.path.clone(),
                 source: std::io::Error::other(e.to_string()),
             }
-        })?
+        })??;
+        Ok(next)
     }
 }
 
@@ -366,7 +367,7 @@ mod tests {
         let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
         let env = Envelope::decode(logs_envelope("a", 5)).unwrap();
         sink.write(vec![(0, env.clone())]).await.unwrap();
-        sink.flush(1).await.unwrap();
+        sink.flush(1, false).await.unwrap();
         // Replay of offset 0 (the queue commit was lost) must not count it again.
         let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
         sink.write(vec![(0, env.clone()), (1, env)]).await.unwrap();

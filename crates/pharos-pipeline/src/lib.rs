@@ -25,6 +25,9 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
+    /// A store behind the sink failed.
+    #[error("{0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl PipelineError {

@@ -22,8 +22,10 @@ pub trait Sink: Send {
     /// Takes a batch of envelopes; `offsets[i]` is the queue offset of `envelopes[i]`.
     async fn write(&mut self, envelopes: Vec<(Offset, Envelope)>) -> Result<(), PipelineError>;
 
-    /// Makes everything written durable, covering offsets below `next`.
-    async fn flush(&mut self, next: Offset) -> Result<(), PipelineError>;
+    /// Makes what was written durable, up to offsets below `next`, and returns the offset below
+    /// which everything is durable (the runner commits it). A sink may hold back, flushing on
+    /// its own schedule and returning less than `next`; `closing` (shutdown) asks it not to.
+    async fn flush(&mut self, next: Offset, closing: bool) -> Result<Offset, PipelineError>;
 }
 
 #[derive(Debug, Clone)]
@@ -88,9 +90,11 @@ impl Runner {
             if written > committed_at
                 && (last_commit.elapsed() >= options.commit_interval || drain_deadline.is_some())
             {
-                sink.flush(written).await?;
-                consumer.commit(written).await?;
-                committed_at = written;
+                let durable = sink.flush(written, false).await?.min(written);
+                if durable > committed_at {
+                    consumer.commit(durable).await?;
+                    committed_at = durable;
+                }
                 last_commit = Instant::now();
             }
             if drain_deadline.is_none() && cancel.is_cancelled() {
@@ -148,8 +152,10 @@ impl Runner {
             }
         }
         if written > committed_at {
-            sink.flush(written).await?;
-            consumer.commit(written).await?;
+            let durable = sink.flush(written, true).await?.min(written);
+            if durable > committed_at {
+                consumer.commit(durable).await?;
+            }
         }
         Ok(())
     }

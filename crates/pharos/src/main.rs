@@ -6,6 +6,7 @@
 mod config;
 mod serve;
 mod server;
+mod stores;
 mod telemetry;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -22,6 +22,12 @@ use pharos_ingest::{
         http::{self as otlp_http, HttpOptions},
     },
 };
+use pharos_metrics::{
+    api::{ApiOptions, TenantReaders},
+    otlp::{Converter, OtlpOptions},
+    query::EngineOptions,
+    store::{HeadOptions, Heads, PartStore, PartitionWriter},
+};
 use pharos_pipeline::{CountingSink, PipelineMetrics, Runner, RunnerOptions};
 use pharos_queue::{
     Queue,
@@ -35,6 +41,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, FsyncMode},
     server::serve_http,
+    stores::{MetricsStoreMetrics, StoresSink},
     telemetry::SelfMetrics,
 };
 
@@ -67,6 +74,30 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     wal.register_metrics(&mut registry);
     let queue: Arc<dyn Queue> = Arc::new(wal);
 
+    // The metrics heads, with the parts written before this start put back.
+    let heads = Arc::new(Heads::new(HeadOptions {
+        max_series: config.metrics.max_series_per_tenant,
+        max_label_name_length: config.limits.max_label_name_length,
+        max_label_value_length: config.limits.max_label_value_length,
+        max_labels_per_series: config.limits.max_labels_per_series,
+        out_of_order_window: config.metrics.out_of_order_window.0,
+        ..HeadOptions::default()
+    }));
+    let parts_dir = config.data_dir.join("metrics").join("parts");
+    let (parts, load_report) = {
+        let heads = heads.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = PartStore::open(&parts_dir)?;
+            let report = store.load(&heads)?;
+            Ok::<_, pharos_metrics::store::PartStoreError>((Arc::new(store), report))
+        })
+        .await
+        .context("load the metrics parts")?
+        .context("load the metrics parts")?
+    };
+    let store_metrics = MetricsStoreMetrics::default();
+    store_metrics.register(&mut registry);
+
     // Processors.
     let pipeline_metrics = PipelineMetrics::default();
     pipeline_metrics.register(&mut registry);
@@ -74,8 +105,20 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let mut processors = JoinSet::new();
     let counts_dir = config.data_dir.join("pipeline").join("counts");
     for partition in 0..partitions {
-        let sink = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
+        let counting = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
             .context("open the counting stage")?;
+        let sink = StoresSink {
+            counting,
+            metrics: PartitionWriter::new(
+                heads.clone(),
+                partition,
+                &load_report,
+                config.metrics.flush_interval.0,
+                Box::new(Converter::new(OtlpOptions::default())),
+            ),
+            parts: parts.clone(),
+            telemetry: store_metrics.clone(),
+        };
         let runner = Runner {
             queue: queue.clone(),
             partition,
@@ -111,7 +154,17 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .with_state(api_state.clone())
         // Prometheus users point remote_write at the same address they query.
-        .merge(remote_write);
+        .merge(remote_write)
+        .merge(pharos_metrics::api::router(
+            heads.clone() as Arc<dyn TenantReaders>,
+            ApiOptions {
+                engine: EngineOptions {
+                    timeout: Some(config.metrics.query_timeout.0),
+                    ..EngineOptions::default()
+                },
+                ..ApiOptions::default()
+            },
+        ));
 
     let bind =
         |addr| async move { TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}")) };

@@ -200,6 +200,32 @@ impl Head {
 
     /// Appends one series' samples, keeping the valid ones (as remote write expects).
     pub fn append_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
+        self.append_each(labels, samples, self.window_ms, |_| {})
+    }
+
+    /// [`Head::append_samples`], collecting the samples it kept into `kept`.
+    pub fn append_samples_into(
+        &self,
+        labels: &Labels,
+        samples: &[Sample],
+        kept: &mut Vec<Sample>,
+    ) -> AppendOutcome {
+        self.append_each(labels, samples, self.window_ms, |s| kept.push(*s))
+    }
+
+    /// Puts back samples the head had accepted before (read from a part on start): the
+    /// out-of-order window was applied when they first arrived, so any age is taken now.
+    pub fn restore_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
+        self.append_each(labels, samples, i64::MAX, |_| {})
+    }
+
+    fn append_each(
+        &self,
+        labels: &Labels,
+        samples: &[Sample],
+        window_ms: i64,
+        mut kept: impl FnMut(&Sample),
+    ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
         let s = match self.series(labels) {
             Ok(s) => s,
@@ -210,8 +236,15 @@ impl Head {
             }
         };
         for sample in samples {
-            match self.append_to(&s, sample.t, sample.v) {
-                Ok(()) => out.accepted += 1,
+            let appended = s.append(sample.t, sample.v, window_ms).map(|()| {
+                self.min_t.fetch_min(sample.t, Ordering::Relaxed);
+                self.max_t.fetch_max(sample.t, Ordering::Relaxed);
+            });
+            match appended {
+                Ok(()) => {
+                    out.accepted += 1;
+                    kept(sample);
+                }
                 Err(e) => {
                     out.rejected += 1;
                     out.first_error.get_or_insert(e);

@@ -13,7 +13,9 @@ mod exemplar;
 mod head;
 mod index;
 mod metadata;
+mod part;
 mod series;
+mod writer;
 
 pub use chunk::{ChunkError, ChunkIter, SAMPLES_PER_CHUNK, XorChunk};
 pub use error::AppendError;
@@ -21,3 +23,7 @@ pub use exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars};
 pub use head::{AppendOutcome, Head, HeadOptions, Heads};
 pub use index::series_hash;
 pub use metadata::{Metadata, MetricType};
+pub use part::{PART_MAGIC, Part, PartError};
+pub use writer::{
+    Batch, Flush, LoadReport, OtlpDecoder, PartStore, PartStoreError, PartitionWriter, WriteStats,
+};

@@ -28,6 +28,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub processor: ProcessorConfig,
+    pub metrics: MetricsConfig,
     pub shutdown_timeout: HumanDuration,
     pub log: LogConfig,
 }
@@ -108,6 +109,26 @@ pub struct ProcessorConfig {
     pub drain_timeout: HumanDuration,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub flush_interval: HumanDuration,
+    pub out_of_order_window: HumanDuration,
+    pub max_series_per_tenant: usize,
+    pub query_timeout: HumanDuration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            flush_interval: HumanDuration(Duration::from_secs(60)),
+            out_of_order_window: HumanDuration(Duration::ZERO),
+            max_series_per_tenant: 150_000,
+            query_timeout: HumanDuration(Duration::from_secs(120)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -135,6 +156,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             queue: QueueConfig::Wal(WalQueueConfig::default()),
             processor: ProcessorConfig::default(),
+            metrics: MetricsConfig::default(),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             log: LogConfig::default(),
         }
@@ -284,7 +306,13 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         "must be at least 1KiB",
     );
     check(config.limits.max_items_per_request > 0, "limits.max_items_per_request", "must be more than zero");
-    check(config.limits.max_nesting_depth > 0, "limits.max_nesting_depth", "must be more than zero");
+    check(
+        (1..=64).contains(&config.limits.max_nesting_depth),
+        "limits.max_nesting_depth",
+        "must be between 1 and 64",
+    );
+    check(!config.metrics.flush_interval.0.is_zero(), "metrics.flush_interval", "must be more than zero");
+    check(!config.metrics.query_timeout.0.is_zero(), "metrics.query_timeout", "must be more than zero");
     check(config.processor.batch_size > 0, "processor.batch_size", "must be more than zero");
     check(
         !config.otlp.http.request_timeout.0.is_zero(),

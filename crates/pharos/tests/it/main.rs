@@ -10,5 +10,7 @@ mod conformance;
 mod crash;
 mod harness;
 mod load;
+mod metrics_store;
+mod promql_diff;
 mod remote_write;
 mod shutdown;

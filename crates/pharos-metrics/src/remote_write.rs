@@ -1,0 +1,186 @@
+//! Prometheus remote write 1.0 and 2.0 requests (as the queue holds them, decompressed) turned
+//! into series, exemplars and metadata for the head.
+//!
+//! The receiver has already checked labels (names, sorting, duplicates, limits); this is total
+//! anyway: whatever cannot be turned into a series is counted as dropped, never a panic.
+//! Native histograms are dropped (reason `native_histogram`): the engine has no histogram samples.
+
+use pharos_core::prompb::{v1, v2};
+use prost::Message;
+
+use crate::model::{Labels, Sample};
+use crate::store::{Batch, Exemplar, Metadata, MetricType};
+
+/// The metric type of a remote-write metadata type code (the same codes in 1.0 and 2.0).
+fn metric_type(code: i32) -> MetricType {
+    match code {
+        1 => MetricType::Counter,
+        2 => MetricType::Gauge,
+        3 => MetricType::Histogram,
+        4 => MetricType::GaugeHistogram,
+        5 => MetricType::Summary,
+        6 => MetricType::Info,
+        7 => MetricType::StateSet,
+        _ => MetricType::Unknown,
+    }
+}
+
+fn samples(samples: &[v1::Sample]) -> Vec<Sample> {
+    samples.iter().map(|s| Sample { t: s.timestamp, v: s.value }).collect()
+}
+
+fn add_dropped(batch: &mut Batch, reason: &'static str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match batch.dropped.iter_mut().find(|(r, _)| *r == reason) {
+        Some((_, count)) => *count += n,
+        None => batch.dropped.push((reason, n)),
+    }
+}
+
+/// Decodes a remote write 1.0 `WriteRequest`.
+pub fn decode_v1(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
+    let req = v1::WriteRequest::decode(payload)?;
+    let mut batch = Batch::default();
+    for ts in req.timeseries {
+        let labels = Labels::from_pairs(ts.labels.into_iter().map(|l| (l.name, l.value)));
+        add_dropped(&mut batch, "native_histogram", ts.histograms.len() as u64);
+        for e in ts.exemplars {
+            let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
+            batch
+                .exemplars
+                .push((labels.clone(), Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp }));
+        }
+        if !ts.samples.is_empty() {
+            batch.series.push((labels, samples(&ts.samples)));
+        }
+    }
+    for m in req.metadata {
+        batch.metadata.push((
+            m.metric_family_name,
+            Metadata { kind: metric_type(m.r#type), help: m.help, unit: m.unit },
+        ));
+    }
+    Ok(batch)
+}
+
+/// Decodes a remote write 2.0 `Request`, resolving its symbol references.
+pub fn decode_v2(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
+    let req = v2::Request::decode(payload)?;
+    let symbol = |i: u32| req.symbols.get(i as usize).map(String::as_str);
+    let labels_of = |refs: &[u32]| -> Option<Labels> {
+        if !refs.len().is_multiple_of(2) {
+            return None;
+        }
+        let mut pairs = Vec::with_capacity(refs.len() / 2);
+        for pair in refs.chunks_exact(2) {
+            pairs.push((symbol(pair[0])?, symbol(pair[1])?));
+        }
+        Some(Labels::from_pairs(pairs))
+    };
+    let mut batch = Batch::default();
+    for ts in &req.timeseries {
+        let Some(labels) = labels_of(&ts.labels_refs) else {
+            add_dropped(&mut batch, "invalid_symbol_ref", (ts.samples.len() + ts.histograms.len()) as u64);
+            continue;
+        };
+        add_dropped(&mut batch, "native_histogram", ts.histograms.len() as u64);
+        for e in &ts.exemplars {
+            match labels_of(&e.labels_refs) {
+                Some(exemplar_labels) => batch.exemplars.push((
+                    labels.clone(),
+                    Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp },
+                )),
+                None => add_dropped(&mut batch, "invalid_symbol_ref", 0),
+            }
+        }
+        if let Some(m) = &ts.metadata {
+            let name = labels.get("__name__");
+            let (help, unit) = (symbol(m.help_ref).unwrap_or(""), symbol(m.unit_ref).unwrap_or(""));
+            if !name.is_empty() && (m.r#type != 0 || !help.is_empty() || !unit.is_empty()) {
+                batch.metadata.push((
+                    name.to_owned(),
+                    Metadata { kind: metric_type(m.r#type), help: help.to_owned(), unit: unit.to_owned() },
+                ));
+            }
+        }
+        if !ts.samples.is_empty() {
+            batch.series.push((labels, samples(&ts.samples)));
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(name: &str, value: &str) -> v1::Label {
+        v1::Label { name: name.into(), value: value.into() }
+    }
+
+    #[test]
+    fn decode_v1_keeps_series_exemplars_and_metadata() {
+        let req = v1::WriteRequest {
+            timeseries: vec![v1::TimeSeries {
+                labels: vec![label("__name__", "up"), label("job", "node")],
+                samples: vec![
+                    v1::Sample { value: 1.0, timestamp: 1000 },
+                    v1::Sample { value: 0.0, timestamp: 2000 },
+                ],
+                exemplars: vec![v1::Exemplar {
+                    labels: vec![label("trace_id", "abc")],
+                    value: 1.0,
+                    timestamp: 1000,
+                }],
+                histograms: vec![Default::default()],
+            }],
+            metadata: vec![v1::MetricMetadata {
+                r#type: 2,
+                metric_family_name: "up".into(),
+                help: "Up.".into(),
+                unit: String::new(),
+            }],
+        };
+        let batch = decode_v1(&req.encode_to_vec()).unwrap();
+        let up = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
+        assert_eq!(
+            batch.series,
+            vec![(up.clone(), vec![Sample { t: 1000, v: 1.0 }, Sample { t: 2000, v: 0.0 }])]
+        );
+        assert_eq!(batch.exemplars.len(), 1);
+        assert_eq!(batch.exemplars[0].0, up);
+        assert_eq!(batch.metadata[0].1.kind, MetricType::Gauge);
+        assert_eq!(batch.dropped, vec![("native_histogram", 1)]);
+    }
+
+    #[test]
+    fn decode_v2_resolves_symbols_and_drops_bad_references() {
+        let req = v2::Request {
+            symbols: ["", "__name__", "http_requests_total", "code", "200", "Requests."]
+                .map(String::from)
+                .to_vec(),
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4],
+                    samples: vec![v1::Sample { value: 5.0, timestamp: 10 }],
+                    metadata: Some(v2::Metadata { r#type: 1, help_ref: 5, unit_ref: 0 }),
+                    ..Default::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 99],
+                    samples: vec![v1::Sample { value: 1.0, timestamp: 10 }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let batch = decode_v2(&req.encode_to_vec()).unwrap();
+        let want = Labels::from_pairs([("__name__", "http_requests_total"), ("code", "200")]);
+        assert_eq!(batch.series, vec![(want, vec![Sample { t: 10, v: 5.0 }])]);
+        assert_eq!(batch.metadata[0].0, "http_requests_total");
+        assert_eq!(batch.metadata[0].1.kind, MetricType::Counter);
+        assert_eq!(batch.metadata[0].1.help, "Requests.");
+        assert_eq!(batch.dropped, vec![("invalid_symbol_ref", 1)]);
+    }
+}

@@ -1,0 +1,500 @@
+//! Durable writing into the heads: what one queue partition's processor does with metrics.
+//!
+//! A [`PartitionWriter`] decodes each metrics record (remote write 1.0/2.0, OTLP), appends its
+//! samples to the tenant's head and keeps the samples the head accepted in a pending [`Part`] per
+//! tenant. Every flush interval the pending parts are written by the [`PartStore`] (one file per
+//! tenant, fsynced, then renamed into place), and only then does the writer report the queue
+//! offset they cover as durable, so the processor may commit it. On start, [`PartStore::load`]
+//! puts every part back into the heads, and the records after the committed offset are replayed;
+//! a record a part already covers (written before a crash, not yet committed) is skipped.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
+use tracing::{error, info, warn};
+
+use super::{exemplar::Exemplar, head::Heads, metadata::Metadata, part::Part};
+use crate::model::{Labels, Sample};
+
+/// Series, exemplars and metadata decoded from one queue record.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    /// Samples per series.
+    pub series: Vec<(Labels, Vec<Sample>)>,
+    /// Exemplars, each with the series it belongs to.
+    pub exemplars: Vec<(Labels, Exemplar)>,
+    /// Metadata per metric name.
+    pub metadata: Vec<(String, Metadata)>,
+    /// Items that could not be turned into samples, by reason.
+    pub dropped: Vec<(&'static str, u64)>,
+}
+
+/// Why the part store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PartStoreError {
+    #[error("{op} {path:?}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PartStoreError + use<> {
+    let path = path.to_owned();
+    move |source| PartStoreError::Io { op, path, source }
+}
+
+/// What loading the parts found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Parts loaded.
+    pub parts: usize,
+    /// Samples put back into the heads.
+    pub samples: u64,
+    /// Damaged parts, moved aside (renamed `*.corrupt`).
+    pub damaged: usize,
+    /// Per partition and tenant, the offset below which every record is in a part.
+    pub coverage: HashMap<(u32, Tenant), u64>,
+}
+
+/// The parts on disk: `{dir}/{tenant}/p{partition:05}-{covers_below:020}.part`.
+#[derive(Debug)]
+pub struct PartStore {
+    dir: PathBuf,
+}
+
+impl PartStore {
+    /// Opens (creating) the part directory.
+    pub fn open(dir: &Path) -> Result<PartStore, PartStoreError> {
+        fs::create_dir_all(dir).map_err(io_error("create part directory", dir))?;
+        Ok(PartStore { dir: dir.to_owned() })
+    }
+
+    /// The tenants' part files, in load order (partition, then offset).
+    fn files(&self) -> Result<Vec<(Tenant, PathBuf)>, PartStoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_error("list part directory", &self.dir))? {
+            let entry = entry.map_err(io_error("list part directory", &self.dir))?;
+            let Some(tenant) = entry.file_name().to_str().and_then(|n| Tenant::parse(n).ok()) else {
+                warn!(path = %entry.path().display(), "not a tenant directory, ignoring it");
+                continue;
+            };
+            let dir = entry.path();
+            let mut files = Vec::new();
+            for f in fs::read_dir(&dir).map_err(io_error("list part directory", &dir))? {
+                let path = f.map_err(io_error("list part directory", &dir))?.path();
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("part") => files.push(path),
+                    Some("tmp") => {
+                        // A flush that did not finish: its records were never reported durable.
+                        fs::remove_file(&path).map_err(io_error("remove unfinished part", &path))?;
+                    }
+                    _ => {}
+                }
+            }
+            files.sort();
+            out.extend(files.into_iter().map(|f| (tenant.clone(), f)));
+        }
+        Ok(out)
+    }
+
+    /// Puts every part back into `heads`, logging progress; damaged parts are moved aside with
+    /// an error in the log.
+    pub fn load(&self, heads: &Heads) -> Result<LoadReport, PartStoreError> {
+        let files = self.files()?;
+        let mut report = LoadReport::default();
+        if files.is_empty() {
+            return Ok(report);
+        }
+        info!(parts = files.len(), dir = %self.dir.display(), "loading metrics parts");
+        let mut last_progress = Instant::now();
+        let total = files.len();
+        for (i, (tenant, path)) in files.into_iter().enumerate() {
+            let bytes = fs::read(&path).map_err(io_error("read part", &path))?;
+            let part = match Part::decode(&bytes) {
+                Ok(part) => part,
+                Err(e) => {
+                    report.damaged += 1;
+                    let aside = path.with_extension("corrupt");
+                    error!(path = %path.display(), error = %e, "damaged metrics part, moving it aside; its samples are lost");
+                    fs::rename(&path, &aside).map_err(io_error("move damaged part aside", &path))?;
+                    continue;
+                }
+            };
+            let head = heads.head(&tenant);
+            for (labels, samples) in &part.series {
+                let outcome = head.restore_samples(labels, samples);
+                report.samples += outcome.accepted as u64;
+                if let Some(e) = outcome.first_error {
+                    warn!(%tenant, series = %labels, error = %e, "part samples not restored");
+                }
+            }
+            for (name, m) in &part.metadata {
+                let _ = head.set_metadata(name, m.clone());
+            }
+            let covered = report.coverage.entry((part.partition, tenant)).or_default();
+            *covered = (*covered).max(part.covers_below);
+            report.parts += 1;
+            if last_progress.elapsed() >= Duration::from_secs(5) {
+                last_progress = Instant::now();
+                info!(loaded = i + 1, total, samples = report.samples, "loading metrics parts");
+            }
+        }
+        info!(
+            parts = report.parts,
+            samples = report.samples,
+            damaged = report.damaged,
+            "metrics parts loaded"
+        );
+        Ok(report)
+    }
+
+    /// Writes the parts of a flush, each durably: written to a temporary file, fsynced,
+    /// renamed into place, and the directory fsynced.
+    pub fn write(&self, flush: &Flush) -> Result<(), PartStoreError> {
+        for (tenant, part) in &flush.parts {
+            let dir = self.dir.join(tenant.as_str());
+            fs::create_dir_all(&dir).map_err(io_error("create tenant part directory", &dir))?;
+            let name = format!("p{:05}-{:020}", part.partition, part.covers_below);
+            let tmp = dir.join(format!("{name}.tmp"));
+            let path = dir.join(format!("{name}.part"));
+            let bytes = part.encode();
+            {
+                use std::io::Write;
+                let mut f = fs::File::create(&tmp).map_err(io_error("create part", &tmp))?;
+                f.write_all(&bytes).map_err(io_error("write part", &tmp))?;
+                f.sync_all().map_err(io_error("fsync part", &tmp))?;
+            }
+            fs::rename(&tmp, &path).map_err(io_error("rename part into place", &path))?;
+            fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("fsync part directory", &dir))?;
+        }
+        Ok(())
+    }
+}
+
+/// Pending parts taken for writing, and the offset they cover.
+#[derive(Debug)]
+pub struct Flush {
+    /// One part per tenant with new samples.
+    pub parts: Vec<(Tenant, Part)>,
+    /// Every record below this offset is covered once the parts are written.
+    pub next: u64,
+}
+
+/// What writing one record did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WriteStats {
+    /// Samples the head took.
+    pub accepted: u64,
+    /// Samples or items refused, by reason.
+    pub rejected: Vec<(&'static str, u64)>,
+    /// The record was already in a part (replay after a crash).
+    pub skipped: bool,
+}
+
+impl WriteStats {
+    fn reject(&mut self, reason: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, count)) => *count += n,
+            None => self.rejected.push((reason, n)),
+        }
+    }
+}
+
+/// Turns an OTLP metrics payload into a batch (the OTLP→Prometheus mapping, with its state).
+pub trait OtlpDecoder: Send {
+    /// Decodes and converts one `ExportMetricsServiceRequest`.
+    fn decode(&mut self, payload: &[u8]) -> Result<Batch, prost::DecodeError>;
+}
+
+/// The metrics writer of one queue partition.
+pub struct PartitionWriter {
+    heads: Arc<Heads>,
+    partition: u32,
+    coverage: HashMap<Tenant, u64>,
+    pending: HashMap<Tenant, Part>,
+    durable_below: u64,
+    flush_interval: Duration,
+    last_flush: Instant,
+    otlp: Box<dyn OtlpDecoder>,
+    kept: Vec<Sample>,
+}
+
+impl PartitionWriter {
+    /// A writer for `partition`; `report` is what [`PartStore::load`] found.
+    pub fn new(
+        heads: Arc<Heads>,
+        partition: u32,
+        report: &LoadReport,
+        flush_interval: Duration,
+        otlp: Box<dyn OtlpDecoder>,
+    ) -> PartitionWriter {
+        let coverage = report
+            .coverage
+            .iter()
+            .filter(|((p, _), _)| *p == partition)
+            .map(|((_, t), offset)| (t.clone(), *offset))
+            .collect();
+        PartitionWriter {
+            heads,
+            partition,
+            coverage,
+            pending: HashMap::new(),
+            durable_below: 0,
+            flush_interval,
+            last_flush: Instant::now(),
+            otlp,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Applies one queue record: metrics go to the tenant's head and the pending part; other
+    /// signals are not this writer's business.
+    pub fn write(&mut self, offset: u64, envelope: &Envelope) -> WriteStats {
+        let mut stats = WriteStats::default();
+        if envelope.signal != Signal::Metrics {
+            return stats;
+        }
+        if self.coverage.get(&envelope.tenant).is_some_and(|&c| offset < c) {
+            stats.skipped = true;
+            return stats;
+        }
+        let decoded = match envelope.format {
+            PayloadFormat::PrometheusWriteV1 => crate::remote_write::decode_v1(&envelope.payload),
+            PayloadFormat::PrometheusWriteV2 => crate::remote_write::decode_v2(&envelope.payload),
+            PayloadFormat::Otlp => self.otlp.decode(&envelope.payload),
+        };
+        let batch = match decoded {
+            Ok(batch) => batch,
+            Err(e) => {
+                error!(partition = self.partition, offset, error = %e, "undecodable metrics record, skipping it");
+                stats.reject("undecodable", u64::from(envelope.items));
+                return stats;
+            }
+        };
+        for (reason, n) in &batch.dropped {
+            stats.reject(reason, *n);
+        }
+        let head = self.heads.head(&envelope.tenant);
+        let partition = self.partition;
+        let part = self
+            .pending
+            .entry(envelope.tenant.clone())
+            .or_insert_with(|| Part { partition, ..Part::default() });
+        for (labels, samples) in &batch.series {
+            self.kept.clear();
+            let outcome = head.append_samples_into(labels, samples, &mut self.kept);
+            stats.accepted += outcome.accepted as u64;
+            if let Some(e) = &outcome.first_error {
+                stats.reject(append_reason(e), outcome.rejected as u64);
+            }
+            for s in &self.kept {
+                part.add(labels, *s);
+            }
+        }
+        for (labels, exemplar) in batch.exemplars {
+            if head.append_exemplar(&labels, exemplar).is_err() {
+                stats.reject("exemplar", 1);
+            }
+        }
+        for (name, metadata) in batch.metadata {
+            if head.set_metadata(&name, metadata.clone()).is_ok() {
+                part.metadata.insert(name, metadata);
+            }
+        }
+        stats
+    }
+
+    /// The pending parts, when they are due (the flush interval passed, or `force`), to be
+    /// written by [`PartStore::write`] and then confirmed with [`PartitionWriter::flushed`].
+    /// `None` when nothing needs writing; then everything below `next` is durable already.
+    pub fn take_flush(&mut self, next: u64, force: bool) -> Option<Flush> {
+        self.pending.retain(|_, part| !part.is_empty());
+        if self.pending.is_empty() {
+            self.durable_below = self.durable_below.max(next);
+            return None;
+        }
+        if !force && self.last_flush.elapsed() < self.flush_interval {
+            return None;
+        }
+        let parts = self
+            .pending
+            .drain()
+            .map(|(tenant, mut part)| {
+                part.covers_below = next;
+                (tenant, part)
+            })
+            .collect();
+        Some(Flush { parts, next })
+    }
+
+    /// Records that `flush` is on disk.
+    pub fn flushed(&mut self, flush: &Flush) {
+        self.durable_below = self.durable_below.max(flush.next);
+        self.last_flush = Instant::now();
+        for (tenant, _) in &flush.parts {
+            self.coverage.insert(tenant.clone(), flush.next);
+        }
+    }
+
+    /// Every record below this offset is durable (in a part, or not a metrics record).
+    pub fn durable_below(&self) -> u64 {
+        self.durable_below
+    }
+
+    /// The queue partition this writer owns.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+/// A bounded label for a refused sample.
+fn append_reason(e: &super::AppendError) -> &'static str {
+    use super::AppendError as E;
+    match e {
+        E::MissingMetricName { .. } => "missing_metric_name",
+        E::LabelNameTooLong { .. } | E::LabelValueTooLong { .. } | E::TooManyLabels { .. } => {
+            "invalid_labels"
+        }
+        E::SeriesLimit { .. } => "series_limit",
+        E::OutOfOrder { .. } => "out_of_order",
+        E::TooOld { .. } => "too_old",
+        E::DuplicateSample { .. } => "duplicate_sample",
+        E::MetadataLimit { .. } => "metadata_limit",
+        E::OutOfOrderExemplar { .. } | E::ExemplarLabelsTooLong { .. } => "exemplar",
+    }
+}
+
+impl OtlpDecoder for crate::otlp::Converter {
+    fn decode(&mut self, payload: &[u8]) -> Result<Batch, prost::DecodeError> {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use prost::Message;
+        let converted = self.convert(&ExportMetricsServiceRequest::decode(payload)?);
+        Ok(Batch {
+            series: converted.series,
+            exemplars: converted.exemplars,
+            metadata: converted.metadata,
+            dropped: converted.dropped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pharos_core::prompb::v1;
+    use prost::Message;
+
+    use super::*;
+    use crate::query::{Matcher, SeriesSource};
+
+    struct NoOtlp;
+
+    impl OtlpDecoder for NoOtlp {
+        fn decode(&mut self, _: &[u8]) -> Result<Batch, prost::DecodeError> {
+            Ok(Batch::default())
+        }
+    }
+
+    fn envelope(tenant: &str, t0: i64, n: i64) -> Envelope {
+        let req = v1::WriteRequest {
+            timeseries: vec![v1::TimeSeries {
+                labels: vec![v1::Label { name: "__name__".into(), value: "up".into() }],
+                samples: (0..n).map(|i| v1::Sample { value: i as f64, timestamp: t0 + i * 1000 }).collect(),
+                ..Default::default()
+            }],
+            metadata: vec![],
+        };
+        Envelope {
+            tenant: Tenant::parse(tenant).unwrap(),
+            signal: Signal::Metrics,
+            format: PayloadFormat::PrometheusWriteV1,
+            received_at_unix_nanos: 0,
+            items: n as u32,
+            payload: req.encode_to_vec().into(),
+        }
+    }
+
+    fn count(heads: &Heads, tenant: &str) -> usize {
+        let head = heads.head(&Tenant::parse(tenant).unwrap());
+        head.select(&[Matcher::equal("__name__", "up")], i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|s| s.samples.len())
+            .sum()
+    }
+
+    fn writer(heads: &Arc<Heads>, report: &LoadReport) -> PartitionWriter {
+        PartitionWriter::new(heads.clone(), 0, report, Duration::from_secs(3600), Box::new(NoOtlp))
+    }
+
+    #[test]
+    fn writer_holds_the_offset_back_until_its_part_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PartStore::open(dir.path()).unwrap();
+        let heads = Arc::new(Heads::default());
+        let mut w = writer(&heads, &LoadReport::default());
+        // Nothing pending: everything read so far is durable.
+        assert!(w.take_flush(3, false).is_none());
+        assert_eq!(w.durable_below(), 3);
+        let stats = w.write(3, &envelope("a", 1000, 10));
+        assert_eq!(stats.accepted, 10);
+        assert_eq!(count(&heads, "a"), 10, "queryable at once");
+        // Pending samples, interval not reached: the offset stays where it was.
+        assert!(w.take_flush(4, false).is_none());
+        assert_eq!(w.durable_below(), 3);
+        let flush = w.take_flush(4, true).expect("forced");
+        store.write(&flush).unwrap();
+        w.flushed(&flush);
+        assert_eq!(w.durable_below(), 4);
+
+        // A restart: the part is loaded back, and replaying offset 3 is skipped.
+        let heads = Arc::new(Heads::default());
+        let report = store.load(&heads).unwrap();
+        assert_eq!((report.parts, report.samples), (1, 10));
+        assert_eq!(count(&heads, "a"), 10);
+        let mut w = writer(&heads, &report);
+        assert!(w.write(3, &envelope("a", 1000, 10)).skipped);
+        // A later record is applied.
+        assert_eq!(w.write(4, &envelope("a", 20_000, 5)).accepted, 5);
+        assert_eq!(count(&heads, "a"), 15);
+    }
+
+    #[test]
+    fn store_moves_damaged_parts_aside_and_removes_unfinished_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PartStore::open(dir.path()).unwrap();
+        let heads = Arc::new(Heads::default());
+        let mut w = writer(&heads, &LoadReport::default());
+        for (offset, tenant) in [(0, "a"), (1, "b")] {
+            w.write(offset, &envelope(tenant, 1000, 3));
+        }
+        let flush = w.take_flush(2, true).unwrap();
+        store.write(&flush).unwrap();
+        let part_b = dir.path().join("b").join(format!("p00000-{:020}.part", 2));
+        let mut bytes = fs::read(&part_b).unwrap();
+        bytes[30] ^= 0xff;
+        fs::write(&part_b, bytes).unwrap();
+        fs::write(dir.path().join("a").join("p00000-00000000000000000009.tmp"), b"half").unwrap();
+
+        let heads = Heads::default();
+        let report = store.load(&heads).unwrap();
+        assert_eq!((report.parts, report.damaged), (1, 1));
+        assert_eq!(count(&heads, "a"), 3);
+        assert_eq!(count(&heads, "b"), 0);
+        assert!(part_b.with_extension("corrupt").exists());
+        assert!(!dir.path().join("a").join("p00000-00000000000000000009.tmp").exists());
+    }
+}

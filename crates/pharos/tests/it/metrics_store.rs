@@ -1,0 +1,186 @@
+//! Metrics end to end in one process: remote write and OTLP in, PromQL out through the
+//! Prometheus HTTP API, per tenant, across a SIGKILL.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pharos_core::prompb::v1::{Label, Sample, TimeSeries, WriteRequest};
+use prost::Message;
+use serde_json::Value;
+
+use crate::harness::{Pharos, conformance_dir};
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// `samples` samples per series, 15 s apart, ending at `end` ms; the value of series `i` at
+/// step `k` is `i * 1000 + k`.
+fn request(metric: &str, series: usize, samples: std::ops::Range<i64>, end: i64) -> WriteRequest {
+    WriteRequest {
+        timeseries: (0..series)
+            .map(|i| TimeSeries {
+                labels: vec![
+                    Label { name: "__name__".into(), value: metric.into() },
+                    Label { name: "instance".into(), value: format!("host-{i}") },
+                ],
+                samples: samples
+                    .clone()
+                    .map(|k| Sample {
+                        value: (i as i64 * 1000 + k) as f64,
+                        timestamp: end - (59 - k) * 15_000,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        metadata: vec![],
+    }
+}
+
+async fn remote_write(pharos: &Pharos, tenant: &str, req: &WriteRequest) {
+    let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/write", pharos.api))
+        .header("x-scope-orgid", tenant)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+}
+
+async fn query(pharos: &Pharos, tenant: &str, path: &str, params: &[(&str, String)]) -> Value {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}{path}", pharos.api))
+        .header("x-scope-orgid", tenant)
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"].clone()
+}
+
+/// The scalar value of an instant query that returns one sample.
+async fn instant(pharos: &Pharos, tenant: &str, promql: &str, at_ms: i64) -> Option<f64> {
+    let data = query(
+        pharos,
+        tenant,
+        "/api/v1/query",
+        &[("query", promql.into()), ("time", format!("{}", at_ms as f64 / 1e3))],
+    )
+    .await;
+    let result = data["result"].as_array().unwrap();
+    result.first().map(|r| r["value"][1].as_str().unwrap().parse().unwrap())
+}
+
+async fn wait_for(pharos: &Pharos, tenant: &str, promql: &str, at_ms: i64, want: f64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = instant(pharos, tenant, promql, at_ms).await;
+        if got == Some(want) || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = ["queue.partitions=2", "metrics.flush_interval=1s"];
+    let pharos = Pharos::start(dir.path(), &sets);
+    let end = now_ms() / 1000 * 1000;
+    let sum_at = |series: i64, k: i64| (0..series).map(|i| (i * 1000 + k) as f64).sum::<f64>();
+
+    // Part A: the first 40 samples of 8 series. Queryable within seconds of the acknowledgement.
+    remote_write(&pharos, "team-a", &request("jobs_done_total", 8, 0..40, end)).await;
+    let at_a = end - 20 * 15_000; // the time of sample k = 39
+    assert_eq!(
+        wait_for(&pharos, "team-a", "sum(jobs_done_total)", at_a, sum_at(8, 39)).await,
+        Some(sum_at(8, 39))
+    );
+    // Another tenant sees nothing of it.
+    remote_write(&pharos, "team-b", &request("jobs_done_total", 1, 0..40, end)).await;
+    assert_eq!(wait_for(&pharos, "team-b", "count(jobs_done_total)", at_a, 1.0).await, Some(1.0));
+
+    // Wait until part A is on disk, then write part B and kill the process at once: B is only
+    // in the write-ahead log.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pharos.metric("pharos_metrics_parts_written_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "no part written:\n{}", pharos.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    remote_write(&pharos, "team-a", &request("jobs_done_total", 8, 40..60, end)).await;
+    pharos.kill9();
+
+    let pharos = Pharos::start(dir.path(), &sets);
+    // Every sample, once: 60 per series, none lost, none doubled.
+    let at_end = end;
+    assert_eq!(
+        wait_for(&pharos, "team-a", "sum(count_over_time(jobs_done_total[1h]))", at_end, 480.0).await,
+        Some(480.0),
+        "{}",
+        pharos.log()
+    );
+    assert_eq!(instant(&pharos, "team-a", "sum(jobs_done_total)", at_end).await, Some(sum_at(8, 59)));
+    assert_eq!(instant(&pharos, "team-a", "sum(jobs_done_total)", at_a).await, Some(sum_at(8, 39)));
+    assert_eq!(instant(&pharos, "team-b", "count(jobs_done_total)", at_a).await, Some(1.0));
+
+    // The range API agrees: 60 points per series over the written hour at 15 s steps.
+    let data = query(
+        &pharos,
+        "team-a",
+        "/api/v1/query_range",
+        &[
+            ("query", "jobs_done_total".into()),
+            ("start", format!("{}", (end - 59 * 15_000) as f64 / 1e3)),
+            ("end", format!("{}", end as f64 / 1e3)),
+            ("step", "15".into()),
+        ],
+    )
+    .await;
+    let series = data["result"].as_array().unwrap();
+    assert_eq!(series.len(), 8);
+    assert!(series.iter().all(|s| s["values"].as_array().unwrap().len() == 60), "{data}");
+
+    // A clean restart loads the parts again and keeps the answer.
+    let (status, log) = pharos.terminate();
+    assert!(status.success(), "{log}");
+    let pharos = Pharos::start(dir.path(), &sets);
+    assert_eq!(
+        instant(&pharos, "team-a", "sum(count_over_time(jobs_done_total[1h]))", at_end).await,
+        Some(480.0)
+    );
+    assert!(pharos.log().contains("metrics parts loaded"), "{}", pharos.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_metrics_become_prometheus_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &["metrics.flush_interval=1s"]);
+    let json = std::fs::read(conformance_dir().join("metrics.json")).unwrap();
+    let resp = reqwest::Client::new()
+        .post(pharos.http_url("/v1/metrics"))
+        .header("x-scope-orgid", "otlp")
+        .header("content-type", "application/json")
+        .body(json)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The example's points are at 1544712660.3 s.
+    let at = 1_544_712_660_300;
+    assert_eq!(wait_for(&pharos, "otlp", r#"my_gauge_ratio{job="my.service"}"#, at, 10.0).await, Some(10.0));
+    assert_eq!(instant(&pharos, "otlp", r#"my_counter_total{job="my.service"}"#, at).await, Some(5.0));
+    assert_eq!(instant(&pharos, "otlp", r#"my_histogram_count{job="my.service"}"#, at).await, Some(2.0));
+    assert_eq!(instant(&pharos, "otlp", r#"my_histogram_bucket{le="+Inf"}"#, at).await, Some(2.0));
+    assert_eq!(instant(&pharos, "otlp", r#"my_histogram_bucket{le="1"}"#, at).await, Some(1.0));
+    let data = query(&pharos, "otlp", "/api/v1/metadata", &[]).await;
+    assert_eq!(data["my_counter_total"][0]["type"], "counter", "{data}");
+}
