@@ -138,12 +138,46 @@ fn remove_consumed_segments(shared: &Shared, partition: &Partition) {
     };
     for (base, len) in doomed {
         let path = partition.segment_path(base);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
+        let aside = path.with_extension(DELETING_EXTENSION);
+        match fs::rename(&path, &aside) {
+            Ok(()) => {
+                std::thread::Builder::new()
+                    .name("wal-segment-delete".into())
+                    .spawn(move || delete_gently(&aside))
+                    .map(drop)
+                    .unwrap_or_else(|e| warn!(error = %e, "cannot start a thread to delete a wal segment"));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => warn!(error = %e, segment = %path.display(), "cannot delete consumed wal segment"),
         }
         shared.used_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
+/// The extension of a consumed segment being deleted; such files are removed on open.
+pub(crate) const DELETING_EXTENSION: &str = "deleting";
+
+/// Removes a consumed segment (already renamed aside) without stalling the writers. Freeing a
+/// whole segment's blocks at once holds the filesystem journal, and with it every concurrent
+/// `fdatasync` of the active segments, for tens of milliseconds (measured on ext4: p99.9 of
+/// fdatasync 3 ms → 43 ms while 64 MiB files are unlinked). Shrinking the file a few MiB at a
+/// time, then unlinking it, spreads that work out.
+pub(crate) fn delete_gently(path: &std::path::Path) {
+    const STEP: u64 = 2 << 20;
+    let shrink = || -> std::io::Result<()> {
+        let file = fs::OpenOptions::new().write(true).open(path)?;
+        let mut len = file.metadata()?.len();
+        while len > 0 {
+            len = len.saturating_sub(STEP);
+            file.set_len(len)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    if let Err(e) = shrink().and_then(|()| fs::remove_file(path))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(error = %e, segment = %path.display(), "cannot delete consumed wal segment");
     }
 }
 

@@ -245,6 +245,13 @@ fn open_partition(
 ) -> Result<Arc<Partition>, QueueError> {
     let dir = partition_dir(&config.dir, id);
     fs::create_dir_all(&dir).map_err(QueueError::io("create partition directory", &dir))?;
+    // Consumed segments whose deletion a stop interrupted.
+    for entry in fs::read_dir(&dir).map_err(QueueError::io("list partition directory", &dir))? {
+        let path = entry.map_err(QueueError::io("list partition directory", &dir))?.path();
+        if path.extension().is_some_and(|e| e == consumer::DELETING_EXTENSION) {
+            consumer::delete_gently(&path);
+        }
+    }
     let committed = commit::load_all(&dir)?;
     let max_committed = committed.values().copied().max().unwrap_or(0);
     let mut segments: BTreeMap<Offset, u64> = list_segments(&dir)?.into_iter().collect();

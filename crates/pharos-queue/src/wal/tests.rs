@@ -250,3 +250,36 @@ fn wal_inspect_reports_segments_records_and_damage() {
     assert_eq!(p1.segments[0].records, 3);
     assert_eq!(p1.segments[0].damage.as_deref(), Some("torn record at the end"));
 }
+
+#[tokio::test]
+async fn wal_consumed_segments_are_deleted_in_the_background_and_leftovers_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.segment_bytes = 256;
+    let wal = Wal::open(cfg.clone()).unwrap();
+    for i in 0..40 {
+        wal.append(0, vec![payload(i)]).await.unwrap();
+    }
+    let mut c = wal.consumer("processor", 0).await.unwrap();
+    c.poll(1000, Duration::from_millis(50)).await.unwrap();
+    c.commit(40).await.unwrap();
+    let pdir = partition_dir(dir.path(), 0);
+    let files = || {
+        fs::read_dir(&pdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while files().iter().any(|f| f.ends_with(".deleting")) {
+        assert!(std::time::Instant::now() < deadline, "segments still being deleted: {:?}", files());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wal.close().await.unwrap();
+    // A deletion a stop interrupted: the file is gone after the next open, the log intact.
+    fs::write(pdir.join("00000000000000000001.deleting"), vec![0u8; 4096]).unwrap();
+    let wal = Wal::open(cfg).unwrap();
+    assert!(!files().iter().any(|f| f.ends_with(".deleting")), "{:?}", files());
+    assert_eq!(wal.stats()[0].depth(), 0);
+    assert_eq!(wal.append(0, vec![payload(99)]).await.unwrap(), 40);
+}
