@@ -157,3 +157,23 @@ pub fn accepted_items(signal: &str, tenant: &str) -> String {
 pub fn conformance_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/otlp")
 }
+
+/// A peer program from the machine (`prometheus`, `promtool`), or `None` to skip the test, which
+/// is allowed only when `PHAROS_REQUIRE_PEERS` is unset (CI sets it and installs the peers).
+pub fn peer(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("PHAROS_REQUIRE_PEERS").is_none(),
+            "{name} is not installed but PHAROS_REQUIRE_PEERS is set (CI installs it)"
+        );
+        eprintln!("skipping: {name} is not installed (apt-get install {package})");
+    }
+    found
+}
+
+/// A TCP port free at the moment of asking, for a peer that cannot take port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

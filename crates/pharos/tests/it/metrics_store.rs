@@ -7,7 +7,7 @@ use pharos_core::prompb::v1::{Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use serde_json::Value;
 
-use crate::harness::{Pharos, conformance_dir};
+use crate::harness::{Pharos, conformance_dir, peer};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -183,4 +183,45 @@ async fn otlp_metrics_become_prometheus_series() {
     assert_eq!(instant(&pharos, "otlp", r#"my_histogram_bucket{le="1"}"#, at).await, Some(1.0));
     let data = query(&pharos, "otlp", "/api/v1/metadata", &[]).await;
     assert_eq!(data["my_counter_total"][0]["type"], "counter", "{data}");
+}
+
+/// `promtool query instant` and `promtool query range` (Debian's Prometheus package) against
+/// Pharos's API port, with the default tenant.
+#[tokio::test(flavor = "multi_thread")]
+async fn promtool_queries_pharos_like_a_prometheus() {
+    let Some(promtool) = peer("promtool", "prometheus") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &[]);
+    let end = now_ms() / 1000 * 1000;
+    remote_write(&pharos, "default", &request("promtool_probe", 3, 0..60, end)).await;
+    let total = (0..3).map(|i| (i * 1000 + 59) as f64).sum::<f64>();
+    assert_eq!(wait_for(&pharos, "default", "sum(promtool_probe)", end, total).await, Some(total));
+
+    let server = format!("http://{}", pharos.api);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&promtool).args(args).output().unwrap();
+        assert!(out.status.success(), "promtool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let at = format!("{}", end / 1000);
+    let out = run(&["query", "instant", "--time", &at, &server, "sum(promtool_probe)"]);
+    assert!(out.contains(&format!("{{}} => {total} @[")), "{out}");
+    let out = run(&["query", "instant", "--time", &at, &server, r#"promtool_probe{instance="host-2"}"#]);
+    assert!(out.contains("promtool_probe{instance=\"host-2\"} => 2059 @["), "{out}");
+    let start = format!("{}", end / 1000 - 59 * 15);
+    let out = run(&[
+        "query",
+        "range",
+        "--start",
+        &start,
+        "--end",
+        &at,
+        "--step",
+        "15s",
+        &server,
+        r#"promtool_probe{instance="host-0"}"#,
+    ]);
+    // One line for the series, then one per point: 60 points.
+    assert_eq!(out.lines().filter(|l| l.contains(" @[")).count(), 60, "{out}");
+    assert!(out.contains("59 @["), "{out}");
 }

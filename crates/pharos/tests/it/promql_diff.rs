@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::Pharos;
+use crate::harness::{Pharos, free_port, peer};
 
 struct Prometheus {
     child: Child,
@@ -23,18 +23,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_prometheus(binary: &std::path::Path, remote_write: &str) -> Prometheus {
@@ -259,14 +247,7 @@ fn queries(at: f64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn promql_answers_match_prometheus_on_the_same_samples() {
-    let Some(binary) = which("prometheus") else {
-        assert!(
-            std::env::var_os("PHAROS_REQUIRE_PEERS").is_none(),
-            "prometheus is not installed but PHAROS_REQUIRE_PEERS is set (CI installs it)"
-        );
-        eprintln!("skipping: prometheus is not installed (apt-get install prometheus)");
-        return;
-    };
+    let Some(binary) = peer("prometheus", "prometheus") else { return };
     let dir = tempfile::tempdir().unwrap();
     let pharos = Pharos::start(dir.path(), &["metrics.flush_interval=5s"]);
     let prometheus = start_prometheus(&binary, &pharos.http_url("/api/v1/write"));

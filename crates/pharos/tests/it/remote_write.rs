@@ -9,7 +9,7 @@ use pharos_core::prompb::{
 };
 use prost::Message;
 
-use crate::harness::{Pharos, metric_value, pipeline_items};
+use crate::harness::{Pharos, free_port, metric_value, peer, pipeline_items};
 
 const V2_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
 
@@ -208,14 +208,7 @@ async fn remote_write_bad_input_gets_what_prometheus_answers() {
 /// The real Prometheus scrapes Pharos's own /metrics and remote-writes it to Pharos.
 #[tokio::test(flavor = "multi_thread")]
 async fn real_prometheus_remote_writes_to_pharos_without_failures() {
-    let Some(prometheus) = which("prometheus") else {
-        assert!(
-            std::env::var_os("PHAROS_REQUIRE_PEERS").is_none(),
-            "prometheus is not installed but PHAROS_REQUIRE_PEERS is set (CI installs it)"
-        );
-        eprintln!("skipping: prometheus is not installed (apt-get install prometheus)");
-        return;
-    };
+    let Some(prometheus) = peer("prometheus", "prometheus") else { return };
     let dir = tempfile::tempdir().unwrap();
     let pharos = Pharos::start(dir.path(), &[]);
     let prom_dir = tempfile::tempdir().unwrap();
@@ -263,16 +256,4 @@ async fn real_prometheus_remote_writes_to_pharos_without_failures() {
         "pharos_ingest_requests_total{signal=\"metrics\",protocol=\"prometheus_remote_write_v1\",outcome=\"ok\"}",
     );
     assert!(ok > 0.0, "no successful remote-write request recorded");
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
