@@ -187,11 +187,8 @@ impl Ingestor {
         let accepted = self.settle(signal, tenant, items, &rejections)?;
         let received_at = now_unix_nanos();
         let mut envelopes = Vec::new();
-        for p in 0..self.queue.partitions() {
+        for p in plan.partitions() {
             let sizes = plan.sizes(p);
-            if sizes.items == 0 {
-                continue;
-            }
             let mut buf = Envelope::encode_header(
                 tenant,
                 signal,
