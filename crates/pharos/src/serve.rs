@@ -160,6 +160,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             ApiOptions {
                 engine: EngineOptions {
                     timeout: Some(config.metrics.query_timeout.0),
+                    max_samples: config.metrics.max_query_samples,
                     ..EngineOptions::default()
                 },
                 ..ApiOptions::default()

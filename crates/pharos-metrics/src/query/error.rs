@@ -31,7 +31,9 @@ pub enum QueryError {
         reason: &'static str,
     },
     /// The query would hold more samples in memory than allowed.
-    #[error("query processing would load too many samples into memory in query execution")]
+    #[error(
+        "query processing would load too many samples into memory in query execution (over the limit of {limit} samples, max_query_samples)"
+    )]
     TooManySamples {
         /// The configured limit.
         limit: usize,

@@ -116,6 +116,7 @@ pub struct MetricsConfig {
     pub out_of_order_window: HumanDuration,
     pub max_series_per_tenant: usize,
     pub query_timeout: HumanDuration,
+    pub max_query_samples: usize,
 }
 
 impl Default for MetricsConfig {
@@ -125,6 +126,7 @@ impl Default for MetricsConfig {
             out_of_order_window: HumanDuration(Duration::ZERO),
             max_series_per_tenant: 150_000,
             query_timeout: HumanDuration(Duration::from_secs(120)),
+            max_query_samples: 50_000_000,
         }
     }
 }
@@ -313,6 +315,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     );
     check(!config.metrics.flush_interval.0.is_zero(), "metrics.flush_interval", "must be more than zero");
     check(!config.metrics.query_timeout.0.is_zero(), "metrics.query_timeout", "must be more than zero");
+    check(config.metrics.max_query_samples > 0, "metrics.max_query_samples", "must be more than zero");
     check(config.processor.batch_size > 0, "processor.batch_size", "must be more than zero");
     check(
         !config.otlp.http.request_timeout.0.is_zero(),

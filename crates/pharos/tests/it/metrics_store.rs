@@ -161,6 +161,43 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bad_and_too_big_queries_get_prometheus_errors_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &["metrics.max_query_samples=100"]);
+    let end = now_ms() / 1000 * 1000;
+    remote_write(&pharos, "default", &request("big", 4, 0..60, end)).await;
+    assert_eq!(wait_for(&pharos, "default", "count(big)", end, 4.0).await, Some(4.0));
+    let ask = |query: &'static str| {
+        let url = format!("http://{}/api/v1/query", pharos.api);
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .query(&[("query", query.to_string()), ("time", format!("{}", end as f64 / 1e3))])
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, serde_json::from_str::<Value>(&resp.text().await.unwrap()).unwrap())
+        }
+    };
+    // Malformed: 400, bad_data, and where.
+    let (status, body) = ask("sum(rate(big[5m])").await;
+    assert_eq!((status, body["errorType"].as_str()), (400, Some("bad_data")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("parse error"), "{body}");
+    // 240 samples in memory against a limit of 100: refused, naming the limit.
+    let (status, body) = ask("count_over_time(big[1h])").await;
+    assert_eq!((status, body["errorType"].as_str()), (422, Some("execution")), "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("too many samples") && error.contains("100") && error.contains("max_query_samples"),
+        "{error}"
+    );
+    // Within the limit it answers.
+    let (status, _) = ask("big").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn otlp_metrics_become_prometheus_series() {
     let dir = tempfile::tempdir().unwrap();
     let pharos = Pharos::start(dir.path(), &["metrics.flush_interval=1s"]);
