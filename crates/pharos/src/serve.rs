@@ -1,7 +1,7 @@
 //! `pharos serve`: every role in one process.
 //!
-//! Start: open the queue (replaying what processors had not committed), start the processors,
-//! bind the listeners, report ready. Stop (Ctrl-C or SIGTERM), in stages, each bounded: the
+//! Start: open the queue, load the metrics parts back into the heads, start the processors
+//! (which replay what they had not committed), bind the listeners, report ready. Stop (Ctrl-C or SIGTERM), in stages, each bounded: the
 //! receivers stop accepting and finish in-flight requests; the processors drain the queue and
 //! commit; the queue fsyncs and closes; the API goes last.
 
