@@ -6,6 +6,7 @@
 //! requests get at most `--timeout` to finish, and then the process exits.
 
 mod data;
+mod remote_write;
 
 use anyhow::{Context, Result, bail};
 use bytes::{Buf, BufMut, Bytes};
@@ -30,6 +31,8 @@ use tonic::transport::{Channel, Endpoint};
 enum Protocol {
     Grpc,
     Http,
+    /// Prometheus remote write 1.0 (snappy, protobuf) on `/api/v1/write`; with `--signal metrics`.
+    RemoteWrite,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -37,6 +40,8 @@ enum Protocol {
 enum Signal {
     Traces,
     Logs,
+    /// Samples (remote write only).
+    Metrics,
 }
 
 #[derive(Parser, Debug)]
@@ -79,6 +84,9 @@ struct Args {
     /// Tokio worker threads (default: number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Remote write: active series, each written once per cycle (`--batch` samples per request).
+    #[arg(long, default_value_t = 100_000)]
+    series: u64,
     /// Free text copied into the JSON line (e.g. "pharos", "otelcol-nop").
     #[arg(long, default_value = "")]
     label: String,
@@ -182,6 +190,7 @@ enum Client {
         addr: String,
         path: &'static str,
         sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+        remote_write: bool,
     },
 }
 
@@ -195,6 +204,7 @@ fn rejected_from(signal: Signal, body: &[u8]) -> u64 {
             .ok()
             .and_then(|r| r.partial_success)
             .map_or(0, |p| p.rejected_log_records.max(0) as u64),
+        Signal::Metrics => 0,
     }
 }
 
@@ -210,7 +220,7 @@ impl Client {
                     Err(st) => Outcome::Err(format!("grpc_{:?}", st.code())),
                 }
             }
-            Client::Http { addr, path, sender } => {
+            Client::Http { addr, path, sender, remote_write } => {
                 if sender.as_ref().is_none_or(|s| s.is_closed()) {
                     match http1_connect(addr).await {
                         Ok(s) => *sender = Some(s),
@@ -222,11 +232,15 @@ impl Client {
                     *sender = None;
                     return Outcome::Err("http_conn_closed".into());
                 }
-                let req = http::Request::post(*path)
+                let mut req = http::Request::post(*path)
                     .header(http::header::HOST, addr.as_str())
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(Full::new(body))
-                    .expect("request");
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                if *remote_write {
+                    req = req
+                        .header(http::header::CONTENT_ENCODING, "snappy")
+                        .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+                }
+                let req = req.body(Full::new(body)).expect("request");
                 match s.send_request(req).await {
                     Ok(resp) => {
                         let status = resp.status();
@@ -287,6 +301,7 @@ where
 
 struct Plan {
     signal: Signal,
+    remote_write: Option<remote_write::RemoteWriteGen>,
     pool: Arc<Vec<Prebuilt>>,
     seq: Arc<AtomicU64>,
     start: Instant,
@@ -320,7 +335,10 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
         let seq = plan.seq.fetch_add(1, Ordering::Relaxed);
         let pre = &plan.pool[k % n_pool];
         k += 1;
-        let body = pre.instantiate(seq);
+        let body = match &plan.remote_write {
+            Some(generator) => generator.request(seq),
+            None => pre.instantiate(seq),
+        };
         let len = body.len() as u64;
         let sent = Instant::now();
         let outcome = match tokio::time::timeout(plan.timeout, client.send(plan.signal, body)).await {
@@ -440,10 +458,14 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let t0 = Instant::now();
+    if (args.protocol == Protocol::RemoteWrite) != (args.signal == Signal::Metrics) {
+        bail!("--protocol remote-write goes with --signal metrics, and only with it");
+    }
     let pool: Vec<Prebuilt> = (0..args.pool)
         .map(|p| match args.signal {
             Signal::Traces => data::build_traces(args.batch, p as u64 + 1),
             Signal::Logs => data::build_logs(args.batch, p as u64 + 1),
+            Signal::Metrics => Prebuilt { bytes: Bytes::new(), trace_id_offsets: Vec::new(), items: args.batch as u64 },
         })
         .collect();
     let avg_bytes = pool.iter().map(|p| p.bytes.len() as u64).sum::<u64>() / pool.len() as u64;
@@ -460,7 +482,7 @@ async fn run(args: Args) -> Result<()> {
         Protocol::Grpc => {
             let path = match args.signal {
                 Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                Signal::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                _ => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
             };
             let mut channels = Vec::with_capacity(args.connections);
             for _ in 0..args.connections {
@@ -483,15 +505,17 @@ async fn run(args: Args) -> Result<()> {
                 })
                 .collect()
         }
-        Protocol::Http => {
+        Protocol::Http | Protocol::RemoteWrite => {
             let path = match args.signal {
                 Signal::Traces => "/v1/traces",
                 Signal::Logs => "/v1/logs",
+                Signal::Metrics => "/api/v1/write",
             };
+            let remote_write = args.protocol == Protocol::RemoteWrite;
             // Check the endpoint once; each worker then connects (and reconnects) by itself.
             retry(|| http1_connect(&args.endpoint)).await?;
             (0..args.workers)
-                .map(|_| Client::Http { addr: args.endpoint.clone(), path, sender: None })
+                .map(|_| Client::Http { addr: args.endpoint.clone(), path, sender: None, remote_write })
                 .collect()
         }
     };
@@ -501,8 +525,16 @@ async fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
+    let remote_write = (args.protocol == Protocol::RemoteWrite).then(|| remote_write::RemoteWriteGen {
+        series: args.series.max(1),
+        batch: args.batch as u64,
+        start_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    });
     let plan = Arc::new(Plan {
         signal: args.signal,
+        remote_write,
         pool: Arc::new(pool),
         seq: Arc::new(AtomicU64::new(0)),
         start,
