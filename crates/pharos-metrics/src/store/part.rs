@@ -5,7 +5,7 @@
 //! after the part is on disk, and on start the parts are loaded back into the heads before the
 //! queue is replayed from the committed offset.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{Labels, Sample};
 
@@ -23,8 +23,10 @@ pub struct Part {
     /// Every record of the partition below this offset (for this tenant) is in this part or an
     /// earlier one.
     pub covers_below: u64,
-    /// Samples per series, in time order, one per timestamp.
-    pub series: BTreeMap<Labels, Vec<Sample>>,
+    /// Samples per series, in time order, one per timestamp. (A hash map: a part gets one
+    /// lookup per appended sample, and comparing label sets in a tree cost a third of the CPU
+    /// of remote-write ingest; the file is written sorted.)
+    pub series: HashMap<Labels, Vec<Sample>>,
     /// Metric metadata seen since the previous part.
     pub metadata: BTreeMap<String, Metadata>,
 }
@@ -74,7 +76,9 @@ impl Part {
         out.extend_from_slice(&self.partition.to_le_bytes());
         out.extend_from_slice(&self.covers_below.to_le_bytes());
         put_varint(&mut out, self.series.len() as u64);
-        for (labels, samples) in &self.series {
+        let mut sorted: Vec<(&Labels, &Vec<Sample>)> = self.series.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (labels, samples) in sorted {
             put_varint(&mut out, labels.len() as u64);
             for l in labels.iter() {
                 put_str(&mut out, &l.name);
@@ -259,6 +263,7 @@ mod tests {
         assert_eq!(back.partition, 3);
         assert_eq!(back.covers_below, 1234);
         assert_eq!(back.metadata, part.metadata);
+        assert_eq!(back.encode(), bytes, "the file is written in label order, whatever the map's order");
         assert_eq!(back.series.len(), part.series.len());
         for (labels, samples) in &part.series {
             let got = &back.series[labels];
