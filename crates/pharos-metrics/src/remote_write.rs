@@ -11,32 +11,14 @@ use prost::Message;
 use crate::model::{Labels, Sample};
 use crate::store::{Batch, Exemplar, Metadata, MetricType};
 
-/// The metric type of a remote-write metadata type code (the same codes in 1.0 and 2.0).
+/// The metric type of a remote-write metadata type code (the same codes in 1.0 and 2.0, and
+/// in part files); an unknown code is `Unknown`.
 fn metric_type(code: i32) -> MetricType {
-    match code {
-        1 => MetricType::Counter,
-        2 => MetricType::Gauge,
-        3 => MetricType::Histogram,
-        4 => MetricType::GaugeHistogram,
-        5 => MetricType::Summary,
-        6 => MetricType::Info,
-        7 => MetricType::StateSet,
-        _ => MetricType::Unknown,
-    }
+    u8::try_from(code).ok().and_then(MetricType::from_code).unwrap_or(MetricType::Unknown)
 }
 
 fn samples(samples: &[v1::Sample]) -> Vec<Sample> {
     samples.iter().map(|s| Sample { t: s.timestamp, v: s.value }).collect()
-}
-
-fn add_dropped(batch: &mut Batch, reason: &'static str, n: u64) {
-    if n == 0 {
-        return;
-    }
-    match batch.dropped.iter_mut().find(|(r, _)| *r == reason) {
-        Some((_, count)) => *count += n,
-        None => batch.dropped.push((reason, n)),
-    }
 }
 
 /// Decodes a remote write 1.0 `WriteRequest`.
@@ -45,7 +27,7 @@ pub fn decode_v1(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
     let mut batch = Batch::default();
     for ts in req.timeseries {
         let labels = Labels::from_pairs(ts.labels.into_iter().map(|l| (l.name, l.value)));
-        add_dropped(&mut batch, "native_histogram", ts.histograms.len() as u64);
+        batch.drop_items("native_histogram", ts.histograms.len() as u64);
         for e in ts.exemplars {
             let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
             batch
@@ -82,17 +64,15 @@ pub fn decode_v2(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
     let mut batch = Batch::default();
     for ts in &req.timeseries {
         let Some(labels) = labels_of(&ts.labels_refs) else {
-            add_dropped(&mut batch, "invalid_symbol_ref", (ts.samples.len() + ts.histograms.len()) as u64);
+            batch.drop_items("invalid_symbol_ref", (ts.samples.len() + ts.histograms.len()) as u64);
             continue;
         };
-        add_dropped(&mut batch, "native_histogram", ts.histograms.len() as u64);
+        batch.drop_items("native_histogram", ts.histograms.len() as u64);
+        // An exemplar with a bad reference is left out (`dropped` counts samples only).
         for e in &ts.exemplars {
-            match labels_of(&e.labels_refs) {
-                Some(exemplar_labels) => batch.exemplars.push((
-                    labels.clone(),
-                    Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp },
-                )),
-                None => add_dropped(&mut batch, "invalid_symbol_ref", 0),
+            if let Some(exemplar_labels) = labels_of(&e.labels_refs) {
+                let exemplar = Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp };
+                batch.exemplars.push((labels.clone(), exemplar));
             }
         }
         if let Some(m) = &ts.metadata {

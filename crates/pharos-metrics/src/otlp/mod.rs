@@ -87,9 +87,9 @@ use self::delta::{DeltaState, Total};
 use self::exponential::ExpHistogram;
 use self::name::{NameKind, label_name, metric_name, prometheus_unit};
 use crate::model::{Labels, METRIC_NAME, Sample, stale_nan};
-use crate::store::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, Metadata, MetricType};
+use crate::store::{Batch, EXEMPLAR_MAX_LABEL_CHARS, Exemplar, Metadata, MetricType};
 
-/// Why data points were not converted (the keys of [`Converted::dropped`]).
+/// Why data points were not converted (the keys of [`Batch::dropped`]).
 pub mod reason {
     /// A point with time 0.
     pub const MISSING_TIMESTAMP: &str = "missing_timestamp";
@@ -138,32 +138,6 @@ impl Default for OtlpOptions {
     }
 }
 
-/// What one request converts to.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Converted {
-    /// Series with their samples (milliseconds, time order, one per timestamp), in the order
-    /// first seen.
-    pub series: Vec<(Labels, Vec<Sample>)>,
-    /// Exemplars with the label set of the series each belongs to.
-    pub exemplars: Vec<(Labels, Exemplar)>,
-    /// Metadata per metric family name, first description wins.
-    pub metadata: Vec<(String, Metadata)>,
-    /// Data points not converted, by reason (sorted by reason).
-    pub dropped: Vec<(&'static str, u64)>,
-}
-
-impl Converted {
-    /// Number of samples over all series.
-    pub fn samples(&self) -> usize {
-        self.series.iter().map(|(_, s)| s.len()).sum()
-    }
-
-    /// Number of data points dropped for any reason.
-    pub fn dropped_points(&self) -> u64 {
-        self.dropped.iter().map(|(_, n)| n).sum()
-    }
-}
-
 /// Converts OTLP metrics requests, keeping the running totals of delta series between them.
 #[derive(Debug)]
 pub struct Converter {
@@ -204,8 +178,8 @@ impl Converter {
     }
 
     /// Converts one request. Never fails: what cannot be converted is counted in
-    /// [`Converted::dropped`].
-    pub fn convert(&mut self, req: &ExportMetricsServiceRequest) -> Converted {
+    /// [`Batch::dropped`].
+    pub fn convert(&mut self, req: &ExportMetricsServiceRequest) -> Batch {
         let mut out = Output::default();
         for rm in &req.resource_metrics {
             let attrs = rm.resource.as_ref().map_or(&[][..], |r| r.attributes.as_slice());
@@ -775,7 +749,7 @@ impl Output {
             .push((name.to_owned(), Metadata { kind, help: help.to_owned(), unit: unit.to_owned() }));
     }
 
-    fn finish(mut self) -> Converted {
+    fn finish(mut self) -> Batch {
         for (_, samples) in &mut self.series {
             // Stable: of two samples at one time the later in the request wins.
             samples.sort_by_key(|s| s.t);
@@ -788,7 +762,7 @@ impl Output {
             }
             *samples = deduped;
         }
-        Converted {
+        Batch {
             series: self.series,
             exemplars: self.exemplars,
             metadata: self.metadata,

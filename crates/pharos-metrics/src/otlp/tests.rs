@@ -94,7 +94,7 @@ fn exemplar_with_ids(v: f64, time: u64) -> OtlpExemplar {
 }
 
 /// The series as `labels → samples`, labels in Prometheus's text form.
-fn series_map(c: &Converted) -> BTreeMap<String, Vec<(i64, f64)>> {
+fn series_map(c: &Batch) -> BTreeMap<String, Vec<(i64, f64)>> {
     c.series.iter().map(|(l, s)| (l.to_string(), s.iter().map(|s| (s.t, s.v)).collect())).collect()
 }
 

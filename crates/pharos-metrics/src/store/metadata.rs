@@ -25,6 +25,35 @@ pub enum MetricType {
 }
 
 impl MetricType {
+    /// The number remote write (1.0 and 2.0) gives the type, also used in part files.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Counter => 1,
+            Self::Gauge => 2,
+            Self::Histogram => 3,
+            Self::GaugeHistogram => 4,
+            Self::Summary => 5,
+            Self::Info => 6,
+            Self::StateSet => 7,
+        }
+    }
+
+    /// The type of a [`MetricType::code`]; `None` for a number no type has.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Unknown,
+            1 => Self::Counter,
+            2 => Self::Gauge,
+            3 => Self::Histogram,
+            4 => Self::GaugeHistogram,
+            5 => Self::Summary,
+            6 => Self::Info,
+            7 => Self::StateSet,
+            _ => return None,
+        })
+    }
+
     /// The name the API reports (`counter`, `gauge`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -99,7 +99,7 @@ impl Part {
         put_varint(&mut out, self.metadata.len() as u64);
         for (name, m) in &self.metadata {
             put_str(&mut out, name);
-            out.push(type_code(m.kind));
+            out.push(m.kind.code());
             put_str(&mut out, &m.help);
             put_str(&mut out, &m.unit);
         }
@@ -143,7 +143,7 @@ impl Part {
         for _ in 0..r.varint()? {
             let name = r.string()?;
             let at = r.pos;
-            let kind = metric_type(r.bytes(1)?[0]).ok_or(PartError::Malformed(at))?;
+            let kind = MetricType::from_code(r.bytes(1)?[0]).ok_or(PartError::Malformed(at))?;
             part.metadata.insert(name, Metadata { kind, help: r.string()?, unit: r.string()? });
         }
         if r.pos != body.len() {
@@ -151,33 +151,6 @@ impl Part {
         }
         Ok(part)
     }
-}
-
-fn type_code(kind: MetricType) -> u8 {
-    match kind {
-        MetricType::Unknown => 0,
-        MetricType::Counter => 1,
-        MetricType::Gauge => 2,
-        MetricType::Histogram => 3,
-        MetricType::GaugeHistogram => 4,
-        MetricType::Summary => 5,
-        MetricType::Info => 6,
-        MetricType::StateSet => 7,
-    }
-}
-
-fn metric_type(code: u8) -> Option<MetricType> {
-    Some(match code {
-        0 => MetricType::Unknown,
-        1 => MetricType::Counter,
-        2 => MetricType::Gauge,
-        3 => MetricType::Histogram,
-        4 => MetricType::GaugeHistogram,
-        5 => MetricType::Summary,
-        6 => MetricType::Info,
-        7 => MetricType::StateSet,
-        _ => return None,
-    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

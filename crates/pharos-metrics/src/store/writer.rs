@@ -35,6 +35,34 @@ pub struct Batch {
     pub dropped: Vec<(&'static str, u64)>,
 }
 
+impl Batch {
+    /// Number of samples over all series.
+    pub fn samples(&self) -> usize {
+        self.series.iter().map(|(_, s)| s.len()).sum()
+    }
+
+    /// Number of items dropped for any reason.
+    pub fn dropped_points(&self) -> u64 {
+        self.dropped.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Counts `n` items dropped for `reason`.
+    pub(crate) fn drop_items(&mut self, reason: &'static str, n: u64) {
+        count_reason(&mut self.dropped, reason, n);
+    }
+}
+
+/// Adds `n` to the count of `reason` in a short list of counts by reason.
+fn count_reason(counts: &mut Vec<(&'static str, u64)>, reason: &'static str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match counts.iter_mut().find(|(r, _)| *r == reason) {
+        Some((_, count)) => *count += n,
+        None => counts.push((reason, n)),
+    }
+}
+
 /// Why the part store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PartStoreError {
@@ -204,13 +232,7 @@ pub struct WriteStats {
 
 impl WriteStats {
     fn reject(&mut self, reason: &'static str, n: u64) {
-        if n == 0 {
-            return;
-        }
-        match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
-            Some((_, count)) => *count += n,
-            None => self.rejected.push((reason, n)),
-        }
+        count_reason(&mut self.rejected, reason, n);
     }
 }
 
@@ -382,13 +404,7 @@ impl OtlpDecoder for crate::otlp::Converter {
     fn decode(&mut self, payload: &[u8]) -> Result<Batch, prost::DecodeError> {
         use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use prost::Message;
-        let converted = self.convert(&ExportMetricsServiceRequest::decode(payload)?);
-        Ok(Batch {
-            series: converted.series,
-            exemplars: converted.exemplars,
-            metadata: converted.metadata,
-            dropped: converted.dropped,
-        })
+        Ok(self.convert(&ExportMetricsServiceRequest::decode(payload)?))
     }
 }
 
