@@ -139,7 +139,7 @@ impl Ingestor {
 
     /// [`Ingestor::prepare_encoded`] for a request already decoded (from JSON, say).
     pub fn prepare<R: OtlpRequest>(&self, tenant: &Tenant, req: R) -> Result<Prepared, IngestError> {
-        self.prepare_encoded(R::SIGNAL, tenant, Bytes::from(req.encode_to_vec()))
+        req.prepare(self, tenant)
     }
 
     fn check_item_count(&self, signal: Signal, tenant: &Tenant, items: usize) -> Result<(), IngestError> {

@@ -14,10 +14,11 @@ use opentelemetry_proto::tonic::{
     },
     resource::v1::Resource,
 };
-use pharos_core::{FNV_OFFSET, PartitionKey, Signal, fnv1a_extend, partition_of};
+use pharos_core::{FNV_OFFSET, PartitionKey, Signal, Tenant, fnv1a_extend, partition_of};
 
 use super::validate::{Rejections, Violation, check_attributes, check_id};
-use crate::Limits;
+use super::{Ingestor, Prepared};
+use crate::{IngestError, Limits};
 
 /// An OTLP export request of one signal.
 pub trait OtlpRequest:
@@ -27,6 +28,12 @@ pub trait OtlpRequest:
 
     /// Spans, data points or log records in the request.
     fn items(&self) -> usize;
+
+    /// Validates, splits and encodes a request already decoded (from JSON, say). Traces and
+    /// logs take the wire-format path; metrics are split as they are.
+    fn prepare(self, ingestor: &Ingestor, tenant: &Tenant) -> Result<Prepared, IngestError> {
+        ingestor.prepare_encoded(Self::SIGNAL, tenant, bytes::Bytes::from(self.encode_to_vec()))
+    }
 }
 
 /// The resource attributes that name a log stream (the labels of a stream). Every record of a
@@ -295,6 +302,10 @@ impl OtlpRequest for ExportMetricsServiceRequest {
             .flat_map(|s| &s.metrics)
             .map(metric_points)
             .sum()
+    }
+
+    fn prepare(self, ingestor: &Ingestor, tenant: &Tenant) -> Result<Prepared, IngestError> {
+        ingestor.prepare_metrics(tenant, self)
     }
 }
 
