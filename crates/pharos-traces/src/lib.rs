@@ -1,7 +1,7 @@
-//! Pharos traces: TraceQL today; the span model, the trace store and the Tempo and Jaeger
-//! APIs follow.
+//! Pharos traces: the span model, TraceQL, the trace store and the Tempo API.
 //!
-//! `query` parses TraceQL into a typed syntax tree ([`query::Query`]) that prints back as
-//! TraceQL; evaluation comes later.
+//! - [`model`]: spans as they arrived over OTLP, with their resource and scope.
+//! - [`query`]: TraceQL parsing and evaluation.
 
+pub mod model;
 pub mod query;
