@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: spans as they arrived over OTLP, with their resource and scope.
 //! - [`query`]: TraceQL parsing and evaluation.
+//! - [`store`]: the head, Parquet blocks on the object store, the compactor.
 
 pub mod model;
 pub mod query;
+pub mod store;

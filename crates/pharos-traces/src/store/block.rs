@@ -1,0 +1,443 @@
+//! The trace block format: one Parquet file of spans, rows sorted by trace id then start time.
+//!
+//! Columns (format version 1, see `docs/formats/trace-blocks.md`):
+//!
+//! | column | type | holds |
+//! | --- | --- | --- |
+//! | `trace_id` | fixed 16 bytes | bloom filter, row-group min/max |
+//! | `span_id` | fixed 8 bytes | |
+//! | `parent_span_id` | binary | empty for a root span |
+//! | `start_unix_nano`, `duration_nanos` | u64 | |
+//! | `name`, `service_name` | string | dedicated: the span name and the resource's `service.name` |
+//! | `kind`, `status_code` | i32 | dedicated |
+//! | `resource` | binary | the OTLP `ResourceSpans` without spans (resource, schema URL): dictionary-encoded |
+//! | `scope` | binary | the OTLP `ScopeSpans` without spans (scope, schema URL): dictionary-encoded |
+//! | `span` | binary | the OTLP `Span` less the fields in columns above: attributes, events, links, trace state, flags, status message, dropped counts |
+//!
+//! Reading a block gives back the spans exactly as they were written.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt64Array,
+    builder::{BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt64Builder},
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use parquet::{
+    arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder},
+    basic::{Compression, ZstdLevel},
+    file::{
+        metadata::ParquetMetaData,
+        properties::{EnabledStatistics, WriterProperties},
+        statistics::Statistics,
+    },
+    schema::types::ColumnPath,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ResourceInfo, ScopeInfo, SpanData, TraceId};
+
+/// Rows per row group: a trace lookup reads at most a few row groups of this many spans.
+pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+/// The version written in `meta.json`.
+pub const FORMAT_VERSION: u32 = 1;
+/// The name of the data object in a block's directory.
+pub const DATA_FILE: &str = "data.parquet";
+
+/// What `meta.json` says about a trace block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceBlockMeta {
+    /// The block id.
+    pub id: String,
+    /// The format version.
+    pub version: u32,
+    /// The earliest span start, unix nanoseconds.
+    pub min_start_ns: u64,
+    /// The latest span end, unix nanoseconds.
+    pub max_end_ns: u64,
+    /// Spans in the block.
+    pub spans: u64,
+    /// Distinct traces in the block.
+    pub traces: u64,
+    /// The smallest and largest trace id, hex.
+    pub min_trace_id: String,
+    /// See `min_trace_id`.
+    pub max_trace_id: String,
+    /// Size of the data object in bytes.
+    pub size_bytes: u64,
+    /// 0 for a block flushed from the head; compaction output is one more than its inputs.
+    pub level: u32,
+}
+
+impl pharos_storage::BlockMeta for TraceBlockMeta {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn time_range(&self) -> (u64, u64) {
+        (self.min_start_ns, self.max_end_ns)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+impl TraceBlockMeta {
+    /// Whether the block's trace-id range holds `id`.
+    pub fn may_hold(&self, id: &TraceId) -> bool {
+        let hex = crate::model::hex(id);
+        self.min_trace_id <= hex && hex <= self.max_trace_id
+    }
+
+    /// Whether the block has spans overlapping `start..=end` (unix nanoseconds).
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.min_start_ns <= end && self.max_end_ns >= start
+    }
+}
+
+/// A block could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// Parquet failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Arrow failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// A column is missing or of the wrong type.
+    #[error("trace block: column {0} missing or of the wrong type")]
+    Column(&'static str),
+    /// An embedded protobuf is damaged.
+    #[error("trace block: column {column}: {source}")]
+    Protobuf {
+        /// The column.
+        column: &'static str,
+        /// The decode error.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("parent_span_id", DataType::Binary, false),
+        Field::new("start_unix_nano", DataType::UInt64, false),
+        Field::new("duration_nanos", DataType::UInt64, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("service_name", DataType::Utf8, false),
+        Field::new("kind", DataType::Int32, false),
+        Field::new("status_code", DataType::Int32, false),
+        Field::new("resource", DataType::Binary, false),
+        Field::new("scope", DataType::Binary, false),
+        Field::new("span", DataType::Binary, false),
+    ]))
+}
+
+/// Encodes spans (any order) as a block: returns the Parquet bytes and the meta (with `id`).
+pub fn encode(id: String, level: u32, spans: &mut [Arc<SpanData>]) -> Result<(Bytes, TraceBlockMeta), BlockError> {
+    spans.sort_by(|a, b| {
+        (a.span.trace_id.as_slice(), a.span.start_time_unix_nano, a.span.span_id.as_slice()).cmp(&(
+            b.span.trace_id.as_slice(),
+            b.span.start_time_unix_nano,
+            b.span.span_id.as_slice(),
+        ))
+    });
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
+        .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("span"), false)
+        .build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let mut meta = TraceBlockMeta {
+        id,
+        version: FORMAT_VERSION,
+        min_start_ns: u64::MAX,
+        max_end_ns: 0,
+        spans: spans.len() as u64,
+        traces: 0,
+        min_trace_id: spans.first().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
+        max_trace_id: spans.last().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
+        size_bytes: 0,
+        level,
+    };
+    let mut last_trace: Option<TraceId> = None;
+    for chunk in spans.chunks(ROW_GROUP_ROWS) {
+        let mut columns = Columns::with_capacity(chunk.len());
+        for span in chunk {
+            columns.push(span)?;
+            let trace = span.trace_id();
+            if last_trace != Some(trace) {
+                meta.traces += 1;
+                last_trace = Some(trace);
+            }
+            meta.min_start_ns = meta.min_start_ns.min(span.span.start_time_unix_nano);
+            meta.max_end_ns = meta.max_end_ns.max(span.span.end_time_unix_nano.max(span.span.start_time_unix_nano));
+        }
+        writer.write(&columns.finish()?)?;
+    }
+    writer.close()?;
+    if spans.is_empty() {
+        meta.min_start_ns = 0;
+    }
+    meta.size_bytes = out.len() as u64;
+    Ok((Bytes::from(out), meta))
+}
+
+struct Columns {
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent: BinaryBuilder,
+    start: UInt64Builder,
+    duration: UInt64Builder,
+    name: StringBuilder,
+    service: StringBuilder,
+    kind: Int32Builder,
+    status: Int32Builder,
+    resource: BinaryBuilder,
+    scope: BinaryBuilder,
+    span: BinaryBuilder,
+    // Encoded resource and scope per shared Arc, so a request's resource is encoded once.
+    resources: HashMap<*const ResourceInfo, Vec<u8>>,
+    scopes: HashMap<*const ScopeInfo, Vec<u8>>,
+    rest: Vec<u8>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            trace_id: FixedSizeBinaryBuilder::with_capacity(n, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(n, 8),
+            parent: BinaryBuilder::with_capacity(n, n * 8),
+            start: UInt64Builder::with_capacity(n),
+            duration: UInt64Builder::with_capacity(n),
+            name: StringBuilder::with_capacity(n, n * 16),
+            service: StringBuilder::with_capacity(n, n * 8),
+            kind: Int32Builder::with_capacity(n),
+            status: Int32Builder::with_capacity(n),
+            resource: BinaryBuilder::with_capacity(n, n * 8),
+            scope: BinaryBuilder::with_capacity(n, n * 8),
+            span: BinaryBuilder::with_capacity(n, n * 64),
+            resources: HashMap::new(),
+            scopes: HashMap::new(),
+            rest: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, data: &Arc<SpanData>) -> Result<(), BlockError> {
+        let span = &data.span;
+        self.trace_id.append_value(data.trace_id())?;
+        self.span_id.append_value(data.span_id())?;
+        self.parent.append_value(data.parent_span_id().map(|p| p.to_vec()).unwrap_or_default());
+        self.start.append_value(span.start_time_unix_nano);
+        self.duration.append_value(data.duration_nanos());
+        self.name.append_value(&span.name);
+        self.service.append_value(data.service_name());
+        self.kind.append_value(span.kind);
+        self.status.append_value(span.status.as_ref().map_or(0, |s| s.code));
+        let resource = self.resources.entry(Arc::as_ptr(&data.resource)).or_insert_with(|| {
+            ResourceSpans {
+                resource: Some(data.resource.resource.clone()),
+                scope_spans: Vec::new(),
+                schema_url: data.resource.schema_url.clone(),
+            }
+            .encode_to_vec()
+        });
+        self.resource.append_value(resource);
+        let scope = self.scopes.entry(Arc::as_ptr(&data.scope)).or_insert_with(|| {
+            ScopeSpans {
+                scope: Some(data.scope.scope.clone()),
+                spans: Vec::new(),
+                schema_url: data.scope.schema_url.clone(),
+            }
+            .encode_to_vec()
+        });
+        self.scope.append_value(scope);
+        // The rest of the span: everything not in a column of its own.
+        let rest = Span {
+            trace_id: Vec::new(),
+            span_id: Vec::new(),
+            parent_span_id: Vec::new(),
+            name: String::new(),
+            kind: 0,
+            start_time_unix_nano: 0,
+            end_time_unix_nano: 0,
+            status: span.status.as_ref().map(|s| Status { code: 0, message: s.message.clone() }),
+            trace_state: span.trace_state.clone(),
+            flags: span.flags,
+            attributes: span.attributes.clone(),
+            dropped_attributes_count: span.dropped_attributes_count,
+            events: span.events.clone(),
+            dropped_events_count: span.dropped_events_count,
+            links: span.links.clone(),
+            dropped_links_count: span.dropped_links_count,
+        };
+        self.rest.clear();
+        rest.encode(&mut self.rest).expect("a Vec grows");
+        self.span.append_value(&self.rest);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, BlockError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.service.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.resource.finish()),
+            Arc::new(self.scope.finish()),
+            Arc::new(self.span.finish()),
+        ];
+        Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+/// Which rows of a block to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Select {
+    /// Every span.
+    #[default]
+    All,
+    /// The spans of one trace: row groups are skipped by their trace-id range and bloom filter.
+    Trace(TraceId),
+}
+
+/// What a read did, for telemetry and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Row groups in the block.
+    pub row_groups: usize,
+    /// Row groups skipped by their trace-id range.
+    pub pruned_by_range: usize,
+    /// Row groups skipped by the bloom filter.
+    pub pruned_by_bloom: usize,
+}
+
+/// Reads spans out of a block's bytes.
+pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats), BlockError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data)?;
+    let metadata = builder.metadata().clone();
+    let mut stats = ReadStats { row_groups: metadata.num_row_groups(), ..ReadStats::default() };
+    let row_groups = match select {
+        Select::All => (0..metadata.num_row_groups()).collect(),
+        Select::Trace(id) => {
+            let mut keep = Vec::new();
+            for rg in 0..metadata.num_row_groups() {
+                if !range_holds(&metadata, rg, &id) {
+                    stats.pruned_by_range += 1;
+                } else if builder.get_row_group_column_bloom_filter(rg, 0)?.is_some_and(|bloom| !bloom.check(&id[..]))
+                {
+                    stats.pruned_by_bloom += 1;
+                } else {
+                    keep.push(rg);
+                }
+            }
+            keep
+        }
+    };
+    let mut spans = Vec::new();
+    if row_groups.is_empty() {
+        return Ok((spans, stats));
+    }
+    let reader = builder.with_row_groups(row_groups).with_batch_size(8192).build()?;
+    let mut decoder = Decoder::default();
+    for batch in reader {
+        decoder.decode_batch(&batch?, select, &mut spans)?;
+    }
+    Ok((spans, stats))
+}
+
+fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {
+    match metadata.row_group(rg).column(0).statistics() {
+        Some(Statistics::FixedLenByteArray(s)) => match (s.min_bytes_opt(), s.max_bytes_opt()) {
+            (Some(min), Some(max)) => min <= &id[..] && &id[..] <= max,
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+#[derive(Default)]
+struct Decoder {
+    resources: HashMap<Vec<u8>, Arc<ResourceInfo>>,
+    scopes: HashMap<Vec<u8>, Arc<ScopeInfo>>,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize, name: &'static str) -> Result<&'a T, BlockError> {
+    batch.column(i).as_any().downcast_ref::<T>().ok_or(BlockError::Column(name))
+}
+
+impl Decoder {
+    fn decode_batch(&mut self, batch: &RecordBatch, select: Select, out: &mut Vec<SpanData>) -> Result<(), BlockError> {
+        let trace_id = column::<FixedSizeBinaryArray>(batch, 0, "trace_id")?;
+        let span_id = column::<FixedSizeBinaryArray>(batch, 1, "span_id")?;
+        let parent = column::<BinaryArray>(batch, 2, "parent_span_id")?;
+        let start = column::<UInt64Array>(batch, 3, "start_unix_nano")?;
+        let duration = column::<UInt64Array>(batch, 4, "duration_nanos")?;
+        let name = column::<StringArray>(batch, 5, "name")?;
+        let kind = column::<Int32Array>(batch, 7, "kind")?;
+        let status = column::<Int32Array>(batch, 8, "status_code")?;
+        let resource = column::<BinaryArray>(batch, 9, "resource")?;
+        let scope = column::<BinaryArray>(batch, 10, "scope")?;
+        let rest = column::<BinaryArray>(batch, 11, "span")?;
+        for row in 0..batch.num_rows() {
+            if let Select::Trace(id) = select
+                && trace_id.value(row) != id
+            {
+                continue;
+            }
+            let resource = self.resource(resource.value(row))?;
+            let scope = self.scope(scope.value(row))?;
+            let mut span =
+                Span::decode(rest.value(row)).map_err(|source| BlockError::Protobuf { column: "span", source })?;
+            span.trace_id = trace_id.value(row).to_vec();
+            span.span_id = span_id.value(row).to_vec();
+            span.parent_span_id = parent.value(row).to_vec();
+            span.name = name.value(row).to_string();
+            span.kind = kind.value(row);
+            span.start_time_unix_nano = start.value(row);
+            span.end_time_unix_nano = start.value(row) + duration.value(row);
+            let code = status.value(row);
+            if code != 0 || span.status.is_some() {
+                span.status.get_or_insert_with(Status::default).code = code;
+            }
+            out.push(SpanData { resource, scope, span });
+        }
+        Ok(())
+    }
+
+    fn resource(&mut self, bytes: &[u8]) -> Result<Arc<ResourceInfo>, BlockError> {
+        if let Some(r) = self.resources.get(bytes) {
+            return Ok(r.clone());
+        }
+        let decoded =
+            ResourceSpans::decode(bytes).map_err(|source| BlockError::Protobuf { column: "resource", source })?;
+        let info = Arc::new(ResourceInfo::new(decoded.resource.unwrap_or_default(), decoded.schema_url));
+        self.resources.insert(bytes.to_vec(), info.clone());
+        Ok(info)
+    }
+
+    fn scope(&mut self, bytes: &[u8]) -> Result<Arc<ScopeInfo>, BlockError> {
+        if let Some(s) = self.scopes.get(bytes) {
+            return Ok(s.clone());
+        }
+        let decoded = ScopeSpans::decode(bytes).map_err(|source| BlockError::Protobuf { column: "scope", source })?;
+        let info = Arc::new(ScopeInfo { scope: decoded.scope.unwrap_or_default(), schema_url: decoded.schema_url });
+        self.scopes.insert(bytes.to_vec(), info.clone());
+        Ok(info)
+    }
+}

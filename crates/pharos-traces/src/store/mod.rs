@@ -1,0 +1,480 @@
+//! The trace store: a head of recent spans in memory, and immutable Parquet blocks on the object
+//! store, listed per tenant by a [`Catalog`].
+//!
+//! Write path: each processor partition owns a [`PartitionWriter`]. It decodes every traces
+//! envelope once, puts the spans in the shared head (searchable at once) and keeps them pending.
+//! A flush (by age or span count) encodes one block per tenant, writes it, publishes it in the
+//! catalog, and only then removes its spans from the head; the offset it reports as durable
+//! moves past the flushed records only after that (invariant 2).
+//!
+//! Read path: queries read the head first, then the catalog, so a span being flushed is seen
+//! at least once; duplicates (the same span in the head and a block, or in two blocks after
+//! a crash replayed records a block already held) are removed by span id within a trace.
+//!
+//! The compactor ([`TraceStore::compact`]) deletes blocks older than the retention and merges
+//! small blocks into larger ones, dropping duplicate spans.
+
+pub mod block;
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
+use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_block_id};
+use prost::Message;
+use tracing::{error, info};
+
+pub use block::{BlockError, ReadStats, Select, TraceBlockMeta};
+
+use crate::model::{SpanData, SpanId, TraceId, spans_of_request};
+
+/// The catalog's signal name: blocks live under `traces/{tenant}/{block}/`.
+pub const SIGNAL: &str = "traces";
+
+/// How the trace store behaves.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A partition's pending spans are flushed into blocks at least this often.
+    pub flush_interval: Duration,
+    /// ...or as soon as this many spans are pending.
+    pub max_block_spans: usize,
+    /// Blocks whose newest span ended longer ago than this are deleted.
+    pub retention: Duration,
+    /// Blocks smaller than this are merged by the compactor.
+    pub compaction_target_bytes: u64,
+    /// A trace-by-id answer holds at most this many spans (and says it was truncated).
+    pub max_trace_spans: usize,
+    /// A search or tag listing reads at most this many spans, then fails with a clear error.
+    pub max_search_spans: usize,
+    /// How long retired block data stays readable after it leaves the catalog.
+    pub deletion_delay: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(15),
+            max_block_spans: 200_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            compaction_target_bytes: 64 << 20,
+            max_trace_spans: 100_000,
+            max_search_spans: 10_000_000,
+            deletion_delay: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A block is damaged or could not be written.
+    #[error("block {block}: {source}")]
+    Block {
+        /// The block id.
+        block: String,
+        /// What went wrong.
+        #[source]
+        source: BlockError,
+    },
+    /// A search would read more spans than allowed.
+    #[error(
+        "the query would read more than {limit} spans (storage.traces.max_search_spans); narrow the time range"
+    )]
+    TooManySpans {
+        /// The limit.
+        limit: usize,
+    },
+    /// A background task failed.
+    #[error("task: {0}")]
+    Task(String),
+}
+
+#[derive(Default)]
+struct TenantHead {
+    traces: HashMap<TraceId, Vec<Arc<SpanData>>>,
+    spans: usize,
+}
+
+/// The trace store shared by writers, queries and the compactor.
+pub struct TraceStore {
+    catalog: Catalog<TraceBlockMeta>,
+    head: RwLock<HashMap<Tenant, TenantHead>>,
+    options: StoreOptions,
+}
+
+/// One trace as read: its spans (duplicates removed, by start time) and whether it was cut.
+#[derive(Debug, Clone, Default)]
+pub struct TraceRead {
+    /// The spans.
+    pub spans: Vec<SpanData>,
+    /// More spans exist than `max_trace_spans`.
+    pub truncated: bool,
+    /// Blocks read.
+    pub blocks_read: usize,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+impl TraceStore {
+    /// Opens the store's catalog on `storage`.
+    pub async fn open(storage: ObjectStorage, options: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        let catalog = Catalog::open(storage, SIGNAL, options.deletion_delay).await?;
+        Ok(Arc::new(Self { catalog, head: RwLock::new(HashMap::new()), options }))
+    }
+
+    /// The store's options.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The tenant's blocks, oldest first.
+    pub fn blocks(&self, tenant: &Tenant) -> Vec<Arc<TraceBlockMeta>> {
+        self.catalog.blocks(tenant)
+    }
+
+    /// Spans in the head, per tenant.
+    pub fn head_spans(&self) -> Vec<(Tenant, usize)> {
+        self.head.read().expect("head lock").iter().map(|(t, h)| (t.clone(), h.spans)).collect()
+    }
+
+    fn head_insert(&self, tenant: &Tenant, spans: &[Arc<SpanData>]) {
+        let mut head = self.head.write().expect("head lock");
+        let head = head.entry(tenant.clone()).or_default();
+        for span in spans {
+            head.traces.entry(span.trace_id()).or_default().push(span.clone());
+        }
+        head.spans += spans.len();
+    }
+
+    fn head_remove(&self, tenant: &Tenant, spans: &[Arc<SpanData>]) {
+        let gone: HashSet<*const SpanData> = spans.iter().map(Arc::as_ptr).collect();
+        let traces: HashSet<TraceId> = spans.iter().map(|s| s.trace_id()).collect();
+        let mut head = self.head.write().expect("head lock");
+        let Some(tenant_head) = head.get_mut(tenant) else { return };
+        for trace in traces {
+            if let Entry::Occupied(mut entry) = tenant_head.traces.entry(trace) {
+                let before = entry.get().len();
+                entry.get_mut().retain(|s| !gone.contains(&Arc::as_ptr(s)));
+                tenant_head.spans -= before - entry.get().len();
+                if entry.get().is_empty() {
+                    entry.remove();
+                }
+            }
+        }
+        if tenant_head.traces.is_empty() {
+            head.remove(tenant);
+        }
+    }
+
+    async fn read_block(
+        &self,
+        tenant: &Tenant,
+        meta: &TraceBlockMeta,
+        select: Select,
+    ) -> Result<(Vec<SpanData>, ReadStats), StoreError> {
+        let bytes = self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
+        let id = meta.id.clone();
+        tokio::task::spawn_blocking(move || block::decode(bytes, select))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Block { block: id, source })
+    }
+
+    /// The spans of one trace, from the head and every block that may hold it, optionally
+    /// only from blocks overlapping `range` (unix nanoseconds).
+    pub async fn trace(
+        &self,
+        tenant: &Tenant,
+        id: TraceId,
+        range: Option<(u64, u64)>,
+    ) -> Result<TraceRead, StoreError> {
+        let mut spans: Vec<SpanData> = {
+            let head = self.head.read().expect("head lock");
+            head.get(tenant)
+                .and_then(|h| h.traces.get(&id))
+                .map(|spans| spans.iter().map(|s| (**s).clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut blocks_read = 0;
+        for meta in self.catalog.blocks(tenant) {
+            if !meta.may_hold(&id) || range.is_some_and(|(start, end)| !meta.overlaps(start, end)) {
+                continue;
+            }
+            blocks_read += 1;
+            spans.extend(self.read_block(tenant, &meta, Select::Trace(id)).await?.0);
+        }
+        let mut spans = dedup_trace(spans);
+        let truncated = spans.len() > self.options.max_trace_spans;
+        spans.truncate(self.options.max_trace_spans);
+        Ok(TraceRead { spans, truncated, blocks_read })
+    }
+
+    /// Every trace with spans in `start..=end` (unix nanoseconds), whole (as far as the blocks
+    /// overlapping the range hold it), duplicates removed, spans by start time. Fails when
+    /// more than `max_search_spans` spans would be read.
+    pub async fn traces_in_range(&self, tenant: &Tenant, start: u64, end: u64) -> Result<Vec<Vec<SpanData>>, StoreError> {
+        let limit = self.options.max_search_spans;
+        let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
+        let mut read = 0usize;
+        {
+            let head = self.head.read().expect("head lock");
+            if let Some(head) = head.get(tenant) {
+                if head.spans > limit {
+                    return Err(StoreError::TooManySpans { limit });
+                }
+                read += head.spans;
+                for (id, spans) in &head.traces {
+                    by_trace.entry(*id).or_default().extend(spans.iter().map(|s| (**s).clone()));
+                }
+            }
+        }
+        for meta in self.catalog.blocks(tenant) {
+            if !meta.overlaps(start, end) {
+                continue;
+            }
+            read += meta.spans as usize;
+            if read > limit {
+                return Err(StoreError::TooManySpans { limit });
+            }
+            for span in self.read_block(tenant, &meta, Select::All).await?.0 {
+                by_trace.entry(span.trace_id()).or_default().push(span);
+            }
+        }
+        let mut traces: Vec<Vec<SpanData>> = by_trace
+            .into_values()
+            .map(dedup_trace)
+            .filter(|spans| {
+                let first = spans.iter().map(|s| s.span.start_time_unix_nano).min().unwrap_or(0);
+                let last = spans.iter().map(|s| s.span.end_time_unix_nano).max().unwrap_or(0);
+                first <= end && last >= start
+            })
+            .collect();
+        // Most recent first, as Tempo answers.
+        traces.sort_by_key(|spans| std::cmp::Reverse(spans.first().map_or(0, |s| s.span.start_time_unix_nano)));
+        Ok(traces)
+    }
+
+    /// One compaction round for every tenant: delete blocks past the retention, then merge
+    /// small blocks (at most `max_inputs` at a time) into one. Returns what it did.
+    pub async fn compact(&self, max_inputs: usize) -> Result<CompactionReport, StoreError> {
+        let mut report = CompactionReport::default();
+        let horizon = now_nanos().saturating_sub(self.options.retention.as_nanos() as u64);
+        for tenant in self.catalog.tenants() {
+            let blocks = self.catalog.blocks(&tenant);
+            let expired: Vec<String> =
+                blocks.iter().filter(|b| b.max_end_ns < horizon).map(|b| b.id.clone()).collect();
+            if !expired.is_empty() {
+                info!(tenant = %tenant, blocks = expired.len(), "deleting trace blocks past the retention");
+                self.catalog.retire(&tenant, &expired, &[block::DATA_FILE]).await?;
+                report.expired += expired.len();
+            }
+            let small: Vec<Arc<TraceBlockMeta>> = self
+                .catalog
+                .blocks(&tenant)
+                .into_iter()
+                .filter(|b| b.size_bytes < self.options.compaction_target_bytes)
+                .take(max_inputs.max(2))
+                .collect();
+            if small.len() < 2 {
+                continue;
+            }
+            let started = Instant::now();
+            let mut spans = Vec::new();
+            for meta in &small {
+                spans.extend(self.read_block(&tenant, meta, Select::All).await?.0);
+            }
+            let before = spans.len();
+            let mut spans: Vec<Arc<SpanData>> = dedup_all(spans).into_iter().map(Arc::new).collect();
+            let level = small.iter().map(|b| b.level).max().unwrap_or(0) + 1;
+            let meta = self.write_block(&tenant, level, &mut spans).await?;
+            let inputs: Vec<String> = small.iter().map(|b| b.id.clone()).collect();
+            self.catalog.retire(&tenant, &inputs, &[block::DATA_FILE]).await?;
+            info!(
+                tenant = %tenant,
+                inputs = inputs.len(),
+                spans = meta.spans,
+                duplicates_dropped = before - spans.len(),
+                bytes = meta.size_bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "trace blocks compacted"
+            );
+            report.merged += inputs.len();
+            report.written += 1;
+        }
+        Ok(report)
+    }
+
+    async fn write_block(
+        &self,
+        tenant: &Tenant,
+        level: u32,
+        spans: &mut Vec<Arc<SpanData>>,
+    ) -> Result<Arc<TraceBlockMeta>, StoreError> {
+        let id = new_block_id();
+        let mut owned = std::mem::take(spans);
+        let block_id = id.clone();
+        let (owned, encoded) = tokio::task::spawn_blocking(move || {
+            let encoded = block::encode(block_id, level, &mut owned);
+            (owned, encoded)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        *spans = owned;
+        let (bytes, meta) = encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
+        self.catalog.storage().put(&self.catalog.object_path(tenant, &id, block::DATA_FILE), bytes).await?;
+        Ok(self.catalog.publish(tenant, meta).await?)
+    }
+}
+
+/// What one compaction round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Blocks deleted for being past the retention.
+    pub expired: usize,
+    /// Blocks merged into others.
+    pub merged: usize,
+    /// Blocks written by merging.
+    pub written: usize,
+}
+
+/// Removes repeated spans (same span id) of one trace and orders the rest by start time.
+fn dedup_trace(mut spans: Vec<SpanData>) -> Vec<SpanData> {
+    let mut seen: HashSet<SpanId> = HashSet::with_capacity(spans.len());
+    spans.retain(|s| seen.insert(s.span_id()));
+    spans.sort_by_key(|s| (s.span.start_time_unix_nano, s.span_id()));
+    spans
+}
+
+fn dedup_all(mut spans: Vec<SpanData>) -> Vec<SpanData> {
+    let mut seen: HashSet<(TraceId, SpanId)> = HashSet::with_capacity(spans.len());
+    spans.retain(|s| seen.insert((s.trace_id(), s.span_id())));
+    spans
+}
+
+/// What writing one envelope did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Spans put in the head.
+    pub spans: u64,
+    /// Spans refused, by reason.
+    pub rejected: Vec<(&'static str, u64)>,
+}
+
+/// One processor partition's writer into the trace store.
+pub struct PartitionWriter {
+    store: Arc<TraceStore>,
+    partition: u32,
+    pending: HashMap<Tenant, Vec<Arc<SpanData>>>,
+    pending_spans: usize,
+    /// The offset of the first record with pending spans.
+    first_pending: Option<u64>,
+    pending_since: Option<Instant>,
+}
+
+/// What a flush wrote.
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    /// Blocks written.
+    pub blocks: usize,
+    /// Spans written.
+    pub spans: usize,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl PartitionWriter {
+    /// A writer for `partition` of `store`.
+    pub fn new(store: Arc<TraceStore>, partition: u32) -> Self {
+        Self { store, partition, pending: HashMap::new(), pending_spans: 0, first_pending: None, pending_since: None }
+    }
+
+    /// Decodes a traces envelope and puts its spans in the head; other signals are ignored.
+    pub fn write(&mut self, offset: u64, envelope: &Envelope) -> WriteStats {
+        let mut stats = WriteStats::default();
+        if envelope.signal != Signal::Traces {
+            return stats;
+        }
+        let request = match envelope.format {
+            PayloadFormat::Otlp => ExportTraceServiceRequest::decode(envelope.payload.as_ref()),
+            _ => {
+                stats.rejected.push(("unsupported_format", u64::from(envelope.items)));
+                return stats;
+            }
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                error!(partition = self.partition, offset, error = %e, "undecodable traces record, skipping it");
+                stats.rejected.push(("undecodable", u64::from(envelope.items)));
+                return stats;
+            }
+        };
+        let spans: Vec<Arc<SpanData>> = spans_of_request(request).into_iter().map(Arc::new).collect();
+        if spans.is_empty() {
+            return stats;
+        }
+        stats.spans = spans.len() as u64;
+        self.store.head_insert(&envelope.tenant, &spans);
+        self.pending_spans += spans.len();
+        self.pending.entry(envelope.tenant.clone()).or_default().extend(spans);
+        self.first_pending.get_or_insert(offset);
+        self.pending_since.get_or_insert_with(Instant::now);
+        stats
+    }
+
+    /// Whether a flush is due: enough spans pending, pending for long enough, or closing.
+    pub fn flush_due(&self, closing: bool) -> bool {
+        self.pending_spans > 0
+            && (closing
+                || self.pending_spans >= self.store.options.max_block_spans
+                || self.pending_since.is_some_and(|t| t.elapsed() >= self.store.options.flush_interval))
+    }
+
+    /// Writes every pending span into blocks (one per tenant), publishes them, and removes
+    /// them from the head.
+    pub async fn flush(&mut self) -> Result<FlushReport, StoreError> {
+        let mut report = FlushReport::default();
+        let tenants: Vec<Tenant> = self.pending.keys().cloned().collect();
+        for tenant in tenants {
+            let mut spans = self.pending.remove(&tenant).unwrap_or_default();
+            match self.store.write_block(&tenant, 0, &mut spans).await {
+                Ok(meta) => {
+                    report.blocks += 1;
+                    report.spans += spans.len();
+                    report.bytes += meta.size_bytes;
+                    self.pending_spans -= spans.len();
+                    self.store.head_remove(&tenant, &spans);
+                }
+                Err(e) => {
+                    // Keep them pending: the offset stays behind them and the next flush retries.
+                    self.pending.insert(tenant, spans);
+                    return Err(e);
+                }
+            }
+        }
+        self.first_pending = None;
+        self.pending_since = None;
+        Ok(report)
+    }
+
+    /// Every record below the returned offset is in a durable block (or held no spans), given
+    /// that `next` is the offset after the last record written.
+    pub fn durable_below(&self, next: u64) -> u64 {
+        self.first_pending.unwrap_or(next)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span},
+};
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
+use pharos_storage::ObjectStorage;
+use prost::Message;
+
+use super::*;
+use crate::model::{hex, spans_of_request};
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `traces` traces of `spans_per_trace` spans each, over three services, with attributes,
+/// events, links and errors.
+fn request(seed: u64, traces: usize, spans_per_trace: usize) -> ExportTraceServiceRequest {
+    let mut rng = Rng(seed | 1);
+    let mut resource_spans = Vec::new();
+    for service in ["api", "db", "cache"] {
+        let mut spans = Vec::new();
+        for t in 0..traces {
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&(seed ^ t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            trace_id[8..].copy_from_slice(&(t as u64).to_be_bytes());
+            for s in 0..spans_per_trace {
+                let start = 1_700_000_000_000_000_000 + rng.next() % 1_000_000_000;
+                let mut span_id = [0u8; 8];
+                span_id[0] = service.len() as u8;
+                span_id[1..5].copy_from_slice(&(t as u32).to_be_bytes());
+                span_id[5..7].copy_from_slice(&(s as u16).to_be_bytes());
+                span_id[7] = 1;
+                spans.push(Span {
+                    trace_id: trace_id.to_vec(),
+                    span_id: span_id.to_vec(),
+                    parent_span_id: if s == 0 { Vec::new() } else { vec![9; 8] },
+                    name: format!("{service} op {}", rng.next() % 5),
+                    kind: (rng.next() % 6) as i32,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: start + rng.next() % 5_000_000,
+                    trace_state: if s % 3 == 0 { "k=v".into() } else { String::new() },
+                    flags: 0x101,
+                    attributes: vec![
+                        kv("http.route", Value::StringValue(format!("/r/{}", rng.next() % 10))),
+                        kv("user.id", Value::IntValue((rng.next() % 100_000) as i64)),
+                        kv("ratio", Value::DoubleValue(0.5)),
+                    ],
+                    dropped_attributes_count: u32::from(s == 1),
+                    events: if s % 2 == 0 {
+                        vec![span::Event {
+                            time_unix_nano: start + 5,
+                            name: "exception".into(),
+                            attributes: vec![kv("exception.type", Value::StringValue("E".into()))],
+                            dropped_attributes_count: 0,
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    links: if s == 2 {
+                        vec![span::Link { trace_id: vec![7; 16], span_id: vec![8; 8], ..span::Link::default() }]
+                    } else {
+                        Vec::new()
+                    },
+                    status: match rng.next() % 3 {
+                        0 => None,
+                        1 => Some(Status { code: 2, message: "boom".into() }),
+                        _ => Some(Status { code: 1, message: String::new() }),
+                    },
+                    ..Span::default()
+                });
+            }
+        }
+        resource_spans.push(ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", Value::StringValue(service.into()))],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope { name: "lib".into(), version: "1.0".into(), ..Default::default() }),
+                spans,
+                schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
+            }],
+            schema_url: String::new(),
+        });
+    }
+    ExportTraceServiceRequest { resource_spans }
+}
+
+fn sorted(mut spans: Vec<SpanData>) -> Vec<SpanData> {
+    spans.sort_by(|a, b| (a.trace_id(), a.span_id()).cmp(&(b.trace_id(), b.span_id())));
+    spans
+}
+
+#[test]
+fn blocks_give_back_every_span_exactly() {
+    let spans = spans_of_request(request(7, 50, 4));
+    let mut arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
+    let (bytes, meta) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    assert_eq!(meta.spans, 600);
+    assert_eq!(meta.traces, 50);
+    assert_eq!(meta.size_bytes, bytes.len() as u64);
+    let (back, _) = block::decode(bytes, Select::All).unwrap();
+    assert_eq!(sorted(back), sorted(spans));
+}
+
+#[test]
+fn trace_lookups_skip_row_groups() {
+    let spans = spans_of_request(request(11, 20_000, 2));
+    let wanted = spans[12_345].trace_id();
+    let expected: Vec<SpanData> = sorted(spans.iter().filter(|s| s.trace_id() == wanted).cloned().collect());
+    let mut arcs: Vec<Arc<SpanData>> = spans.into_iter().map(Arc::new).collect();
+    let (bytes, meta) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    assert!(meta.may_hold(&wanted));
+    let (found, stats) = block::decode(bytes.clone(), Select::Trace(wanted)).unwrap();
+    assert_eq!(sorted(found), expected);
+    assert_eq!(stats.row_groups, 8);
+    assert!(stats.pruned_by_range >= 6, "{stats:?}");
+
+    // An id inside the block's range but absent: the bloom filter answers (1% false positives).
+    let mut missing = wanted;
+    missing[15] ^= 0x55;
+    let (found, stats) = block::decode(bytes, Select::Trace(missing)).unwrap();
+    assert!(found.is_empty());
+    assert_eq!(stats.pruned_by_range + stats.pruned_by_bloom, stats.row_groups, "{stats:?}");
+}
+
+fn envelope(tenant: &Tenant, request: &ExportTraceServiceRequest) -> Envelope {
+    Envelope {
+        tenant: tenant.clone(),
+        signal: Signal::Traces,
+        format: PayloadFormat::Otlp,
+        received_at_unix_nanos: 0,
+        items: 1,
+        payload: Bytes::from(request.encode_to_vec()),
+    }
+}
+
+async fn open(dir: &std::path::Path, options: StoreOptions) -> Arc<TraceStore> {
+    TraceStore::open(ObjectStorage::local(dir).unwrap(), options).await.unwrap()
+}
+
+#[tokio::test]
+async fn spans_are_found_in_the_head_then_in_blocks_then_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        deletion_delay: Duration::ZERO,
+        retention: Duration::from_secs(100 * 365 * 24 * 3600), // the spans are from 2023
+        ..StoreOptions::default()
+    };
+    let store = open(dir.path(), options.clone()).await;
+    let acme = Tenant::parse("acme").unwrap();
+    let other = Tenant::parse("other").unwrap();
+    let req = request(3, 10, 3);
+    let spans = spans_of_request(req.clone());
+    let id = spans[4].trace_id();
+    let expected: Vec<SpanData> = sorted(spans.iter().filter(|s| s.trace_id() == id).cloned().collect());
+
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    assert_eq!(writer.write(10, &envelope(&acme, &req)).spans, 90);
+    assert_eq!(writer.durable_below(11), 10, "nothing durable before the flush");
+    assert!(writer.flush_due(true) && !writer.flush_due(false));
+    assert_eq!(sorted(store.trace(&acme, id, None).await.unwrap().spans), expected);
+    assert!(store.trace(&other, id, None).await.unwrap().spans.is_empty(), "tenants are apart");
+
+    let report = writer.flush().await.unwrap();
+    assert_eq!((report.blocks, report.spans), (1, 90));
+    assert_eq!(writer.durable_below(11), 11);
+    assert!(store.head_spans().is_empty());
+    let read = store.trace(&acme, id, None).await.unwrap();
+    assert_eq!(read.blocks_read, 1);
+    assert_eq!(sorted(read.spans), expected);
+
+    // The same records again (a replay after a crash before the commit): no duplicates.
+    writer.write(10, &envelope(&acme, &req));
+    assert_eq!(sorted(store.trace(&acme, id, None).await.unwrap().spans), expected);
+    writer.flush().await.unwrap();
+    assert_eq!(store.blocks(&acme).len(), 2);
+    assert_eq!(store.traces_in_range(&acme, 0, u64::MAX).await.unwrap().len(), 10);
+
+    drop(writer);
+    drop(store);
+    let store = open(dir.path(), options).await;
+    assert_eq!(sorted(store.trace(&acme, id, None).await.unwrap().spans), expected);
+    let not_in_range = store.trace(&acme, id, Some((0, 1))).await.unwrap();
+    assert!(not_in_range.spans.is_empty() && not_in_range.blocks_read == 0);
+
+    // Compaction merges the two blocks and drops the duplicates.
+    let report = store.compact(8).await.unwrap();
+    assert_eq!((report.merged, report.written), (2, 1));
+    let blocks = store.blocks(&acme);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!((blocks[0].spans, blocks[0].level), (90, 1));
+    assert_eq!(sorted(store.trace(&acme, id, None).await.unwrap().spans), expected);
+    assert_eq!(hex(&id).len(), 32);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_blocks_and_big_traces_are_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        retention: Duration::from_secs(3600),
+        max_trace_spans: 5,
+        deletion_delay: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let store = open(dir.path(), options).await;
+    let tenant = Tenant::default_tenant();
+    let req = request(5, 2, 20); // spans from 2023: far past the retention
+    let id = spans_of_request(req.clone())[0].trace_id();
+    let mut writer = PartitionWriter::new(store.clone(), 1);
+    writer.write(0, &envelope(&tenant, &req));
+    let read = store.trace(&tenant, id, None).await.unwrap();
+    assert_eq!(read.spans.len(), 5);
+    assert!(read.truncated);
+    writer.flush().await.unwrap();
+    assert_eq!(store.blocks(&tenant).len(), 1);
+    let report = store.compact(8).await.unwrap();
+    assert_eq!(report.expired, 1);
+    assert!(store.blocks(&tenant).is_empty());
+    assert!(store.trace(&tenant, id, None).await.unwrap().spans.is_empty());
+}
+
+#[tokio::test]
+async fn searches_refuse_to_read_too_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreOptions { max_search_spans: 100, ..StoreOptions::default() }).await;
+    let tenant = Tenant::default_tenant();
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    writer.write(0, &envelope(&tenant, &request(9, 10, 2)));
+    assert_eq!(store.traces_in_range(&tenant, 0, u64::MAX).await.unwrap().len(), 10);
+    writer.flush().await.unwrap();
+    writer.write(1, &envelope(&tenant, &request(10, 10, 2)));
+    let error = store.traces_in_range(&tenant, 0, u64::MAX).await.unwrap_err();
+    assert!(error.to_string().contains("more than 100 spans"), "{error}");
+}
