@@ -95,6 +95,20 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .context("load the metrics parts")?
         .context("load the metrics parts")?
     };
+
+    // The trace store: its block catalog on the object store.
+    let storage = pharos_storage::ObjectStorage::open(&config.storage, &config.data_dir)
+        .context("open the object store")?;
+    let trace_store = pharos_traces::store::TraceStore::open(storage, config.trace_store_options())
+        .await
+        .context("open the trace store")?;
+    let compactor_stop = CancellationToken::new();
+    let compactor = tokio::spawn(run_compactor(
+        trace_store.clone(),
+        config.traces.compaction_interval.0,
+        compactor_stop.clone(),
+    ));
+
     let store_metrics = MetricsStoreMetrics::default();
     store_metrics.register(&mut registry);
 
@@ -117,6 +131,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
                 Box::new(Converter::new(OtlpOptions::default())),
             ),
             parts: parts.clone(),
+            traces: pharos_traces::store::PartitionWriter::new(trace_store.clone(), partition),
             telemetry: store_metrics.clone(),
         };
         let runner = Runner {
@@ -241,6 +256,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    compactor_stop.cancel();
+    let _ = compactor.await;
+
     info!("shutting down: closing the write-ahead log");
     let closed = queue.close().await;
     api_stop.cancel();
@@ -251,6 +269,27 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("pharos stopped");
     Ok(())
+}
+
+/// Runs a trace compaction round every `interval` until stopped.
+async fn run_compactor(
+    store: Arc<pharos_traces::store::TraceStore>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match store.compact(8).await {
+            Ok(report) if report != Default::default() => {
+                info!(expired = report.expired, merged = report.merged, written = report.written, "trace compaction round");
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "trace compaction failed; retrying at the next round"),
+        }
+    }
 }
 
 async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {

@@ -1,6 +1,7 @@
-//! The processors' sink: every record is counted, and metrics records are written into the
-//! metrics heads and made durable as parts. The offset committed to the queue is the smaller of
-//! what both have made durable.
+//! The processors' sink: every record is counted; metrics records are written into the
+//! metrics heads and made durable as parts; traces records go into the trace store's head and
+//! are made durable as blocks. The offset committed to the queue is the smallest of what each
+//! has made durable.
 
 use std::sync::Arc;
 
@@ -19,6 +20,10 @@ pub(crate) struct MetricsStoreMetrics {
     samples: Family<Vec<(&'static str, String)>, Counter>,
     rejected: Family<Vec<(&'static str, String)>, Counter>,
     parts: Counter,
+    spans: Family<Vec<(&'static str, String)>, Counter>,
+    spans_rejected: Family<Vec<(&'static str, String)>, Counter>,
+    trace_blocks: Counter,
+    trace_block_bytes: Counter,
 }
 
 impl MetricsStoreMetrics {
@@ -38,6 +43,22 @@ impl MetricsStoreMetrics {
             "Metrics parts written to disk",
             self.parts.clone(),
         );
+        registry.register("pharos_traces_spans_stored", "Spans put in the trace store, by tenant", self.spans.clone());
+        registry.register(
+            "pharos_traces_spans_rejected",
+            "Spans the trace store refused, by tenant and reason",
+            self.spans_rejected.clone(),
+        );
+        registry.register(
+            "pharos_traces_blocks_flushed",
+            "Trace blocks written from the processors' pending spans",
+            self.trace_blocks.clone(),
+        );
+        registry.register(
+            "pharos_traces_block_bytes_flushed",
+            "Bytes of trace blocks written from the processors' pending spans",
+            self.trace_block_bytes.clone(),
+        );
     }
 }
 
@@ -45,6 +66,7 @@ pub(crate) struct StoresSink {
     pub(crate) counting: CountingSink,
     pub(crate) metrics: PartitionWriter,
     pub(crate) parts: Arc<PartStore>,
+    pub(crate) traces: pharos_traces::store::PartitionWriter,
     pub(crate) telemetry: MetricsStoreMetrics,
 }
 
@@ -77,6 +99,16 @@ impl Sink for StoresSink {
         for (offset, envelope) in &envelopes {
             let stats = self.metrics.write(*offset, envelope);
             self.record(&envelope.tenant, &stats);
+            let spans = self.traces.write(*offset, envelope);
+            let tenant = || vec![("tenant", envelope.tenant.to_string())];
+            if spans.spans > 0 {
+                self.telemetry.spans.get_or_create(&tenant()).inc_by(spans.spans);
+            }
+            for (reason, n) in spans.rejected {
+                let mut labels = tenant();
+                labels.push(("reason", reason.to_string()));
+                self.telemetry.spans_rejected.get_or_create(&labels).inc_by(n);
+            }
         }
         self.counting.write(envelopes).await
     }
@@ -92,6 +124,18 @@ impl Sink for StoresSink {
             self.telemetry.parts.inc_by(flush.parts.len() as u64);
             self.metrics.flushed(&flush);
         }
-        Ok(counted.min(self.metrics.durable_below()))
+        if self.traces.flush_due(closing) {
+            // An object store can fail for a while (a remote one more so): the spans stay
+            // pending, the offset stays behind them, and the next flush tries again.
+            match self.traces.flush().await {
+                Ok(flushed) => {
+                    self.telemetry.trace_blocks.inc_by(flushed.blocks as u64);
+                    self.telemetry.trace_block_bytes.inc_by(flushed.bytes);
+                }
+                Err(e) if closing => return Err(PipelineError::Store(e.into())),
+                Err(e) => tracing::error!(error = %e, "writing a trace block failed; retrying at the next flush"),
+            }
+        }
+        Ok(counted.min(self.metrics.durable_below()).min(self.traces.durable_below(next)))
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub processor: ProcessorConfig,
     pub metrics: MetricsConfig,
+    pub traces: TracesConfig,
+    pub storage: pharos_storage::StorageConfig,
     pub shutdown_timeout: HumanDuration,
     pub log: LogConfig,
 }
@@ -131,6 +133,33 @@ impl Default for MetricsConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracesConfig {
+    pub flush_interval: HumanDuration,
+    pub max_block_spans: usize,
+    pub retention: HumanDuration,
+    pub compaction_interval: HumanDuration,
+    pub max_trace_spans: usize,
+    pub max_search_spans: usize,
+    pub query_timeout: HumanDuration,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        let store = pharos_traces::store::StoreOptions::default();
+        TracesConfig {
+            flush_interval: HumanDuration(store.flush_interval),
+            max_block_spans: store.max_block_spans,
+            retention: HumanDuration(store.retention),
+            compaction_interval: HumanDuration(Duration::from_secs(60)),
+            max_trace_spans: store.max_trace_spans,
+            max_search_spans: store.max_search_spans,
+            query_timeout: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -159,6 +188,8 @@ impl Default for Config {
             queue: QueueConfig::Wal(WalQueueConfig::default()),
             processor: ProcessorConfig::default(),
             metrics: MetricsConfig::default(),
+            traces: TracesConfig::default(),
+            storage: pharos_storage::StorageConfig::default(),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             log: LogConfig::default(),
         }
@@ -284,6 +315,20 @@ impl std::fmt::Display for ConfigIssue {
 }
 
 /// Checks the values of a configuration that deserialized. Pure: no I/O.
+impl Config {
+    /// The trace store's options from the `traces:` section.
+    pub fn trace_store_options(&self) -> pharos_traces::store::StoreOptions {
+        pharos_traces::store::StoreOptions {
+            flush_interval: self.traces.flush_interval.0,
+            max_block_spans: self.traces.max_block_spans,
+            retention: self.traces.retention.0,
+            max_trace_spans: self.traces.max_trace_spans,
+            max_search_spans: self.traces.max_search_spans,
+            ..pharos_traces::store::StoreOptions::default()
+        }
+    }
+}
+
 pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut check = |ok: bool, path: &str, reason: &str| {
@@ -317,6 +362,19 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     check(!config.metrics.query_timeout.0.is_zero(), "metrics.query_timeout", "must be more than zero");
     check(config.metrics.max_query_samples > 0, "metrics.max_query_samples", "must be more than zero");
     check(config.processor.batch_size > 0, "processor.batch_size", "must be more than zero");
+    check(!config.traces.flush_interval.0.is_zero(), "traces.flush_interval", "must be more than zero");
+    check(config.traces.max_block_spans > 0, "traces.max_block_spans", "must be more than zero");
+    check(!config.traces.retention.0.is_zero(), "traces.retention", "must be more than zero");
+    check(!config.traces.compaction_interval.0.is_zero(), "traces.compaction_interval", "must be more than zero");
+    check(config.traces.max_trace_spans > 0, "traces.max_trace_spans", "must be more than zero");
+    check(config.traces.max_search_spans > 0, "traces.max_search_spans", "must be more than zero");
+    check(!config.traces.query_timeout.0.is_zero(), "traces.query_timeout", "must be more than zero");
+    if let Err(e) = config.storage.validate() {
+        let text = e.to_string();
+        let text = text.strip_prefix("storage configuration: ").unwrap_or(&text);
+        let (path, reason) = text.split_once(": ").unwrap_or(("storage", text));
+        check(false, path, reason);
+    }
     check(
         !config.otlp.http.request_timeout.0.is_zero(),
         "otlp.http.request_timeout",
