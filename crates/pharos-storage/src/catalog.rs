@@ -116,7 +116,13 @@ impl<M: BlockMeta> Catalog<M> {
             list.sort_by(|a, b| a.id().cmp(b.id()));
         }
         let count: usize = blocks.values().map(Vec::len).sum();
-        info!(signal, blocks = count, tenants = blocks.len(), incomplete_removed = removed, "block catalog loaded");
+        info!(
+            signal,
+            blocks = count,
+            tenants = blocks.len(),
+            incomplete_removed = removed,
+            "block catalog loaded"
+        );
         Ok(Self { storage, signal, blocks: RwLock::new(blocks), deletion_delay })
     }
 
@@ -234,7 +240,10 @@ mod tests {
         storage.put(&catalog.object_path(&tenant, &orphan, "data"), Bytes::from_static(b"x")).await.unwrap();
         let torn = new_block_id();
         storage.put(&catalog.object_path(&tenant, &torn, "data"), Bytes::from_static(b"x")).await.unwrap();
-        storage.put(&catalog.object_path(&tenant, &torn, "meta.json"), Bytes::from_static(b"{\"id\":")).await.unwrap();
+        storage
+            .put(&catalog.object_path(&tenant, &torn, "meta.json"), Bytes::from_static(b"{\"id\":"))
+            .await
+            .unwrap();
 
         let reopened = Catalog::<Meta>::open(storage.clone(), "traces", Duration::ZERO).await.unwrap();
         let blocks = reopened.blocks(&tenant);

@@ -113,7 +113,8 @@ impl StorageConfig {
             builder = builder.with_endpoint(&s3.endpoint);
         }
         if !s3.access_key_id.is_empty() {
-            builder = builder.with_access_key_id(&s3.access_key_id).with_secret_access_key(&s3.secret_access_key);
+            builder =
+                builder.with_access_key_id(&s3.access_key_id).with_secret_access_key(&s3.secret_access_key);
         }
         let store = builder.build().map_err(|e| StorageError::Config(format!("storage.s3: {e}")))?;
         let store: Arc<dyn object_store::ObjectStore> = if s3.prefix.is_empty() {

@@ -102,7 +102,8 @@ impl ObjectStorage {
 
     /// Reads an object whole.
     pub async fn get(&self, path: &str) -> Result<Bytes, StorageError> {
-        let result = self.inner.get(&ObjectPath::from(path)).await.map_err(|e| StorageError::store("get", path, e))?;
+        let result =
+            self.inner.get(&ObjectPath::from(path)).await.map_err(|e| StorageError::store("get", path, e))?;
         result.bytes().await.map_err(|e| StorageError::store("get", path, e))
     }
 

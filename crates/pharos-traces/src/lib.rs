@@ -3,7 +3,9 @@
 //! - [`model`]: spans as they arrived over OTLP, with their resource and scope.
 //! - [`query`]: TraceQL parsing and evaluation.
 //! - [`store`]: the head, Parquet blocks on the object store, the compactor.
+//! - [`api`]: the Tempo HTTP API.
 
+pub mod api;
 pub mod model;
 pub mod query;
 pub mod store;

@@ -35,9 +35,8 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// Wraps a resource, reading its service name.
     pub fn new(resource: Resource, schema_url: String) -> Self {
-        let service_name = string_attribute(&resource.attributes, "service.name")
-            .unwrap_or(UNKNOWN_SERVICE)
-            .to_string();
+        let service_name =
+            string_attribute(&resource.attributes, "service.name").unwrap_or(UNKNOWN_SERVICE).to_string();
         Self { resource, schema_url, service_name }
     }
 }
@@ -221,7 +220,10 @@ mod tests {
         let request = ExportTraceServiceRequest {
             resource_spans: vec![
                 ResourceSpans {
-                    resource: Some(Resource { attributes: vec![kv("service.name", "a")], ..Resource::default() }),
+                    resource: Some(Resource {
+                        attributes: vec![kv("service.name", "a")],
+                        ..Resource::default()
+                    }),
                     scope_spans: vec![
                         ScopeSpans {
                             scope: Some(InstrumentationScope::default()),

@@ -170,6 +170,13 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .with_state(api_state.clone())
         // Prometheus users point remote_write at the same address they query.
         .merge(remote_write)
+        .merge(pharos_traces::api::router(
+            trace_store.clone(),
+            pharos_traces::api::ApiOptions {
+                query_timeout: config.traces.query_timeout.0,
+                ..pharos_traces::api::ApiOptions::default()
+            },
+        ))
         .merge(pharos_metrics::api::router(
             heads.clone() as Arc<dyn TenantReaders>,
             ApiOptions {
@@ -284,7 +291,12 @@ async fn run_compactor(
         }
         match store.compact(8).await {
             Ok(report) if report != Default::default() => {
-                info!(expired = report.expired, merged = report.merged, written = report.written, "trace compaction round");
+                info!(
+                    expired = report.expired,
+                    merged = report.merged,
+                    written = report.written,
+                    "trace compaction round"
+                );
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "trace compaction failed; retrying at the next round"),

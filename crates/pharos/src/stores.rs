@@ -43,7 +43,11 @@ impl MetricsStoreMetrics {
             "Metrics parts written to disk",
             self.parts.clone(),
         );
-        registry.register("pharos_traces_spans_stored", "Spans put in the trace store, by tenant", self.spans.clone());
+        registry.register(
+            "pharos_traces_spans_stored",
+            "Spans put in the trace store, by tenant",
+            self.spans.clone(),
+        );
         registry.register(
             "pharos_traces_spans_rejected",
             "Spans the trace store refused, by tenant and reason",
@@ -133,7 +137,9 @@ impl Sink for StoresSink {
                     self.telemetry.trace_block_bytes.inc_by(flushed.bytes);
                 }
                 Err(e) if closing => return Err(PipelineError::Store(e.into())),
-                Err(e) => tracing::error!(error = %e, "writing a trace block failed; retrying at the next flush"),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing a trace block failed; retrying at the next flush")
+                }
             }
         }
         Ok(counted.min(self.metrics.durable_below()).min(self.traces.durable_below(next)))

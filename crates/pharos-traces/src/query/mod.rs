@@ -1,7 +1,9 @@
-//! TraceQL: the syntax tree, the parser and printing back to TraceQL.
+//! TraceQL: the syntax tree, the parser, printing back to TraceQL, and evaluation.
 //!
 //! [`parse`] turns query text into a type-checked [`Query`]; `Display` prints a query back
-//! as canonical TraceQL that parses to an equal tree. Evaluation is not here yet.
+//! as canonical TraceQL that parses to an equal tree. [`Evaluator`] evaluates a query over
+//! the spans of one trace into [`Spanset`]s ([`evaluate`] for a single trace), and
+//! [`MetricsEvaluator`] a metrics query over many traces into [`MetricSeries`].
 //!
 //! Supported: spanset filters over intrinsics and scoped attributes, comparison, regex,
 //! arithmetic and logical operators; spanset operators (`&&`, `||`, structural `>`, `>>`,
@@ -27,6 +29,7 @@
 
 mod ast;
 mod error;
+mod eval;
 mod lexer;
 mod parser;
 
@@ -36,6 +39,10 @@ pub use ast::{
     SpansetFilter, SpansetOp, Stage, Static, Status, UnaryOp,
 };
 pub use error::{ParseError, ParseErrorKind};
+pub use eval::{
+    DEFAULT_MAX_METRICS_SERIES, EvalError, Evaluator, MAX_METRICS_POINTS, MatchedSpan, MetricSeries,
+    MetricsEvaluator, Spanset, Value, evaluate, evaluate_metrics,
+};
 pub use parser::{MAX_HEIGHT, MAX_NESTING, parse};
 
 /// The most memory one compiled regex may take; larger patterns are rejected.

@@ -138,7 +138,11 @@ fn schema() -> SchemaRef {
 }
 
 /// Encodes spans (any order) as a block: returns the Parquet bytes and the meta (with `id`).
-pub fn encode(id: String, level: u32, spans: &mut [Arc<SpanData>]) -> Result<(Bytes, TraceBlockMeta), BlockError> {
+pub fn encode(
+    id: String,
+    level: u32,
+    spans: &mut [Arc<SpanData>],
+) -> Result<(Bytes, TraceBlockMeta), BlockError> {
     spans.sort_by(|a, b| {
         (a.span.trace_id.as_slice(), a.span.start_time_unix_nano, a.span.span_id.as_slice()).cmp(&(
             b.span.trace_id.as_slice(),
@@ -181,7 +185,8 @@ pub fn encode(id: String, level: u32, spans: &mut [Arc<SpanData>]) -> Result<(By
                 last_trace = Some(trace);
             }
             meta.min_start_ns = meta.min_start_ns.min(span.span.start_time_unix_nano);
-            meta.max_end_ns = meta.max_end_ns.max(span.span.end_time_unix_nano.max(span.span.start_time_unix_nano));
+            meta.max_end_ns =
+                meta.max_end_ns.max(span.span.end_time_unix_nano.max(span.span.start_time_unix_nano));
         }
         writer.write(&columns.finish()?)?;
     }
@@ -339,7 +344,9 @@ pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats),
             for rg in 0..metadata.num_row_groups() {
                 if !range_holds(&metadata, rg, &id) {
                     stats.pruned_by_range += 1;
-                } else if builder.get_row_group_column_bloom_filter(rg, 0)?.is_some_and(|bloom| !bloom.check(&id[..]))
+                } else if builder
+                    .get_row_group_column_bloom_filter(rg, 0)?
+                    .is_some_and(|bloom| !bloom.check(&id[..]))
                 {
                     stats.pruned_by_bloom += 1;
                 } else {
@@ -382,7 +389,12 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize, name: &'static str) 
 }
 
 impl Decoder {
-    fn decode_batch(&mut self, batch: &RecordBatch, select: Select, out: &mut Vec<SpanData>) -> Result<(), BlockError> {
+    fn decode_batch(
+        &mut self,
+        batch: &RecordBatch,
+        select: Select,
+        out: &mut Vec<SpanData>,
+    ) -> Result<(), BlockError> {
         let trace_id = column::<FixedSizeBinaryArray>(batch, 0, "trace_id")?;
         let span_id = column::<FixedSizeBinaryArray>(batch, 1, "span_id")?;
         let parent = column::<BinaryArray>(batch, 2, "parent_span_id")?;
@@ -402,8 +414,8 @@ impl Decoder {
             }
             let resource = self.resource(resource.value(row))?;
             let scope = self.scope(scope.value(row))?;
-            let mut span =
-                Span::decode(rest.value(row)).map_err(|source| BlockError::Protobuf { column: "span", source })?;
+            let mut span = Span::decode(rest.value(row))
+                .map_err(|source| BlockError::Protobuf { column: "span", source })?;
             span.trace_id = trace_id.value(row).to_vec();
             span.span_id = span_id.value(row).to_vec();
             span.parent_span_id = parent.value(row).to_vec();
@@ -424,8 +436,8 @@ impl Decoder {
         if let Some(r) = self.resources.get(bytes) {
             return Ok(r.clone());
         }
-        let decoded =
-            ResourceSpans::decode(bytes).map_err(|source| BlockError::Protobuf { column: "resource", source })?;
+        let decoded = ResourceSpans::decode(bytes)
+            .map_err(|source| BlockError::Protobuf { column: "resource", source })?;
         let info = Arc::new(ResourceInfo::new(decoded.resource.unwrap_or_default(), decoded.schema_url));
         self.resources.insert(bytes.to_vec(), info.clone());
         Ok(info)
@@ -435,8 +447,10 @@ impl Decoder {
         if let Some(s) = self.scopes.get(bytes) {
             return Ok(s.clone());
         }
-        let decoded = ScopeSpans::decode(bytes).map_err(|source| BlockError::Protobuf { column: "scope", source })?;
-        let info = Arc::new(ScopeInfo { scope: decoded.scope.unwrap_or_default(), schema_url: decoded.schema_url });
+        let decoded =
+            ScopeSpans::decode(bytes).map_err(|source| BlockError::Protobuf { column: "scope", source })?;
+        let info =
+            Arc::new(ScopeInfo { scope: decoded.scope.unwrap_or_default(), schema_url: decoded.schema_url });
         self.scopes.insert(bytes.to_vec(), info.clone());
         Ok(info)
     }

@@ -184,7 +184,8 @@ impl TraceStore {
         meta: &TraceBlockMeta,
         select: Select,
     ) -> Result<(Vec<SpanData>, ReadStats), StoreError> {
-        let bytes = self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
+        let bytes =
+            self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
         let id = meta.id.clone();
         tokio::task::spawn_blocking(move || block::decode(bytes, select))
             .await
@@ -224,7 +225,12 @@ impl TraceStore {
     /// Every trace with spans in `start..=end` (unix nanoseconds), whole (as far as the blocks
     /// overlapping the range hold it), duplicates removed, spans by start time. Fails when
     /// more than `max_search_spans` spans would be read.
-    pub async fn traces_in_range(&self, tenant: &Tenant, start: u64, end: u64) -> Result<Vec<Vec<SpanData>>, StoreError> {
+    pub async fn traces_in_range(
+        &self,
+        tenant: &Tenant,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Vec<SpanData>>, StoreError> {
         let limit = self.options.max_search_spans;
         let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
         let mut read = 0usize;
@@ -262,7 +268,8 @@ impl TraceStore {
             })
             .collect();
         // Most recent first, as Tempo answers.
-        traces.sort_by_key(|spans| std::cmp::Reverse(spans.first().map_or(0, |s| s.span.start_time_unix_nano)));
+        traces
+            .sort_by_key(|spans| std::cmp::Reverse(spans.first().map_or(0, |s| s.span.start_time_unix_nano)));
         Ok(traces)
     }
 
@@ -397,7 +404,14 @@ pub struct FlushReport {
 impl PartitionWriter {
     /// A writer for `partition` of `store`.
     pub fn new(store: Arc<TraceStore>, partition: u32) -> Self {
-        Self { store, partition, pending: HashMap::new(), pending_spans: 0, first_pending: None, pending_since: None }
+        Self {
+            store,
+            partition,
+            pending: HashMap::new(),
+            pending_spans: 0,
+            first_pending: None,
+            pending_since: None,
+        }
     }
 
     /// Decodes a traces envelope and puts its spans in the head; other signals are ignored.

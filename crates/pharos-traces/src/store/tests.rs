@@ -38,7 +38,8 @@ fn request(seed: u64, traces: usize, spans_per_trace: usize) -> ExportTraceServi
         let mut spans = Vec::new();
         for t in 0..traces {
             let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&(seed ^ t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            trace_id[..8]
+                .copy_from_slice(&(seed ^ t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
             trace_id[8..].copy_from_slice(&(t as u64).to_be_bytes());
             for s in 0..spans_per_trace {
                 let start = 1_700_000_000_000_000_000 + rng.next() % 1_000_000_000;
@@ -74,7 +75,11 @@ fn request(seed: u64, traces: usize, spans_per_trace: usize) -> ExportTraceServi
                         Vec::new()
                     },
                     links: if s == 2 {
-                        vec![span::Link { trace_id: vec![7; 16], span_id: vec![8; 8], ..span::Link::default() }]
+                        vec![span::Link {
+                            trace_id: vec![7; 16],
+                            span_id: vec![8; 8],
+                            ..span::Link::default()
+                        }]
                     } else {
                         Vec::new()
                     },
@@ -93,7 +98,11 @@ fn request(seed: u64, traces: usize, spans_per_trace: usize) -> ExportTraceServi
                 ..Resource::default()
             }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "lib".into(), version: "1.0".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "lib".into(),
+                    version: "1.0".into(),
+                    ..Default::default()
+                }),
                 spans,
                 schema_url: "https://opentelemetry.io/schemas/1.21.0".into(),
             }],
@@ -104,7 +113,7 @@ fn request(seed: u64, traces: usize, spans_per_trace: usize) -> ExportTraceServi
 }
 
 fn sorted(mut spans: Vec<SpanData>) -> Vec<SpanData> {
-    spans.sort_by(|a, b| (a.trace_id(), a.span_id()).cmp(&(b.trace_id(), b.span_id())));
+    spans.sort_by_key(|s| (s.trace_id(), s.span_id()));
     spans
 }
 

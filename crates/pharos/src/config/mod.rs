@@ -365,7 +365,11 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     check(!config.traces.flush_interval.0.is_zero(), "traces.flush_interval", "must be more than zero");
     check(config.traces.max_block_spans > 0, "traces.max_block_spans", "must be more than zero");
     check(!config.traces.retention.0.is_zero(), "traces.retention", "must be more than zero");
-    check(!config.traces.compaction_interval.0.is_zero(), "traces.compaction_interval", "must be more than zero");
+    check(
+        !config.traces.compaction_interval.0.is_zero(),
+        "traces.compaction_interval",
+        "must be more than zero",
+    );
     check(config.traces.max_trace_spans > 0, "traces.max_trace_spans", "must be more than zero");
     check(config.traces.max_search_spans > 0, "traces.max_search_spans", "must be more than zero");
     check(!config.traces.query_timeout.0.is_zero(), "traces.query_timeout", "must be more than zero");
