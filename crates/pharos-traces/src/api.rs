@@ -10,6 +10,10 @@
 //! - `GET /api/search/tags`, `/api/v2/search/tags?scope=…`, `/api/search/tag/{tag}/values`,
 //!   `/api/v2/search/tag/{tag}/values`.
 //!
+//! - `GET /api/metrics/query_range` and `/api/metrics/query`: TraceQL metrics (`rate()`,
+//!   `count_over_time()`, `quantile_over_time()`, … `by (…)`), `start`/`end` in unix seconds
+//!   or nanoseconds (or `since`, a duration back from now), `step` as a duration or seconds.
+//!
 //! The tenant comes from `X-Scope-OrgID` (absent: `default`). Errors are plain text with
 //! Tempo's status codes: 400 for bad parameters and queries (TraceQL errors name the line and
 //! column), 404 for an unknown trace, 504 when a query runs past `traces.query_timeout`.
@@ -37,7 +41,7 @@ use serde_json::{Value as Json_, json};
 
 use crate::{
     model::{SpanData, TraceId, hex, parse_trace_id, traces_data},
-    query::{self, Evaluator, Value},
+    query::{self, Evaluator, MetricsEvaluator, Value},
     store::{StoreError, TraceStore},
 };
 
@@ -83,6 +87,8 @@ pub fn router(store: Arc<TraceStore>, options: ApiOptions) -> Router {
         .route("/api/v2/search/tags", get(tags_v2))
         .route("/api/search/tag/{tag}/values", get(tag_values_v1))
         .route("/api/v2/search/tag/{tag}/values", get(tag_values_v2))
+        .route("/api/metrics/query_range", get(metrics_query_range))
+        .route("/api/metrics/query", get(metrics_query_instant))
         .with_state(state)
 }
 
@@ -809,6 +815,167 @@ async fn tag_values_v2(
     Ok(Json(json!({ "tagValues": typed, "metrics": {} })).into_response())
 }
 
+/// A metrics time: unix seconds (integer or fractional) or, when large, nanoseconds.
+fn metrics_time(params: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, ApiError> {
+    let Some(text) = params.get(key).map(|s| s.trim()).filter(|s| !s.is_empty()) else { return Ok(None) };
+    let invalid = || ApiError::bad(format!("invalid {key} `{text}`: want unix seconds or nanoseconds"));
+    if let Ok(n) = text.parse::<u64>() {
+        // Nanoseconds since 1970 pass 1e15 in 1970-01-12; seconds will not reach it for ages.
+        return Ok(Some(if n >= 1_000_000_000_000_000 {
+            n
+        } else {
+            n.checked_mul(1_000_000_000).ok_or_else(invalid)?
+        }));
+    }
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Some((secs * 1e9) as u64)),
+        _ => Err(invalid()),
+    }
+}
+
+fn duration_nanos(text: &str) -> Option<u64> {
+    if let Ok(secs) = text.parse::<f64>() {
+        return (secs.is_finite() && secs > 0.0).then_some((secs * 1e9) as u64);
+    }
+    if !is_go_duration(text) {
+        return None;
+    }
+    // `1m30s`, `1.5s`, `100ms`: numbers each followed by a unit.
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, nanos) =
+            [("ns", 1e0), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+                .into_iter()
+                .find(|(u, _)| rest.starts_with(u) && !(*u == "m" && rest.starts_with("ms")))?;
+        total += value * nanos;
+        rest = &rest[unit.len()..];
+    }
+    (total >= 1.0).then_some(total as u64)
+}
+
+/// The time range and step of a metrics query.
+fn metrics_range(params: &BTreeMap<String, String>, instant: bool) -> Result<(u64, u64, u64), ApiError> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+            as u64;
+    let since =
+        match params.get("since").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(duration_nanos(text).ok_or_else(|| {
+                ApiError::bad(format!("invalid since `{text}`: want a duration such as 1h"))
+            })?),
+        };
+    let end = metrics_time(params, "end")?.unwrap_or(now);
+    let start = match metrics_time(params, "start")? {
+        Some(start) => start,
+        None => end.saturating_sub(since.unwrap_or(3600 * 1_000_000_000)),
+    };
+    if start >= end {
+        return Err(ApiError::bad("invalid start and end: start must be before end"));
+    }
+    let step = if instant {
+        end - start
+    } else {
+        match params.get("step").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            Some(text) => duration_nanos(text).ok_or_else(|| {
+                ApiError::bad(format!("invalid step `{text}`: want a duration such as 30s, or seconds"))
+            })?,
+            // About 100 points, in whole seconds.
+            None => ((end - start) / 100).max(1_000_000_000) / 1_000_000_000 * 1_000_000_000,
+        }
+    };
+    Ok((start, end, step))
+}
+
+async fn run_metrics_query(
+    state: &ApiState,
+    headers: &HeaderMap,
+    params: &BTreeMap<String, String>,
+    instant: bool,
+) -> Result<Vec<query::MetricSeries>, ApiError> {
+    let tenant = tenant(headers)?;
+    let text = params
+        .get("q")
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| ApiError::bad("missing q: a TraceQL metrics query"))?;
+    let parsed = query::parse(text).map_err(|e| ApiError::bad(format!("invalid TraceQL query: {e}")))?;
+    if parsed.metrics.is_none() {
+        return Err(ApiError::bad(
+            "invalid TraceQL query: not a metrics query (add e.g. `| rate()`); searches go to /api/search",
+        ));
+    }
+    let (start, end, step) = metrics_range(params, instant)?;
+    let mut evaluator =
+        MetricsEvaluator::new(&parsed, start..end, step).map_err(|e| ApiError::bad(e.to_string()))?;
+    let timeout = state.options.query_timeout;
+    let deadline = Instant::now() + timeout;
+    let traces = tokio::time::timeout(timeout, state.store.traces_in_range(&tenant, start, end))
+        .await
+        .map_err(|_| timed_out(timeout))??;
+    tokio::task::spawn_blocking(move || {
+        for spans in &traces {
+            if Instant::now() > deadline {
+                return Err(timed_out(timeout));
+            }
+            evaluator
+                .add_trace(spans)
+                .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        }
+        Ok(evaluator.finish())
+    })
+    .await
+    .map_err(internal)?
+}
+
+fn series_labels(series: &query::MetricSeries) -> (Json_, String) {
+    let prom: Vec<String> = series.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    (attributes_json(&series.labels), format!("{{{}}}", prom.join(", ")))
+}
+
+async fn metrics_query_range(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(raw);
+    let series = run_metrics_query(&state, &headers, &params, false).await?;
+    let series: Vec<Json_> = series
+        .iter()
+        .map(|s| {
+            let (labels, prom) = series_labels(s);
+            let samples: Vec<Json_> = s
+                .samples
+                .iter()
+                .map(|(ms, v)| json!({ "timestampMs": ms.to_string(), "value": v }))
+                .collect();
+            json!({ "labels": labels, "samples": samples, "promLabels": prom })
+        })
+        .collect();
+    Ok(Json(json!({ "series": series, "metrics": {} })).into_response())
+}
+
+async fn metrics_query_instant(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = params(raw);
+    let series = run_metrics_query(&state, &headers, &params, true).await?;
+    let series: Vec<Json_> = series
+        .iter()
+        .map(|s| {
+            let (labels, prom) = series_labels(s);
+            let value = s.samples.last().map_or(0.0, |(_, v)| *v);
+            json!({ "labels": labels, "value": value, "promLabels": prom })
+        })
+        .collect();
+    Ok(Json(json!({ "series": series, "metrics": {} })).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,6 +1010,26 @@ mod tests {
         assert_eq!(params["x"], "a b");
         assert_eq!(params["bad"], "%zz");
         assert_eq!(params["end"], "%4");
+    }
+
+    #[test]
+    fn metrics_ranges() {
+        let (start, end, step) =
+            metrics_range(&p(&[("start", "1700000000"), ("end", "1700003600"), ("step", "1m")]), false)
+                .unwrap();
+        assert_eq!(
+            (start, end, step),
+            (1_700_000_000_000_000_000, 1_700_003_600_000_000_000, 60_000_000_000)
+        );
+        let (start, _, step) =
+            metrics_range(&p(&[("start", "1700000000000000000"), ("end", "1700000060.5")]), false).unwrap();
+        assert_eq!((start, step), (1_700_000_000_000_000_000, 1_000_000_000));
+        let (start, end, _) = metrics_range(&p(&[("since", "15m")]), true).unwrap();
+        assert_eq!(end - start, 900_000_000_000);
+        assert!(metrics_range(&p(&[("step", "fast")]), false).is_err());
+        assert!(metrics_range(&p(&[("start", "10"), ("end", "5")]), false).is_err());
+        assert_eq!(duration_nanos("1m30s"), Some(90_000_000_000));
+        assert_eq!(duration_nanos("15"), Some(15_000_000_000));
     }
 
     #[test]

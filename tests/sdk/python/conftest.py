@@ -22,10 +22,11 @@ def pharos_factory(tmp_path):
     ERROR line."""
     servers: list[PharosServer] = []
 
-    def make(data_dir=None) -> PharosServer:
+    def make(data_dir=None, settings=()) -> PharosServer:
         server = PharosServer(
             data_dir=data_dir or (tmp_path / "data"),
             log_path=tmp_path / f"pharos-{len(servers)}.log",
+            settings=list(settings),
         )
         servers.append(server)
         return server

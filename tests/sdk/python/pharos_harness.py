@@ -83,6 +83,8 @@ class PharosServer:
     http: str = ""  # host:port
     api: str = ""  # host:port
     partitions: int = 0
+    # Extra `--set key=value` configuration.
+    settings: list[str] = field(default_factory=list)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -112,6 +114,7 @@ class PharosServer:
                     "otlp.http.listen=127.0.0.1:0",
                     "--set",
                     "otlp.grpc.listen=127.0.0.1:0",
+                    *[arg for setting in self.settings for arg in ("--set", setting)],
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
