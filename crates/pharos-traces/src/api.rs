@@ -97,8 +97,17 @@ pub fn router(store: Arc<TraceStore>, options: ApiOptions) -> Router {
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn bad(message: impl Into<String>) -> Self {
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    pub(crate) fn timed_out(timeout: Duration) -> Self {
+        timed_out(timeout)
+    }
+
+    /// The status and the message.
+    pub(crate) fn parts(self) -> (StatusCode, String) {
+        (self.0, self.1)
     }
 }
 
@@ -117,7 +126,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn tenant(headers: &HeaderMap) -> Result<Tenant, ApiError> {
+pub(crate) fn tenant(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     match headers.get("x-scope-orgid") {
         None => Ok(Tenant::default_tenant()),
         Some(v) => Tenant::parse(String::from_utf8_lossy(v.as_bytes()).trim())
@@ -126,7 +135,7 @@ fn tenant(headers: &HeaderMap) -> Result<Tenant, ApiError> {
 }
 
 /// Query parameters, decoded; repeated keys keep the last value.
-fn params(raw: Option<String>) -> BTreeMap<String, String> {
+pub(crate) fn params(raw: Option<String>) -> BTreeMap<String, String> {
     form_urlencoded(raw.as_deref().unwrap_or(""))
 }
 
@@ -833,7 +842,7 @@ fn metrics_time(params: &BTreeMap<String, String>, key: &str) -> Result<Option<u
     }
 }
 
-fn duration_nanos(text: &str) -> Option<u64> {
+pub(crate) fn duration_nanos(text: &str) -> Option<u64> {
     if let Ok(secs) = text.parse::<f64>() {
         return (secs.is_finite() && secs > 0.0).then_some((secs * 1e9) as u64);
     }

@@ -177,6 +177,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
                 ..pharos_traces::api::ApiOptions::default()
             },
         ))
+        .merge(pharos_traces::jaeger::router(trace_store.clone(), config.traces.query_timeout.0))
         .merge(pharos_metrics::api::router(
             heads.clone() as Arc<dyn TenantReaders>,
             ApiOptions {

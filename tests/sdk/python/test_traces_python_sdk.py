@@ -239,6 +239,26 @@ def test_every_span_comes_back_by_id_and_by_traceql(pharos_factory):
     assert {"order.id", "db.system", "http.request.method"} <= set(span_tags)
     status, body = get(server, "/api/v2/search/tag/resource.service.name/values")
     assert json.loads(body)["tagValues"] == [{"type": "string", "value": "checkout"}]
+    # Jaeger's query API (Grafana's Jaeger data source) over the same spans.
+    status, body = get(server, "/jaeger/api/services")
+    assert status == 200 and json.loads(body)["data"] == ["checkout"], body
+    status, body = get(server, "/jaeger/api/services/checkout/operations")
+    assert set(json.loads(body)["data"]) == {"POST /checkout", "SELECT orders", "decode rows", "cache lookup"}
+    query = urllib.parse.urlencode({"service": "checkout", "tags": json.dumps({"error": "true"}), "limit": 100})
+    status, body = get(server, f"/jaeger/api/traces?{query}")
+    assert status == 200, body
+    assert {t["traceID"] for t in json.loads(body)["data"]} == failed
+    status, body = get(server, f"/jaeger/api/traces/{order7}")
+    jaeger_trace = json.loads(body)["data"][0]
+    assert len(jaeger_trace["spans"]) == 4
+    root = next(s for s in jaeger_trace["spans"] if not s["references"] or s["references"][0]["refType"] != "CHILD_OF")
+    sdk_root = next(s for s in spans if s.attributes.get("order.id") == "order-7")
+    assert root["operationName"] == "POST /checkout"
+    assert root["startTime"] == sdk_root.start_time // 1000
+    assert jaeger_trace["processes"][root["processID"]]["serviceName"] == "checkout"
+    assert {"key": "order.id", "type": "string", "value": "order-7"} in root["tags"]
+    status, body = get(server, "/jaeger/api/traces?service=checkout&minDuration=soon")
+    assert status == 400 and "minDuration" in json.loads(body)["errors"][0]["msg"]
     # Bad input.
     status, body = get(server, "/api/search?q=" + urllib.parse.quote("{ status = 200 }"))
     assert status == 400 and b"col" in body, body

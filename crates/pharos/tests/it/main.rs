@@ -14,3 +14,4 @@ mod metrics_store;
 mod promql_diff;
 mod remote_write;
 mod shutdown;
+mod traces_diff;
