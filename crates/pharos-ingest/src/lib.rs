@@ -8,6 +8,7 @@ mod metrics;
 pub mod otlp;
 pub mod remote_write;
 mod tenant;
+pub mod zipkin;
 
 pub use error::IngestError;
 pub use limits::Limits;

@@ -155,7 +155,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let retry_after = config.limits.retry_after.0;
     let http_options = HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after };
     let remote_write = pharos_ingest::remote_write::router(ingestor.clone(), http_options.clone());
-    let otlp_http_router = otlp_http::router(ingestor.clone(), http_options).merge(remote_write.clone());
+    let otlp_http_router = otlp_http::router(ingestor.clone(), http_options.clone())
+        .merge(remote_write.clone())
+        .merge(pharos_ingest::zipkin::router(ingestor.clone(), http_options));
     let grpc_routes =
         grpc::routes(ingestor.clone(), config.otlp.grpc.max_message_size.0 as usize, retry_after);
 

@@ -295,3 +295,53 @@ def test_no_span_is_lost_across_sigkill(pharos_factory, tmp_path):
         status, body = get(restarted, f"/api/traces/{trace_id}")
         assert status == 200
         check_json_trace(json.loads(body), want)
+
+
+def test_zipkin_v2_json_spans_come_back_through_the_tempo_api(pharos_factory):
+    server = pharos_factory().start()
+    now_us = int(time.time() * 1_000_000)
+    spans = [
+        {"traceId": "5af7183fb1d4cf5f", "id": "352bff9a74ca9ad2", "parentId": "6b221d5bc9e6496c", "name": "get /api",
+         "kind": "SERVER", "timestamp": now_us, "duration": 1431,
+         "localEndpoint": {"serviceName": "backend"}, "tags": {"http.method": "GET", "error": "timeout"}},
+        {"traceId": "5af7183fb1d4cf5f", "id": "6b221d5bc9e6496c", "name": "get", "kind": "CLIENT",
+         "timestamp": now_us - 100, "duration": 2000, "localEndpoint": {"serviceName": "frontend"}},
+    ]
+    req = urllib.request.Request(
+        f"http://{server.http}/api/v2/spans",
+        data=json.dumps(spans).encode(),
+        headers={"Content-Type": "application/json", "X-Scope-OrgID": TENANT},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+    deadline = time.monotonic() + VISIBLE_WITHIN_S
+    while True:
+        status, body = get(server, "/api/traces/00000000000000005af7183fb1d4cf5f")
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, (status, body)
+        time.sleep(0.1)
+    got = {
+        s["spanId"].lower(): (rs["resource"]["attributes"][0]["value"]["stringValue"], s)
+        for rs in json.loads(body)["batches"]
+        for ss in rs["scopeSpans"]
+        for s in ss["spans"]
+    }
+    assert set(got) == {"352bff9a74ca9ad2", "6b221d5bc9e6496c"}
+    service, server_span = got["352bff9a74ca9ad2"]
+    assert service == "backend"
+    assert int(server_span["endTimeUnixNano"]) - int(server_span["startTimeUnixNano"]) == 1_431_000
+    assert server_span["status"]["message"] == "timeout"
+    # A malformed id is refused with 400 naming it.
+    bad = urllib.request.Request(
+        f"http://{server.http}/api/v2/spans",
+        data=json.dumps([{"traceId": "nothex", "id": "352bff9a74ca9ad2"}]).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        urllib.request.urlopen(bad, timeout=10)
+        raise AssertionError("a malformed trace id was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400 and b"traceId" in e.read()
