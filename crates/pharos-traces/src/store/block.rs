@@ -242,7 +242,8 @@ impl Columns {
         let span = &data.span;
         self.trace_id.append_value(data.trace_id())?;
         self.span_id.append_value(data.span_id())?;
-        self.parent.append_value(data.parent_span_id().map(|p| p.to_vec()).unwrap_or_default());
+        let parent = data.parent_span_id();
+        self.parent.append_value(parent.as_ref().map_or(&[][..], |p| &p[..]));
         self.start.append_value(span.start_time_unix_nano);
         self.duration.append_value(data.duration_nanos());
         self.name.append_value(&span.name);
@@ -268,26 +269,8 @@ impl Columns {
         });
         self.scope.append_value(scope);
         // The rest of the span: everything not in a column of its own.
-        let rest = Span {
-            trace_id: Vec::new(),
-            span_id: Vec::new(),
-            parent_span_id: Vec::new(),
-            name: String::new(),
-            kind: 0,
-            start_time_unix_nano: 0,
-            end_time_unix_nano: 0,
-            status: span.status.as_ref().map(|s| Status { code: 0, message: s.message.clone() }),
-            trace_state: span.trace_state.clone(),
-            flags: span.flags,
-            attributes: span.attributes.clone(),
-            dropped_attributes_count: span.dropped_attributes_count,
-            events: span.events.clone(),
-            dropped_events_count: span.dropped_events_count,
-            links: span.links.clone(),
-            dropped_links_count: span.dropped_links_count,
-        };
         self.rest.clear();
-        rest.encode(&mut self.rest).expect("a Vec grows");
+        encode_rest(span, &mut self.rest);
         self.span.append_value(&self.rest);
         Ok(())
     }
@@ -308,6 +291,40 @@ impl Columns {
             Arc::new(self.span.finish()),
         ];
         Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+/// Encodes the fields of `span` that have no column of their own, as a protobuf `Span` that
+/// holds only them (field numbers of `opentelemetry.proto.trace.v1.Span`), without cloning.
+fn encode_rest(span: &Span, buf: &mut Vec<u8>) {
+    use prost::encoding;
+    if !span.trace_state.is_empty() {
+        encoding::string::encode(3, &span.trace_state, buf);
+    }
+    for kv in &span.attributes {
+        encoding::message::encode(9, kv, buf);
+    }
+    if span.dropped_attributes_count != 0 {
+        encoding::uint32::encode(10, &span.dropped_attributes_count, buf);
+    }
+    for event in &span.events {
+        encoding::message::encode(11, event, buf);
+    }
+    if span.dropped_events_count != 0 {
+        encoding::uint32::encode(12, &span.dropped_events_count, buf);
+    }
+    for link in &span.links {
+        encoding::message::encode(13, link, buf);
+    }
+    if span.dropped_links_count != 0 {
+        encoding::uint32::encode(14, &span.dropped_links_count, buf);
+    }
+    if let Some(status) = &span.status {
+        // The code has a column; the message stays here.
+        encoding::message::encode(15, &Status { code: 0, message: status.message.clone() }, buf);
+    }
+    if span.flags != 0 {
+        encoding::fixed32::encode(16, &span.flags, buf);
     }
 }
 
