@@ -385,7 +385,7 @@ pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats),
     Ok((spans, stats))
 }
 
-fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {
+pub(crate) fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {
     match metadata.row_group(rg).column(0).statistics() {
         Some(Statistics::FixedLenByteArray(s)) => match (s.min_bytes_opt(), s.max_bytes_opt()) {
             (Some(min), Some(max)) => min <= &id[..] && &id[..] <= max,
@@ -395,8 +395,9 @@ fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {
     }
 }
 
+/// Turns record batches back into spans, sharing decoded resources and scopes.
 #[derive(Default)]
-struct Decoder {
+pub(crate) struct Decoder {
     resources: HashMap<Vec<u8>, Arc<ResourceInfo>>,
     scopes: HashMap<Vec<u8>, Arc<ScopeInfo>>,
 }
@@ -406,7 +407,7 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize, name: &'static str) 
 }
 
 impl Decoder {
-    fn decode_batch(
+    pub(crate) fn decode_batch(
         &mut self,
         batch: &RecordBatch,
         select: Select,

@@ -22,7 +22,18 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parquet::{
+    arrow::{
+        ParquetRecordBatchStreamBuilder,
+        arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions},
+        async_reader::AsyncFileReader,
+    },
+    errors::ParquetError,
+    file::metadata::{ParquetMetaData, ParquetMetaDataReader},
+};
 use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_block_id};
 use prost::Message;
@@ -110,7 +121,13 @@ pub struct TraceStore {
     catalog: Catalog<TraceBlockMeta>,
     head: RwLock<HashMap<Tenant, TenantHead>>,
     options: StoreOptions,
+    /// Parquet footers of blocks, by block id: a trace lookup then reads only the bloom
+    /// filters and row groups it needs. Bounded by `MAX_CACHED_FOOTERS`.
+    footers: std::sync::Mutex<HashMap<String, ArrowReaderMetadata>>,
 }
+
+/// The most block footers kept in memory (a footer is a few KiB).
+const MAX_CACHED_FOOTERS: usize = 10_000;
 
 /// One trace as read: its spans (duplicates removed, by start time) and whether it was cut.
 #[derive(Debug, Clone, Default)]
@@ -131,7 +148,12 @@ impl TraceStore {
     /// Opens the store's catalog on `storage`.
     pub async fn open(storage: ObjectStorage, options: StoreOptions) -> Result<Arc<Self>, StoreError> {
         let catalog = Catalog::open(storage, SIGNAL, options.deletion_delay).await?;
-        Ok(Arc::new(Self { catalog, head: RwLock::new(HashMap::new()), options }))
+        Ok(Arc::new(Self {
+            catalog,
+            head: RwLock::new(HashMap::new()),
+            options,
+            footers: std::sync::Mutex::new(HashMap::new()),
+        }))
     }
 
     /// The store's options.
@@ -193,6 +215,61 @@ impl TraceStore {
             .map_err(|source| StoreError::Block { block: id, source })
     }
 
+    /// The spans of trace `id` in one block, with ranged reads: the footer (cached), then the
+    /// bloom filters of the row groups whose trace-id range holds `id`, then those row groups.
+    async fn read_trace_in_block(
+        &self,
+        tenant: &Tenant,
+        meta: &TraceBlockMeta,
+        id: TraceId,
+    ) -> Result<Vec<SpanData>, BlockError> {
+        let mut reader = BlockReader {
+            storage: self.catalog.storage().clone(),
+            path: self.catalog.object_path(tenant, &meta.id, block::DATA_FILE),
+            size: meta.size_bytes,
+        };
+        let cached = self.footers.lock().expect("footer cache").get(&meta.id).cloned();
+        let footer = match cached {
+            Some(footer) => footer,
+            None => {
+                let footer =
+                    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::default()).await?;
+                let mut cache = self.footers.lock().expect("footer cache");
+                if cache.len() >= MAX_CACHED_FOOTERS {
+                    cache.clear();
+                }
+                cache.insert(meta.id.clone(), footer.clone());
+                footer
+            }
+        };
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
+        let metadata = builder.metadata().clone();
+        let mut keep = Vec::new();
+        for rg in 0..metadata.num_row_groups() {
+            if !block::range_holds(&metadata, rg, &id) {
+                continue;
+            }
+            if builder
+                .get_row_group_column_bloom_filter(rg, 0)
+                .await?
+                .is_some_and(|bloom| !bloom.check(&id[..]))
+            {
+                continue;
+            }
+            keep.push(rg);
+        }
+        if keep.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut stream = builder.with_row_groups(keep).with_batch_size(8192).build()?;
+        let mut decoder = block::Decoder::default();
+        let mut spans = Vec::new();
+        while let Some(batch) = stream.next().await {
+            decoder.decode_batch(&batch?, Select::Trace(id), &mut spans)?;
+        }
+        Ok(spans)
+    }
+
     /// The spans of one trace, from the head and every block that may hold it, optionally
     /// only from blocks overlapping `range` (unix nanoseconds).
     pub async fn trace(
@@ -214,7 +291,11 @@ impl TraceStore {
                 continue;
             }
             blocks_read += 1;
-            spans.extend(self.read_block(tenant, &meta, Select::Trace(id)).await?.0);
+            let found = self
+                .read_trace_in_block(tenant, &meta, id)
+                .await
+                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            spans.extend(found);
         }
         let mut spans = dedup_trace(spans);
         let truncated = spans.len() > self.options.max_trace_spans;
@@ -285,6 +366,7 @@ impl TraceStore {
             if !expired.is_empty() {
                 info!(tenant = %tenant, blocks = expired.len(), "deleting trace blocks past the retention");
                 self.catalog.retire(&tenant, &expired, &[block::DATA_FILE]).await?;
+                self.forget_footers(&expired);
                 report.expired += expired.len();
             }
             let small: Vec<Arc<TraceBlockMeta>> = self
@@ -308,6 +390,7 @@ impl TraceStore {
             let meta = self.write_block(&tenant, level, &mut spans).await?;
             let inputs: Vec<String> = small.iter().map(|b| b.id.clone()).collect();
             self.catalog.retire(&tenant, &inputs, &[block::DATA_FILE]).await?;
+            self.forget_footers(&inputs);
             info!(
                 tenant = %tenant,
                 inputs = inputs.len(),
@@ -321,6 +404,13 @@ impl TraceStore {
             report.written += 1;
         }
         Ok(report)
+    }
+
+    fn forget_footers(&self, ids: &[String]) {
+        let mut cache = self.footers.lock().expect("footer cache");
+        for id in ids {
+            cache.remove(id);
+        }
     }
 
     async fn write_block(
@@ -342,6 +432,38 @@ impl TraceStore {
         let (bytes, meta) = encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
         self.catalog.storage().put(&self.catalog.object_path(tenant, &id, block::DATA_FILE), bytes).await?;
         Ok(self.catalog.publish(tenant, meta).await?)
+    }
+}
+
+/// Ranged reads of one block's data object, for the async Parquet reader.
+struct BlockReader {
+    storage: ObjectStorage,
+    path: String,
+    size: u64,
+}
+
+impl AsyncFileReader for BlockReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.storage.get_range(&self.path, range).await.map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let size = self.size;
+        async move {
+            // One read of the last 64 KiB usually holds the whole footer.
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 << 10))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
     }
 }
 
