@@ -153,6 +153,8 @@ pub fn encode(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Small pages, so that a trace lookup reads little besides its own rows.
+        .set_data_page_size_limit(128 << 10)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)

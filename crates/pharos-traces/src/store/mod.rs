@@ -22,17 +22,19 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use arrow_array::{Array, BooleanArray, FixedSizeBinaryArray, RecordBatch};
+use arrow_schema::ArrowError;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parquet::{
     arrow::{
-        ParquetRecordBatchStreamBuilder,
-        arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions},
+        ParquetRecordBatchStreamBuilder, ProjectionMask,
+        arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter},
         async_reader::AsyncFileReader,
     },
     errors::ParquetError,
-    file::metadata::{ParquetMetaData, ParquetMetaDataReader},
+    file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader},
 };
 use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_block_id};
@@ -261,7 +263,22 @@ impl TraceStore {
         if keep.is_empty() {
             return Ok(Vec::new());
         }
-        let mut stream = builder.with_row_groups(keep).with_batch_size(8192).build()?;
+        // Decode the trace_id column first and only the rows that match from the other columns;
+        // with the offset index, pages without such rows are not even read.
+        let trace_ids = ProjectionMask::leaves(metadata.file_metadata().schema_descr(), [0]);
+        let filter = ArrowPredicateFn::new(trace_ids, move |batch: RecordBatch| {
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| ArrowError::SchemaError("trace_id is not fixed-size binary".into()))?;
+            Ok(BooleanArray::from_iter(column.iter().map(|v| Some(v == Some(&id[..])))))
+        });
+        let mut stream = builder
+            .with_row_groups(keep)
+            .with_row_filter(RowFilter::new(vec![Box::new(filter)]))
+            .with_batch_size(8192)
+            .build()?;
         let mut decoder = block::Decoder::default();
         let mut spans = Vec::new();
         while let Some(batch) = stream.next().await {
@@ -456,9 +473,11 @@ impl AsyncFileReader for BlockReader {
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         let size = self.size;
         async move {
-            // One read of the last 64 KiB usually holds the whole footer.
+            // One read of the last 64 KiB usually holds the whole footer. The offset index lets
+            // a lookup skip the pages that hold none of its rows.
             let metadata = ParquetMetaDataReader::new()
                 .with_prefetch_hint(Some(64 << 10))
+                .with_page_index_policy(PageIndexPolicy::Optional)
                 .load_and_finish(self, size)
                 .await?;
             Ok(Arc::new(metadata))
