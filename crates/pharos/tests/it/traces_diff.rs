@@ -10,10 +10,12 @@
 //! some spans and a string on others, a name both span and resource attribute, events, links
 //! and about 5% errors, with durations from nanoseconds to seconds, all within the last hour.
 //!
-//! The first half is sent and flushed into blocks; the second half is sent and the queries run
-//! as soon as its spans are stored (so the first answers read the head and the blocks, later
-//! ones blocks being flushed and compacted); once compaction has merged everything into one
-//! block, they run again. Traces read by id must hold exactly the spans sent, both times.
+//! The first half is sent and flushed into blocks. The second half is sent in slices, and after
+//! each slice is stored a few queries run at once, so they read that slice from the head and
+//! the rest from blocks being flushed and compacted (`traces.flush_interval=1s`,
+//! `traces.compaction_interval=3s`); their expected answers are computed over the spans sent so
+//! far, partial traces included. Once compaction has merged everything into one block, every
+//! query runs again. Traces read by id (JSON and protobuf) must hold exactly the spans sent.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -479,7 +481,7 @@ fn make_span(rng: &mut Rng, parent: Option<[u8; 8]>, service: &str, kind: i32, s
             (rng.pick(&["render", "validate", "compute price", "serialize"]).to_string(), "app")
         }
         PRODUCER | CONSUMER => {
-            attrs.push(("messaging.destination", s(*rng.pick(&["orders", "payments"]))));
+            attrs.push(("messaging.destination", s(rng.pick::<&str>(&["orders", "payments"]))));
             (if kind == PRODUCER { "publish order" } else { "process order" }.to_string(), "app")
         }
         _ => ("unknown op".to_string(), "app"),
@@ -490,7 +492,7 @@ fn make_span(rng: &mut Rng, parent: Option<[u8; 8]>, service: &str, kind: i32, s
         attrs.push(("code", code));
     }
     if rng.chance(0.05) {
-        attrs.push(("tier", s(*rng.pick(&["edge", "core"]))));
+        attrs.push(("tier", s(rng.pick::<&str>(&["edge", "core"]))));
     }
     let error = (http_code.is_some_and(|c| c >= 500) && rng.chance(0.6)) || rng.chance(0.03);
     let status = if error {
@@ -820,6 +822,11 @@ fn cases(traces: &[Tr]) -> Vec<Case> {
                 .iter()
                 .any(|e| e.attrs.iter().any(|(k, v)| *k == "exception.type" && is(Some(v), "Timeout")))
         }),
+        // Both conditions must hold for one event: an exception half-way through a span with
+        // an early cache miss does not match.
+        spans(r#"{ event:name = "cache.miss" && event:timeSinceStart > 1ms }"#, |_, s| {
+            s.events.iter().any(|e| e.name == "cache.miss" && e.offset > MS)
+        }),
         spans(r#"{ event:name = "cache.miss" && kind = server }"#, |_, s| {
             s.kind == SERVER && s.events.iter().any(|e| e.name == "cache.miss")
         }),
@@ -949,6 +956,9 @@ fn cases(traces: &[Tr]) -> Vec<Case> {
         tql("{ kind = server } &> { status = error }", move |t| {
             one(t.both(Rel::Child, &t.filter(|s| s.kind == SERVER), &t.filter(err)))
         }),
+        tql(r#"{ status = error } &~ { name = "SELECT items" }"#, move |t| {
+            one(t.both(Rel::Sib, &t.filter(err), &t.filter(|s| s.name == "SELECT items")))
+        }),
         tql("{ status = error } &<< { kind = server }", move |t| {
             one(t.both(Rel::Anc, &t.filter(err), &t.filter(|s| s.kind == SERVER)))
         }),
@@ -1002,6 +1012,9 @@ fn cases(traces: &[Tr]) -> Vec<Case> {
         tql("{ } | by(resource.service.name) | count() > 25", |t| {
             let groups = group_by(t, &t.all(), |s| Some(s.service().to_string()));
             groups.into_iter().filter(|g| g.len() > 25).collect()
+        }),
+        tql("{ } | by(resource.service.name) | { status = error }", move |t| {
+            group_by(t, &t.filter(err), |s| Some(s.service().to_string()))
         }),
         tql("{ kind = client } | by(span.db.system)", |t| {
             group_by(t, &t.filter(|s| s.kind == CLIENT), |s| {
