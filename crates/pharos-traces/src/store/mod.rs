@@ -59,6 +59,8 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// Blocks smaller than this are merged by the compactor.
     pub compaction_target_bytes: u64,
+    /// A merge takes at most this many spans in (it holds them in memory while it runs).
+    pub compaction_max_spans: u64,
     /// A trace-by-id answer holds at most this many spans (and says it was truncated).
     pub max_trace_spans: usize,
     /// A search or tag listing reads at most this many spans, then fails with a clear error.
@@ -74,6 +76,7 @@ impl Default for StoreOptions {
             max_block_spans: 200_000,
             retention: Duration::from_secs(30 * 24 * 3600),
             compaction_target_bytes: 64 << 20,
+            compaction_max_spans: 1_000_000,
             max_trace_spans: 100_000,
             max_search_spans: 10_000_000,
             deletion_delay: Duration::from_secs(120),
@@ -386,13 +389,22 @@ impl TraceStore {
                 self.forget_footers(&expired);
                 report.expired += expired.len();
             }
-            let small: Vec<Arc<TraceBlockMeta>> = self
-                .catalog
-                .blocks(&tenant)
-                .into_iter()
-                .filter(|b| b.size_bytes < self.options.compaction_target_bytes)
-                .take(max_inputs.max(2))
-                .collect();
+            // The oldest small blocks, as many as fit in `compaction_max_spans` (the merge holds
+            // its inputs' spans in memory).
+            let mut small: Vec<Arc<TraceBlockMeta>> = Vec::new();
+            let mut spans_in = 0u64;
+            for block in self.catalog.blocks(&tenant) {
+                if small.len() >= max_inputs.max(2) {
+                    break;
+                }
+                if block.size_bytes >= self.options.compaction_target_bytes
+                    || spans_in + block.spans > self.options.compaction_max_spans
+                {
+                    continue;
+                }
+                spans_in += block.spans;
+                small.push(block);
+            }
             if small.len() < 2 {
                 continue;
             }

@@ -259,3 +259,29 @@ async fn searches_refuse_to_read_too_much() {
     let error = store.traces_in_range(&tenant, 0, u64::MAX).await.unwrap_err();
     assert!(error.to_string().contains("more than 100 spans"), "{error}");
 }
+
+#[tokio::test]
+async fn a_merge_holds_at_most_compaction_max_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_max_spans: 200,
+        retention: Duration::from_secs(100 * 365 * 24 * 3600),
+        deletion_delay: Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let store = open(dir.path(), options).await;
+    let tenant = Tenant::default_tenant();
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    for seed in [21, 22, 23] {
+        writer.write(seed, &envelope(&tenant, &request(seed, 10, 3)));
+        writer.flush().await.unwrap();
+    }
+    assert_eq!(store.blocks(&tenant).iter().map(|b| b.spans).collect::<Vec<_>>(), [90, 90, 90]);
+    let report = store.compact(8).await.unwrap();
+    assert_eq!((report.merged, report.written), (2, 1));
+    let mut sizes: Vec<u64> = store.blocks(&tenant).iter().map(|b| b.spans).collect();
+    sizes.sort();
+    assert_eq!(sizes, [90, 180]);
+    // 90 + 180 is over the cap, and the 180-span block is too big to pair with anything.
+    assert_eq!(store.compact(8).await.unwrap(), CompactionReport::default());
+}
