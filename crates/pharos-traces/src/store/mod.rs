@@ -33,6 +33,7 @@ use parquet::{
         arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter},
         async_reader::AsyncFileReader,
     },
+    bloom_filter::Sbbf,
     errors::ParquetError,
     file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader},
 };
@@ -129,7 +130,16 @@ pub struct TraceStore {
     /// Parquet footers of blocks, by block id: a trace lookup then reads only the bloom
     /// filters and row groups it needs. Bounded by `MAX_CACHED_FOOTERS`.
     footers: std::sync::Mutex<HashMap<String, ArrowReaderMetadata>>,
+    /// Trace-id bloom filters by (block id, row group), `None` for a row group without one.
+    /// Bounded by `MAX_CACHED_BLOOMS` (a filter of a full row group is about 20 KiB).
+    blooms: std::sync::Mutex<HashMap<(String, usize), BloomEntry>>,
 }
+
+/// A cached bloom filter: `None` when the row group has none.
+type BloomEntry = Option<Arc<Sbbf>>;
+
+/// The most bloom filters kept in memory.
+const MAX_CACHED_BLOOMS: usize = 4_000;
 
 /// The most block footers kept in memory (a footer is a few KiB).
 const MAX_CACHED_FOOTERS: usize = 10_000;
@@ -158,6 +168,7 @@ impl TraceStore {
             head: RwLock::new(HashMap::new()),
             options,
             footers: std::sync::Mutex::new(HashMap::new()),
+            blooms: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -254,11 +265,21 @@ impl TraceStore {
             if !block::range_holds(&metadata, rg, &id) {
                 continue;
             }
-            if builder
-                .get_row_group_column_bloom_filter(rg, 0)
-                .await?
-                .is_some_and(|bloom| !bloom.check(&id[..]))
-            {
+            let key = (meta.id.clone(), rg);
+            let cached = self.blooms.lock().expect("bloom cache").get(&key).cloned();
+            let bloom = match cached {
+                Some(bloom) => bloom,
+                None => {
+                    let bloom = builder.get_row_group_column_bloom_filter(rg, 0).await?.map(Arc::new);
+                    let mut cache = self.blooms.lock().expect("bloom cache");
+                    if cache.len() >= MAX_CACHED_BLOOMS {
+                        cache.clear();
+                    }
+                    cache.insert(key, bloom.clone());
+                    bloom
+                }
+            };
+            if bloom.is_some_and(|bloom| !bloom.check(&id[..])) {
                 continue;
             }
             keep.push(rg);
@@ -440,6 +461,7 @@ impl TraceStore {
         for id in ids {
             cache.remove(id);
         }
+        self.blooms.lock().expect("bloom cache").retain(|(block, _), _| !ids.contains(block));
     }
 
     async fn write_block(
