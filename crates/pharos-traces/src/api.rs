@@ -493,7 +493,8 @@ async fn search(
     let started = Instant::now();
     let deadline = started + state.options.query_timeout;
     let timeout = state.options.query_timeout;
-    let traces = tokio::time::timeout(timeout, state.store.traces_in_range(&tenant, start, end))
+    let light = crate::store::is_light(&query);
+    let traces = tokio::time::timeout(timeout, state.store.traces_in_range_light(&tenant, start, end, light))
         .await
         .map_err(|_| timed_out(timeout))??;
     let inspected_traces = traces.len();
@@ -922,7 +923,8 @@ async fn run_metrics_query(
         MetricsEvaluator::new(&parsed, start..end, step).map_err(|e| ApiError::bad(e.to_string()))?;
     let timeout = state.options.query_timeout;
     let deadline = Instant::now() + timeout;
-    let traces = tokio::time::timeout(timeout, state.store.traces_in_range(&tenant, start, end))
+    let light = crate::store::is_light(&parsed);
+    let traces = tokio::time::timeout(timeout, state.store.traces_in_range_light(&tenant, start, end, light))
         .await
         .map_err(|_| timed_out(timeout))??;
     tokio::task::spawn_blocking(move || {

@@ -24,9 +24,13 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status},
+};
 use parquet::{
-    arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder},
+    arrow::{ArrowWriter, ProjectionMask, arrow_reader::ParquetRecordBatchReaderBuilder},
     basic::{Compression, ZstdLevel},
     file::{
         metadata::ParquetMetaData,
@@ -338,7 +342,15 @@ pub enum Select {
     All,
     /// The spans of one trace: row groups are skipped by their trace-id range and bloom filter.
     Trace(TraceId),
+    /// Every span, but only the dedicated columns (ids, times, name, kind, status code, service
+    /// name): no attributes, events, links, status message, scope, or resource attribute other
+    /// than `service.name`. For queries that read nothing else ([`crate::query::Query`]s that
+    /// pass `store::is_light`); far less to decode.
+    Light,
 }
+
+/// The number of leading columns [`Select::Light`] reads.
+const LIGHT_COLUMNS: usize = 9;
 
 /// What a read did, for telemetry and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -357,7 +369,7 @@ pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats),
     let metadata = builder.metadata().clone();
     let mut stats = ReadStats { row_groups: metadata.num_row_groups(), ..ReadStats::default() };
     let row_groups = match select {
-        Select::All => (0..metadata.num_row_groups()).collect(),
+        Select::All | Select::Light => (0..metadata.num_row_groups()).collect(),
         Select::Trace(id) => {
             let mut keep = Vec::new();
             for rg in 0..metadata.num_row_groups() {
@@ -379,7 +391,12 @@ pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats),
     if row_groups.is_empty() {
         return Ok((spans, stats));
     }
-    let reader = builder.with_row_groups(row_groups).with_batch_size(8192).build()?;
+    let mut builder = builder.with_row_groups(row_groups).with_batch_size(8192);
+    if matches!(select, Select::Light) {
+        let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), 0..LIGHT_COLUMNS);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build()?;
     let mut decoder = Decoder::default();
     for batch in reader {
         decoder.decode_batch(&batch?, select, &mut spans)?;
@@ -402,6 +419,9 @@ pub(crate) fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -
 pub(crate) struct Decoder {
     resources: HashMap<Vec<u8>, Arc<ResourceInfo>>,
     scopes: HashMap<Vec<u8>, Arc<ScopeInfo>>,
+    /// [`Select::Light`]: a resource holding only `service.name`, per service.
+    services: HashMap<String, Arc<ResourceInfo>>,
+    empty_scope: Arc<ScopeInfo>,
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, i: usize, name: &'static str) -> Result<&'a T, BlockError> {
@@ -423,6 +443,26 @@ impl Decoder {
         let name = column::<StringArray>(batch, 5, "name")?;
         let kind = column::<Int32Array>(batch, 7, "kind")?;
         let status = column::<Int32Array>(batch, 8, "status_code")?;
+        if batch.num_columns() == LIGHT_COLUMNS {
+            let service = column::<StringArray>(batch, 6, "service_name")?;
+            for row in 0..batch.num_rows() {
+                let code = status.value(row);
+                let span = Span {
+                    trace_id: trace_id.value(row).to_vec(),
+                    span_id: span_id.value(row).to_vec(),
+                    parent_span_id: parent.value(row).to_vec(),
+                    name: name.value(row).to_string(),
+                    kind: kind.value(row),
+                    start_time_unix_nano: start.value(row),
+                    end_time_unix_nano: start.value(row) + duration.value(row),
+                    status: (code != 0).then(|| Status { code, message: String::new() }),
+                    ..Span::default()
+                };
+                let resource = self.service(service.value(row));
+                out.push(SpanData { resource, scope: self.empty_scope.clone(), span });
+            }
+            return Ok(());
+        }
         let resource = column::<BinaryArray>(batch, 9, "resource")?;
         let scope = column::<BinaryArray>(batch, 10, "scope")?;
         let rest = column::<BinaryArray>(batch, 11, "span")?;
@@ -450,6 +490,24 @@ impl Decoder {
             out.push(SpanData { resource, scope, span });
         }
         Ok(())
+    }
+
+    fn service(&mut self, name: &str) -> Arc<ResourceInfo> {
+        if let Some(r) = self.services.get(name) {
+            return r.clone();
+        }
+        let attributes = if name == crate::model::UNKNOWN_SERVICE {
+            Vec::new()
+        } else {
+            vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue(name.to_string())) }),
+                ..KeyValue::default()
+            }]
+        };
+        let info = Arc::new(ResourceInfo::new(Resource { attributes, ..Resource::default() }, String::new()));
+        self.services.insert(name.to_string(), info.clone());
+        info
     }
 
     fn resource(&mut self, bytes: &[u8]) -> Result<Arc<ResourceInfo>, BlockError> {

@@ -353,6 +353,28 @@ impl TraceStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Vec<SpanData>>, StoreError> {
+        self.traces_in_range_as(tenant, start, end, Select::All).await
+    }
+
+    /// [`Self::traces_in_range`] with only the dedicated columns read from blocks
+    /// ([`Select::Light`]) when `light`: for queries that [`is_light`].
+    pub async fn traces_in_range_light(
+        &self,
+        tenant: &Tenant,
+        start: u64,
+        end: u64,
+        light: bool,
+    ) -> Result<Vec<Vec<SpanData>>, StoreError> {
+        self.traces_in_range_as(tenant, start, end, if light { Select::Light } else { Select::All }).await
+    }
+
+    async fn traces_in_range_as(
+        &self,
+        tenant: &Tenant,
+        start: u64,
+        end: u64,
+        select: Select,
+    ) -> Result<Vec<Vec<SpanData>>, StoreError> {
         let limit = self.options.max_search_spans;
         let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
         let mut read = 0usize;
@@ -376,7 +398,7 @@ impl TraceStore {
             if read > limit {
                 return Err(StoreError::TooManySpans { limit });
             }
-            for span in self.read_block(tenant, &meta, Select::All).await?.0 {
+            for span in self.read_block(tenant, &meta, select).await?.0 {
                 by_trace.entry(span.trace_id()).or_default().push(span);
             }
         }
@@ -518,6 +540,29 @@ impl AsyncFileReader for BlockReader {
         }
         .boxed()
     }
+}
+
+/// Whether `query` reads only what [`Select::Light`] gives: span ids, times, name, kind, status
+/// code, trace-level intrinsics, and `resource.service.name`.
+pub fn is_light(query: &crate::query::Query) -> bool {
+    use crate::query::{AttributeScope, Intrinsic};
+    query.attributes().iter().all(|a| a.scope == AttributeScope::Resource && a.name == "service.name")
+        && query.intrinsics().iter().all(|i| {
+            matches!(
+                i,
+                Intrinsic::Name
+                    | Intrinsic::Status
+                    | Intrinsic::Kind
+                    | Intrinsic::Duration
+                    | Intrinsic::SpanId
+                    | Intrinsic::ParentId
+                    | Intrinsic::ChildCount
+                    | Intrinsic::RootServiceName
+                    | Intrinsic::RootName
+                    | Intrinsic::TraceDuration
+                    | Intrinsic::TraceId
+            )
+        })
 }
 
 /// What one compaction round did.

@@ -285,3 +285,56 @@ async fn a_merge_holds_at_most_compaction_max_spans() {
     // 90 + 180 is over the cap, and the 180-span block is too big to pair with anything.
     assert_eq!(store.compact(8).await.unwrap(), CompactionReport::default());
 }
+
+#[test]
+fn light_reads_answer_light_queries_like_full_reads() {
+    use crate::query::{Evaluator, parse};
+    let spans = spans_of_request(request(31, 40, 5));
+    let mut arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
+    let (bytes, _) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    let (full, _) = block::decode(bytes.clone(), Select::All).unwrap();
+    let (light, _) = block::decode(bytes, Select::Light).unwrap();
+    assert_eq!(full.len(), light.len());
+    let group = |spans: Vec<SpanData>| {
+        let mut traces: std::collections::BTreeMap<TraceId, Vec<SpanData>> = Default::default();
+        for s in spans {
+            traces.entry(s.trace_id()).or_default().push(s);
+        }
+        traces
+    };
+    let (full, light) = (group(full), group(light));
+    let queries = [
+        r#"{ resource.service.name = "db" && status = error }"#,
+        "{ duration > 2ms } >> { kind = client }",
+        r#"{ name =~ "api.*" } | count() > 1"#,
+        "{ rootServiceName = \"api\" && traceDuration > 1ms } | by(resource.service.name)",
+        "{ span:parentID != nil && span:childCount = 0 }",
+        "{ status = unset } ~ { status = ok }",
+    ];
+    let mut matched = 0;
+    for text in queries {
+        let query = parse(text).unwrap();
+        assert!(is_light(&query), "{text}");
+        let evaluator = Evaluator::new(&query).unwrap();
+        for (id, spans) in &full {
+            let a = evaluator.evaluate(spans);
+            let b = evaluator.evaluate(&light[id]);
+            let ids = |sets: &[crate::query::Spanset], spans: &[SpanData]| -> Vec<(Vec<SpanId>, usize)> {
+                sets.iter()
+                    .map(|s| (s.spans.iter().map(|m| spans[m.index].span_id()).collect(), s.matched))
+                    .collect()
+            };
+            assert_eq!(ids(&a, spans), ids(&b, &light[id]), "{text}");
+            matched += a.len();
+        }
+    }
+    assert!(matched > 0);
+    for text in [
+        "{ span.http.route = \"/r/1\" }",
+        "{ .service.name = \"db\" }",
+        "{ statusMessage = \"boom\" }",
+        "{ event:name = \"exception\" }",
+    ] {
+        assert!(!is_light(&parse(text).unwrap()), "{text}");
+    }
+}

@@ -14,4 +14,5 @@ mod metrics_store;
 mod promql_diff;
 mod remote_write;
 mod shutdown;
+mod tempo_contract;
 mod traces_diff;
