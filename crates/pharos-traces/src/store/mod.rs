@@ -105,7 +105,7 @@ pub enum StoreError {
     },
     /// A search would read more spans than allowed.
     #[error(
-        "the query would read more than {limit} spans (storage.traces.max_search_spans); narrow the time range"
+        "the query would read more than {limit} spans (traces.max_search_spans); narrow the time range"
     )]
     TooManySpans {
         /// The limit.
@@ -339,6 +339,13 @@ impl TraceStore {
             spans.extend(found);
         }
         let mut spans = dedup_trace(spans);
+        // With a time range, a trace none of whose spans overlaps it is not found, wherever
+        // its spans are (head or blocks), as Tempo answers.
+        if let Some((start, end)) = range
+            && !spans.iter().any(|s| s.span.start_time_unix_nano <= end && s.span.end_time_unix_nano >= start)
+        {
+            spans.clear();
+        }
         let truncated = spans.len() > self.options.max_trace_spans;
         spans.truncate(self.options.max_trace_spans);
         Ok(TraceRead { spans, truncated, blocks_read })
