@@ -493,12 +493,11 @@ async fn search(
     let started = Instant::now();
     let deadline = started + state.options.query_timeout;
     let timeout = state.options.query_timeout;
-    let light = crate::store::is_light(&query);
-    let traces = tokio::time::timeout(timeout, state.store.traces_in_range_light(&tenant, start, end, light))
+    let read = tokio::time::timeout(timeout, search_read(&state.store, &tenant, &query, start, end))
         .await
         .map_err(|_| timed_out(timeout))??;
+    let (traces, inspected_spans) = (read.traces, read.inspected_spans);
     let inspected_traces = traces.len();
-    let inspected_spans: usize = traces.iter().map(Vec::len).sum();
     let found = tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
         for spans in &traces {
@@ -528,6 +527,21 @@ async fn search(
         },
     }))
     .into_response())
+}
+
+/// The traces of the range that `query` may match: pruned by its prefilter, spans read
+/// light when the query needs only the dedicated columns.
+async fn search_read(
+    store: &TraceStore,
+    tenant: &Tenant,
+    query: &query::Query,
+    start: u64,
+    end: u64,
+) -> Result<crate::store::SearchRead, ApiError> {
+    let prefilter = query::Prefilter::new(query)
+        .map_err(|e| ApiError::bad(format!("invalid TraceQL query: {e}")))?
+        .map(Arc::new);
+    Ok(store.search_traces(tenant, start, end, prefilter, crate::store::is_light(query)).await?)
 }
 
 fn timed_out(timeout: Duration) -> ApiError {
@@ -923,10 +937,10 @@ async fn run_metrics_query(
         MetricsEvaluator::new(&parsed, start..end, step).map_err(|e| ApiError::bad(e.to_string()))?;
     let timeout = state.options.query_timeout;
     let deadline = Instant::now() + timeout;
-    let light = crate::store::is_light(&parsed);
-    let traces = tokio::time::timeout(timeout, state.store.traces_in_range_light(&tenant, start, end, light))
+    let traces = tokio::time::timeout(timeout, search_read(&state.store, &tenant, &parsed, start, end))
         .await
-        .map_err(|_| timed_out(timeout))??;
+        .map_err(|_| timed_out(timeout))??
+        .traces;
     tokio::task::spawn_blocking(move || {
         for spans in &traces {
             if Instant::now() > deadline {

@@ -40,8 +40,8 @@ pub use ast::{
 };
 pub use error::{ParseError, ParseErrorKind};
 pub use eval::{
-    DEFAULT_MAX_METRICS_SERIES, EvalError, Evaluator, MAX_METRICS_POINTS, MatchedSpan, MetricSeries,
-    MetricsEvaluator, Spanset, Value, evaluate, evaluate_metrics,
+    DEFAULT_MAX_METRICS_SERIES, EvalError, Evaluator, ExactColumns, MAX_METRICS_POINTS, MatchedSpan,
+    MetricSeries, MetricsEvaluator, Prefilter, Spanset, Value, evaluate, evaluate_metrics,
 };
 pub use parser::{MAX_HEIGHT, MAX_NESTING, parse};
 

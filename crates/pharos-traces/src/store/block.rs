@@ -13,14 +13,26 @@
 //! | `resource` | binary | the OTLP `ResourceSpans` without spans (resource, schema URL): dictionary-encoded |
 //! | `scope` | binary | the OTLP `ScopeSpans` without spans (scope, schema URL): dictionary-encoded |
 //! | `span` | binary | the OTLP `Span` less the fields in columns above: attributes, events, links, trace state, flags, status message, dropped counts |
+//! | `span.http.request.method`, … ([`DEDICATED_ATTRIBUTES`]) | string or i64, nullable | dedicated: the span attribute's value, null when the span has none (version 2) |
+//!
+//! The dedicated attribute columns repeat values that the `span` column also holds: they are
+//! there so that searches read a narrow column instead of every span's attributes. A column
+//! holds the exact value for every span of the block unless the block's meta lists it as
+//! `inexact` (a span had the attribute with another type, or as an array).
 //!
 //! Reading a block gives back the spans exactly as they were written.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt64Array,
-    builder::{BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt64Builder},
+    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray,
+    UInt64Array,
+    builder::{
+        BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, Int64Builder, StringBuilder, UInt64Builder,
+    },
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -30,7 +42,10 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status},
 };
 use parquet::{
-    arrow::{ArrowWriter, ProjectionMask, arrow_reader::ParquetRecordBatchReaderBuilder},
+    arrow::{
+        ArrowWriter, ProjectionMask,
+        arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowFilter},
+    },
     basic::{Compression, ZstdLevel},
     file::{
         metadata::ParquetMetaData,
@@ -43,11 +58,57 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ResourceInfo, ScopeInfo, SpanData, TraceId};
+use crate::query::{ExactColumns, Prefilter};
 
 /// Rows per row group: a trace lookup reads at most a few row groups of this many spans.
 pub const ROW_GROUP_ROWS: usize = 16 * 1024;
-/// The version written in `meta.json`.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version written in `meta.json`. Version 1 had no dedicated attribute columns.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The type of a dedicated attribute column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeType {
+    /// OTLP string values, an Arrow `Utf8` column.
+    String,
+    /// OTLP int values, an Arrow `Int64` column.
+    Int,
+}
+
+/// A span attribute with a column of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedicatedAttribute {
+    /// The attribute key.
+    pub key: &'static str,
+    /// The column's name in the block.
+    pub column: &'static str,
+    /// The values the column holds.
+    pub kind: AttributeType,
+}
+
+const fn dedicated(key: &'static str, column: &'static str, kind: AttributeType) -> DedicatedAttribute {
+    DedicatedAttribute { key, column, kind }
+}
+
+/// The span attributes with dedicated columns: the HTTP, database and RPC attributes of the
+/// semantic conventions (current names and the ones older SDKs still send) that searches
+/// filter on most.
+pub const DEDICATED_ATTRIBUTES: &[DedicatedAttribute] = &[
+    dedicated("http.request.method", "span.http.request.method", AttributeType::String),
+    dedicated("http.method", "span.http.method", AttributeType::String),
+    dedicated("http.response.status_code", "span.http.response.status_code", AttributeType::Int),
+    dedicated("http.status_code", "span.http.status_code", AttributeType::Int),
+    dedicated("http.route", "span.http.route", AttributeType::String),
+    dedicated("url.full", "span.url.full", AttributeType::String),
+    dedicated("http.url", "span.http.url", AttributeType::String),
+    dedicated("db.system", "span.db.system", AttributeType::String),
+    dedicated("db.system.name", "span.db.system.name", AttributeType::String),
+    dedicated("rpc.method", "span.rpc.method", AttributeType::String),
+];
+
+/// The index in [`DEDICATED_ATTRIBUTES`] of the span attribute `key`, if it has a column.
+pub fn dedicated_attribute(key: &str) -> Option<usize> {
+    DEDICATED_ATTRIBUTES.iter().position(|d| d.key == key)
+}
 /// The name of the data object in a block's directory.
 pub const DATA_FILE: &str = "data.parquet";
 
@@ -74,6 +135,10 @@ pub struct TraceBlockMeta {
     pub size_bytes: u64,
     /// 0 for a block flushed from the head; compaction output is one more than its inputs.
     pub level: u32,
+    /// Dedicated attribute columns (by attribute key) that do not hold the exact value of
+    /// every span: some span had the attribute with another type or as an array.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inexact: Vec<String>,
 }
 
 impl pharos_storage::BlockMeta for TraceBlockMeta {
@@ -93,6 +158,16 @@ impl TraceBlockMeta {
     pub fn may_hold(&self, id: &TraceId) -> bool {
         let hex = crate::model::hex(id);
         self.min_trace_id <= hex && hex <= self.max_trace_id
+    }
+
+    /// Which dedicated attribute columns hold exact values: those not listed as inexact (a
+    /// block of version 1 has none of the columns; the prefilter then passes every row).
+    pub fn exact_columns(&self) -> ExactColumns {
+        let mut exact = [true; DEDICATED_ATTRIBUTES.len()];
+        for (flag, d) in exact.iter_mut().zip(DEDICATED_ATTRIBUTES) {
+            *flag = !self.inexact.iter().any(|k| k == d.key);
+        }
+        exact
     }
 
     /// Whether the block has spans overlapping `start..=end` (unix nanoseconds).
@@ -125,7 +200,7 @@ pub enum BlockError {
 }
 
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("trace_id", DataType::FixedSizeBinary(16), false),
         Field::new("span_id", DataType::FixedSizeBinary(8), false),
         Field::new("parent_span_id", DataType::Binary, false),
@@ -138,7 +213,15 @@ fn schema() -> SchemaRef {
         Field::new("resource", DataType::Binary, false),
         Field::new("scope", DataType::Binary, false),
         Field::new("span", DataType::Binary, false),
-    ]))
+    ];
+    fields.extend(DEDICATED_ATTRIBUTES.iter().map(|d| {
+        let kind = match d.kind {
+            AttributeType::String => DataType::Utf8,
+            AttributeType::Int => DataType::Int64,
+        };
+        Field::new(d.column, kind, true)
+    }));
+    Arc::new(Schema::new(fields))
 }
 
 /// Encodes spans (any order) as a block: returns the Parquet bytes and the meta (with `id`).
@@ -179,7 +262,9 @@ pub fn encode(
         max_trace_id: spans.last().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
         size_bytes: 0,
         level,
+        inexact: Vec::new(),
     };
+    let mut inexact = [false; DEDICATED_ATTRIBUTES.len()];
     let mut last_trace: Option<TraceId> = None;
     for chunk in spans.chunks(ROW_GROUP_ROWS) {
         let mut columns = Columns::with_capacity(chunk.len());
@@ -194,8 +279,17 @@ pub fn encode(
             meta.max_end_ns =
                 meta.max_end_ns.max(span.span.end_time_unix_nano.max(span.span.start_time_unix_nano));
         }
+        for (flag, column) in inexact.iter_mut().zip(&columns.inexact) {
+            *flag |= *column;
+        }
         writer.write(&columns.finish()?)?;
     }
+    meta.inexact = DEDICATED_ATTRIBUTES
+        .iter()
+        .zip(inexact)
+        .filter(|(_, inexact)| *inexact)
+        .map(|(d, _)| d.key.to_string())
+        .collect();
     writer.close()?;
     if spans.is_empty() {
         meta.min_start_ns = 0;
@@ -217,6 +311,9 @@ struct Columns {
     resource: BinaryBuilder,
     scope: BinaryBuilder,
     span: BinaryBuilder,
+    dedicated: Vec<DedicatedBuilder>,
+    /// Per dedicated column: some span had a value it cannot hold exactly.
+    inexact: [bool; DEDICATED_ATTRIBUTES.len()],
     // Encoded resource and scope per shared Arc, so a request's resource is encoded once.
     resources: HashMap<*const ResourceInfo, Vec<u8>>,
     scopes: HashMap<*const ScopeInfo, Vec<u8>>,
@@ -238,6 +335,14 @@ impl Columns {
             resource: BinaryBuilder::with_capacity(n, n * 8),
             scope: BinaryBuilder::with_capacity(n, n * 8),
             span: BinaryBuilder::with_capacity(n, n * 64),
+            dedicated: DEDICATED_ATTRIBUTES
+                .iter()
+                .map(|d| match d.kind {
+                    AttributeType::String => DedicatedBuilder::String(StringBuilder::with_capacity(n, n * 4)),
+                    AttributeType::Int => DedicatedBuilder::Int(Int64Builder::with_capacity(n)),
+                })
+                .collect(),
+            inexact: [false; DEDICATED_ATTRIBUTES.len()],
             resources: HashMap::new(),
             scopes: HashMap::new(),
             rest: Vec::new(),
@@ -278,11 +383,42 @@ impl Columns {
         self.rest.clear();
         encode_rest(span, &mut self.rest);
         self.span.append_value(&self.rest);
+        self.push_dedicated(&span.attributes);
         Ok(())
     }
 
+    /// The first value of each dedicated attribute, as the evaluator reads it: an absent
+    /// attribute, an absent value, a kvlist or bytes (nil in TraceQL) are null; a value of
+    /// another type or an array is null too and makes the column inexact.
+    fn push_dedicated(&mut self, attributes: &[KeyValue]) {
+        let mut found: [Option<Option<&any_value::Value>>; DEDICATED_ATTRIBUTES.len()] =
+            [None; DEDICATED_ATTRIBUTES.len()];
+        for kv in attributes {
+            if let Some(i) = dedicated_attribute(&kv.key)
+                && found[i].is_none()
+            {
+                found[i] = Some(kv.value.as_ref().and_then(|v| v.value.as_ref()));
+            }
+        }
+        for (i, builder) in self.dedicated.iter_mut().enumerate() {
+            let value = found[i].flatten();
+            match (builder, value) {
+                (DedicatedBuilder::String(b), Some(any_value::Value::StringValue(v))) => b.append_value(v),
+                (DedicatedBuilder::Int(b), Some(any_value::Value::IntValue(v))) => b.append_value(*v),
+                (builder, value) => {
+                    builder.append_null();
+                    if value.is_some_and(|v| {
+                        !matches!(v, any_value::Value::KvlistValue(_) | any_value::Value::BytesValue(_))
+                    }) {
+                        self.inexact[i] = true;
+                    }
+                }
+            }
+        }
+    }
+
     fn finish(mut self) -> Result<RecordBatch, BlockError> {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent.finish()),
@@ -296,7 +432,29 @@ impl Columns {
             Arc::new(self.scope.finish()),
             Arc::new(self.span.finish()),
         ];
+        columns.extend(self.dedicated.iter_mut().map(DedicatedBuilder::finish));
         Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+enum DedicatedBuilder {
+    String(StringBuilder),
+    Int(Int64Builder),
+}
+
+impl DedicatedBuilder {
+    fn append_null(&mut self) {
+        match self {
+            DedicatedBuilder::String(b) => b.append_null(),
+            DedicatedBuilder::Int(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            DedicatedBuilder::String(b) => Arc::new(b.finish()),
+            DedicatedBuilder::Int(b) => Arc::new(b.finish()),
+        }
     }
 }
 
@@ -351,6 +509,9 @@ pub enum Select {
 
 /// The number of leading columns [`Select::Light`] reads.
 const LIGHT_COLUMNS: usize = 9;
+/// The number of leading columns that hold whole spans (the dedicated attribute columns
+/// after them repeat what the `span` column holds).
+pub(crate) const SPAN_COLUMNS: usize = 12;
 
 /// What a read did, for telemetry and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -392,16 +553,122 @@ pub fn decode(data: Bytes, select: Select) -> Result<(Vec<SpanData>, ReadStats),
         return Ok((spans, stats));
     }
     let mut builder = builder.with_row_groups(row_groups).with_batch_size(8192);
-    if matches!(select, Select::Light) {
-        let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), 0..LIGHT_COLUMNS);
-        builder = builder.with_projection(mask);
-    }
+    let columns = if matches!(select, Select::Light) { LIGHT_COLUMNS } else { SPAN_COLUMNS };
+    let mask = ProjectionMask::roots(metadata.file_metadata().schema_descr(), 0..columns);
+    builder = builder.with_projection(mask);
     let reader = builder.build()?;
     let mut decoder = Decoder::default();
     for batch in reader {
         decoder.decode_batch(&batch?, select, &mut spans)?;
     }
     Ok((spans, stats))
+}
+
+/// Per span condition of `prefilter`, the trace ids of the block's spans that pass it: the
+/// conditions' columns are decoded first, and the trace-id column only for the rows that
+/// pass one. `exact` says which dedicated attribute columns hold exact values in this block
+/// ([`TraceBlockMeta::exact_columns`]).
+pub(crate) fn candidates(
+    data: Bytes,
+    footer: Option<ArrowReaderMetadata>,
+    prefilter: &Arc<Prefilter>,
+    exact: ExactColumns,
+) -> Result<Vec<HashSet<TraceId>>, BlockError> {
+    let builder = match footer {
+        Some(footer) => ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer),
+        None => ParquetRecordBatchReaderBuilder::try_new(data)?,
+    };
+    let mut wanted: Vec<usize> =
+        prefilter.columns().iter().filter_map(|name| builder.schema().index_of(name).ok()).collect();
+    wanted.sort_unstable();
+    let descr = builder.metadata().file_metadata().schema_descr_ptr();
+    // With one condition the rows that pass are that condition's; with several, each is
+    // tested again on the rows that pass one.
+    let several = prefilter.leaves() > 1;
+    let output = if several { [0].into_iter().chain(wanted.iter().copied()).collect() } else { vec![0] };
+    let input = if wanted.is_empty() { vec![0] } else { wanted };
+    let predicate_filter = prefilter.clone();
+    let predicate = ArrowPredicateFn::new(ProjectionMask::roots(&descr, input), move |batch: RecordBatch| {
+        Ok(predicate_filter.evaluate_any(&batch, &exact))
+    });
+    let reader = builder
+        .with_projection(ProjectionMask::roots(&descr, output))
+        .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+        .with_batch_size(8192)
+        .build()?;
+    let mut sets = vec![HashSet::new(); prefilter.leaves()];
+    for batch in reader {
+        let batch = batch?;
+        let trace_id = column::<FixedSizeBinaryArray>(&batch, 0, "trace_id")?;
+        let passing = if several {
+            prefilter.evaluate_each(&batch, &exact)
+        } else {
+            vec![vec![true; batch.num_rows()]]
+        };
+        for row in 0..batch.num_rows() {
+            let Ok(id) = TraceId::try_from(trace_id.value(row)) else { continue };
+            for (set, pass) in sets.iter_mut().zip(&passing) {
+                if pass[row] {
+                    set.insert(id);
+                }
+            }
+        }
+    }
+    Ok(sets)
+}
+
+/// Every span of the traces `ids` in the block (only the dedicated columns when `light`):
+/// row groups are skipped by their trace-id range and bloom filter, and rows by a filter
+/// on the trace-id column.
+pub(crate) fn decode_traces(
+    data: Bytes,
+    footer: Option<ArrowReaderMetadata>,
+    ids: &Arc<HashSet<TraceId>>,
+    light: bool,
+) -> Result<Vec<SpanData>, BlockError> {
+    let builder = match footer {
+        Some(footer) => ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer),
+        None => ParquetRecordBatchReaderBuilder::try_new(data)?,
+    };
+    let metadata = builder.metadata().clone();
+    let mut keep = Vec::new();
+    for rg in 0..metadata.num_row_groups() {
+        let in_range: Vec<&TraceId> = ids.iter().filter(|id| range_holds(&metadata, rg, id)).collect();
+        if in_range.is_empty() {
+            continue;
+        }
+        let bloom = builder.get_row_group_column_bloom_filter(rg, 0)?;
+        if bloom.is_some_and(|bloom| !in_range.iter().any(|id| bloom.check(&id[..]))) {
+            continue;
+        }
+        keep.push(rg);
+    }
+    let mut spans = Vec::new();
+    if keep.is_empty() {
+        return Ok(spans);
+    }
+    let descr = metadata.file_metadata().schema_descr_ptr();
+    let wanted = ids.clone();
+    let filter =
+        ArrowPredicateFn::new(ProjectionMask::roots(&descr, [0]), move |batch: RecordBatch| {
+            let column = column::<FixedSizeBinaryArray>(&batch, 0, "trace_id")
+                .map_err(|e| arrow_schema::ArrowError::SchemaError(e.to_string()))?;
+            Ok(BooleanArray::from_iter(column.iter().map(|v| {
+                Some(v.and_then(|v| TraceId::try_from(v).ok()).is_some_and(|id| wanted.contains(&id)))
+            })))
+        });
+    let columns = if light { LIGHT_COLUMNS } else { SPAN_COLUMNS };
+    let reader = builder
+        .with_row_groups(keep)
+        .with_projection(ProjectionMask::roots(&descr, 0..columns))
+        .with_row_filter(RowFilter::new(vec![Box::new(filter)]))
+        .with_batch_size(8192)
+        .build()?;
+    let mut decoder = Decoder::default();
+    for batch in reader {
+        decoder.decode_batch(&batch?, Select::All, &mut spans)?;
+    }
+    Ok(spans)
 }
 
 pub(crate) fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {

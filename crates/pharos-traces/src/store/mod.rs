@@ -45,6 +45,7 @@ use tracing::{error, info};
 pub use block::{BlockError, ReadStats, Select, TraceBlockMeta};
 
 use crate::model::{SpanData, SpanId, TraceId, spans_of_request};
+use crate::query::Prefilter;
 
 /// The catalog's signal name: blocks live under `traces/{tenant}/{block}/`.
 pub const SIGNAL: &str = "traces";
@@ -104,9 +105,7 @@ pub enum StoreError {
         source: BlockError,
     },
     /// A search would read more spans than allowed.
-    #[error(
-        "the query would read more than {limit} spans (traces.max_search_spans); narrow the time range"
-    )]
+    #[error("the query would read more than {limit} spans (traces.max_search_spans); narrow the time range")]
     TooManySpans {
         /// The limit.
         limit: usize,
@@ -231,6 +230,34 @@ impl TraceStore {
             .map_err(|source| StoreError::Block { block: id, source })
     }
 
+    fn block_reader(&self, tenant: &Tenant, meta: &TraceBlockMeta) -> BlockReader {
+        BlockReader {
+            storage: self.catalog.storage().clone(),
+            path: self.catalog.object_path(tenant, &meta.id, block::DATA_FILE),
+            size: meta.size_bytes,
+        }
+    }
+
+    /// The block's Parquet footer with its page index, cached.
+    async fn footer(
+        &self,
+        tenant: &Tenant,
+        meta: &TraceBlockMeta,
+    ) -> Result<ArrowReaderMetadata, BlockError> {
+        let cached = self.footers.lock().expect("footer cache").get(&meta.id).cloned();
+        if let Some(footer) = cached {
+            return Ok(footer);
+        }
+        let mut reader = self.block_reader(tenant, meta);
+        let footer = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::default()).await?;
+        let mut cache = self.footers.lock().expect("footer cache");
+        if cache.len() >= MAX_CACHED_FOOTERS {
+            cache.clear();
+        }
+        cache.insert(meta.id.clone(), footer.clone());
+        Ok(footer)
+    }
+
     /// The spans of trace `id` in one block, with ranged reads: the footer (cached), then the
     /// bloom filters of the row groups whose trace-id range holds `id`, then those row groups.
     async fn read_trace_in_block(
@@ -239,25 +266,8 @@ impl TraceStore {
         meta: &TraceBlockMeta,
         id: TraceId,
     ) -> Result<Vec<SpanData>, BlockError> {
-        let mut reader = BlockReader {
-            storage: self.catalog.storage().clone(),
-            path: self.catalog.object_path(tenant, &meta.id, block::DATA_FILE),
-            size: meta.size_bytes,
-        };
-        let cached = self.footers.lock().expect("footer cache").get(&meta.id).cloned();
-        let footer = match cached {
-            Some(footer) => footer,
-            None => {
-                let footer =
-                    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::default()).await?;
-                let mut cache = self.footers.lock().expect("footer cache");
-                if cache.len() >= MAX_CACHED_FOOTERS {
-                    cache.clear();
-                }
-                cache.insert(meta.id.clone(), footer.clone());
-                footer
-            }
-        };
+        let reader = self.block_reader(tenant, meta);
+        let footer = self.footer(tenant, meta).await?;
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
         let metadata = builder.metadata().clone();
         let mut keep = Vec::new();
@@ -298,8 +308,10 @@ impl TraceStore {
                 .ok_or_else(|| ArrowError::SchemaError("trace_id is not fixed-size binary".into()))?;
             Ok(BooleanArray::from_iter(column.iter().map(|v| Some(v == Some(&id[..])))))
         });
+        let columns = ProjectionMask::roots(metadata.file_metadata().schema_descr(), 0..block::SPAN_COLUMNS);
         let mut stream = builder
             .with_row_groups(keep)
+            .with_projection(columns)
             .with_row_filter(RowFilter::new(vec![Box::new(filter)]))
             .with_batch_size(8192)
             .build()?;
@@ -363,16 +375,121 @@ impl TraceStore {
         self.traces_in_range_as(tenant, start, end, Select::All).await
     }
 
-    /// [`Self::traces_in_range`] with only the dedicated columns read from blocks
-    /// ([`Select::Light`]) when `light`: for queries that [`is_light`].
-    pub async fn traces_in_range_light(
+    /// The traces with spans in `start..=end` that may match a query, whole (as in
+    /// [`Self::traces_in_range`]), with the number of spans the search inspected.
+    ///
+    /// With a `prefilter`, each block overlapping the range is scanned on the columns the
+    /// prefilter reads; only the traces with a span that passes (in a block or in the head)
+    /// are then read whole, from the head and every overlapping block. Without one, every
+    /// trace of the range is read. `light` reads only the dedicated columns of whole spans
+    /// ([`is_light`]). Fails when more than `max_search_spans` spans would be read whole.
+    pub async fn search_traces(
         &self,
         tenant: &Tenant,
         start: u64,
         end: u64,
+        prefilter: Option<Arc<Prefilter>>,
         light: bool,
-    ) -> Result<Vec<Vec<SpanData>>, StoreError> {
-        self.traces_in_range_as(tenant, start, end, if light { Select::Light } else { Select::All }).await
+    ) -> Result<SearchRead, StoreError> {
+        let select = if light { Select::Light } else { Select::All };
+        let Some(prefilter) = prefilter else {
+            let traces = self.traces_in_range_as(tenant, start, end, select).await?;
+            let inspected_spans = traces.iter().map(Vec::len).sum();
+            return Ok(SearchRead { traces, inspected_spans });
+        };
+        let limit = self.options.max_search_spans;
+        let mut inspected_spans = 0usize;
+        // Per span condition of the prefilter, the traces with a span passing it.
+        let mut passing: Vec<HashSet<TraceId>> = vec![HashSet::new(); prefilter.leaves()];
+        let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
+        {
+            let head = self.head.read().expect("head lock");
+            if let Some(head) = head.get(tenant) {
+                inspected_spans += head.spans;
+                for (id, spans) in &head.traces {
+                    for span in spans {
+                        for (set, pass) in passing.iter_mut().zip(prefilter.matches_span(span)) {
+                            if pass {
+                                set.insert(*id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let blocks: Vec<Arc<TraceBlockMeta>> =
+            self.catalog.blocks(tenant).into_iter().filter(|meta| meta.overlaps(start, end)).collect();
+        for meta in &blocks {
+            inspected_spans += meta.spans as usize;
+            let footer = self
+                .footer(tenant, meta)
+                .await
+                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            let bytes = self
+                .catalog
+                .storage()
+                .get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE))
+                .await?;
+            let (prefilter, exact) = (prefilter.clone(), meta.exact_columns());
+            let found = tokio::task::spawn_blocking(move || {
+                block::candidates(bytes, Some(footer), &prefilter, exact)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            for (set, found) in passing.iter_mut().zip(found) {
+                set.extend(found);
+            }
+        }
+        let candidates = prefilter.traces(&passing);
+        drop(passing);
+        if candidates.is_empty() {
+            return Ok(SearchRead { traces: Vec::new(), inspected_spans });
+        }
+        let mut read = 0usize;
+        {
+            let head = self.head.read().expect("head lock");
+            if let Some(head) = head.get(tenant) {
+                for id in &candidates {
+                    if let Some(spans) = head.traces.get(id) {
+                        read += spans.len();
+                        by_trace.entry(*id).or_default().extend(spans.iter().map(|s| (**s).clone()));
+                    }
+                }
+            }
+        }
+        let candidates = Arc::new(candidates);
+        // Listed again after the head was read: spans flushed since are in a block now.
+        let blocks: Vec<Arc<TraceBlockMeta>> =
+            self.catalog.blocks(tenant).into_iter().filter(|meta| meta.overlaps(start, end)).collect();
+        for meta in &blocks {
+            if read > limit {
+                return Err(StoreError::TooManySpans { limit });
+            }
+            let footer = self
+                .footer(tenant, meta)
+                .await
+                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            let bytes = self
+                .catalog
+                .storage()
+                .get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE))
+                .await?;
+            let ids = candidates.clone();
+            let spans =
+                tokio::task::spawn_blocking(move || block::decode_traces(bytes, Some(footer), &ids, light))
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            read += spans.len();
+            for span in spans {
+                by_trace.entry(span.trace_id()).or_default().push(span);
+            }
+        }
+        if read > limit {
+            return Err(StoreError::TooManySpans { limit });
+        }
+        Ok(SearchRead { traces: whole_traces_in_range(by_trace, start, end), inspected_spans })
     }
 
     async fn traces_in_range_as(
@@ -409,19 +526,7 @@ impl TraceStore {
                 by_trace.entry(span.trace_id()).or_default().push(span);
             }
         }
-        let mut traces: Vec<Vec<SpanData>> = by_trace
-            .into_values()
-            .map(dedup_trace)
-            .filter(|spans| {
-                let first = spans.iter().map(|s| s.span.start_time_unix_nano).min().unwrap_or(0);
-                let last = spans.iter().map(|s| s.span.end_time_unix_nano).max().unwrap_or(0);
-                first <= end && last >= start
-            })
-            .collect();
-        // Most recent first, as Tempo answers.
-        traces
-            .sort_by_key(|spans| std::cmp::Reverse(spans.first().map_or(0, |s| s.span.start_time_unix_nano)));
-        Ok(traces)
+        Ok(whole_traces_in_range(by_trace, start, end))
     }
 
     /// One compaction round for every tenant: delete blocks past the retention, then merge
@@ -570,6 +675,36 @@ pub fn is_light(query: &crate::query::Query) -> bool {
                     | Intrinsic::TraceId
             )
         })
+}
+
+/// What a search read: the traces, and how many spans it inspected to find them.
+#[derive(Debug, Default)]
+pub struct SearchRead {
+    /// The traces, whole, most recent first.
+    pub traces: Vec<Vec<SpanData>>,
+    /// Spans looked at: every span of the head and of the blocks overlapping the range.
+    pub inspected_spans: usize,
+}
+
+/// The traces (duplicates removed, spans by start time) with a span overlapping
+/// `start..=end`, most recent first as Tempo answers.
+fn whole_traces_in_range(
+    by_trace: HashMap<TraceId, Vec<SpanData>>,
+    start: u64,
+    end: u64,
+) -> Vec<Vec<SpanData>> {
+    let mut traces: Vec<Vec<SpanData>> = by_trace
+        .into_values()
+        .map(dedup_trace)
+        .filter(|spans| {
+            let first = spans.iter().map(|s| s.span.start_time_unix_nano).min().unwrap_or(0);
+            let last = spans.iter().map(|s| s.span.end_time_unix_nano).max().unwrap_or(0);
+            first <= end && last >= start
+        })
+        .collect();
+    // Most recent first, as Tempo answers.
+    traces.sort_by_key(|spans| std::cmp::Reverse(spans.first().map_or(0, |s| s.span.start_time_unix_nano)));
+    traces
 }
 
 /// What one compaction round did.

@@ -338,3 +338,163 @@ fn light_reads_answer_light_queries_like_full_reads() {
         assert!(!is_light(&parse(text).unwrap()), "{text}");
     }
 }
+
+/// Spans of `request(41, 30, 6)` made more varied for the prefilter: dedicated attributes
+/// with their type, with another type and as arrays, a resource without `service.name`, a
+/// resource attribute that an unscoped field falls back to.
+fn varied_request() -> ExportTraceServiceRequest {
+    let mut req = request(41, 30, 6);
+    for (r, rs) in req.resource_spans.iter_mut().enumerate() {
+        let resource = rs.resource.get_or_insert_with(Resource::default);
+        match r {
+            1 => resource.attributes.push(kv("http.method", Value::StringValue("PATCH".into()))),
+            2 => resource.attributes.clear(),
+            _ => {}
+        }
+        for (i, span) in rs.scope_spans.iter_mut().flat_map(|s| s.spans.iter_mut()).enumerate() {
+            let code = if i % 5 == 0 { 500 } else { 200 };
+            match i % 4 {
+                0 => span.attributes.push(kv("http.response.status_code", Value::IntValue(code))),
+                1 => {
+                    span.attributes.push(kv("http.method", Value::StringValue(["GET", "POST"][(i / 4) % 2].into())))
+                }
+                _ => {}
+            }
+            if r == 0 && i == 7 {
+                // Another type and an array: these columns are inexact in the block holding it.
+                span.attributes.push(kv("http.status_code", Value::StringValue("500".into())));
+                span.attributes.push(kv(
+                    "http.method",
+                    Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vec![AnyValue { value: Some(Value::StringValue("PUT".into())) }],
+                    }),
+                ));
+            }
+            if i % 3 == 0 {
+                span.attributes.push(kv("tenant.tier", Value::StringValue(["gold", "free"][i % 2].into())));
+            }
+        }
+    }
+    req
+}
+
+/// Only the spans whose position in `req` is `k` modulo `parts`.
+fn part(req: &ExportTraceServiceRequest, parts: usize, k: usize) -> ExportTraceServiceRequest {
+    let mut out = req.clone();
+    let mut position = 0;
+    for rs in &mut out.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|_| {
+                position += 1;
+                (position - 1) % parts == k
+            });
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn prefiltered_searches_find_what_full_searches_find() {
+    use crate::query::{Evaluator, parse};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreOptions::default()).await;
+    let tenant = Tenant::default_tenant();
+    let req = varied_request();
+    // Every trace has spans in two blocks and in the head.
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    for k in 0..3 {
+        writer.write(k as u64, &envelope(&tenant, &part(&req, 3, k)));
+        if k < 2 {
+            writer.flush().await.unwrap();
+        }
+    }
+    let blocks = store.blocks(&tenant);
+    assert_eq!(blocks.len(), 2);
+    assert!(
+        blocks.iter().any(|b| b.inexact.contains(&"http.method".to_string())
+            && b.inexact.contains(&"http.status_code".to_string())),
+        "{blocks:?}"
+    );
+    let everything = store.traces_in_range(&tenant, 0, u64::MAX).await.unwrap();
+    let total_spans: usize = everything.iter().map(Vec::len).sum();
+    assert_eq!(everything.len(), 30);
+    let queries = [
+        "{ }",
+        r#"{ name = "api op 1" }"#,
+        r#"{ name = "nothing has this name" }"#,
+        r#"{ name =~ "db op [12]" && duration > 2ms }"#,
+        r#"{ name != "api op 1" && kind = server }"#,
+        "{ status = error }",
+        "{ status != error && kind != internal }",
+        "{ duration < 1ms || status = ok }",
+        "{ span.http.response.status_code = 500 }",
+        "{ span.http.response.status_code >= 500 && status = error }",
+        "{ span.http.response.status_code = nil }",
+        "{ span.http.response.status_code != nil && span.http.route = \"/r/3\" }",
+        r#"{ span.http.method = "GET" }"#,
+        r#"{ span.http.method = "PUT" }"#,
+        r#"{ span.http.method =~ "P.*" }"#,
+        r#"{ .http.method = "PATCH" }"#,
+        r#"{ .http.method = nil }"#,
+        r#"{ span.http.status_code = "500" }"#,
+        r#"{ span.tenant.tier = "gold" }"#,
+        r#"{ .tenant.tier != "gold" }"#,
+        r#"{ span.tenant.tier = nil && status = error }"#,
+        r#"{ resource.service.name = "db" }"#,
+        r#"{ resource.service.name = "cache" }"#,
+        r#"{ resource.service.name != "api" }"#,
+        r#"{ resource.service.name = nil }"#,
+        r#"{ event.exception.type = "E" }"#,
+        r#"{ event:name = "exception" && status = error }"#,
+        r#"{ statusMessage = "boom" }"#,
+        r#"{ instrumentation.name = "lib" }"#,
+        r#"{ span.user.id > 50000 }"#,
+        r#"{ !(status = error) }"#,
+        r#"{ "api op 2" = name }"#,
+        "{ 2ms < duration }",
+        r#"{ rootServiceName = "api" }"#,
+        r#"{ status = error } && { span.http.response.status_code = 500 }"#,
+        r#"{ status = error } || { name = "db op 3" }"#,
+        r#"{ resource.service.name = "api" } >> { status = error }"#,
+        r#"{ resource.service.name = "api" } !> { span.http.method = "GET" }"#,
+        r#"{ status = ok } ~ { span.tenant.tier = "free" }"#,
+        r#"{ kind = client } &>> { kind = server }"#,
+        r#"{ status = error } | count() > 1"#,
+        r#"({ status = error } | count() > 1) && { name = "api op 0" }"#,
+        r#"{ span.http.method = "POST" } | by(resource.service.name) | select(span.http.route)"#,
+        "{ false }",
+    ];
+    let mut pruned = 0;
+    for text in queries {
+        let query = parse(text).unwrap();
+        let evaluator = Evaluator::new(&query).unwrap();
+        let matches = |traces: &[Vec<SpanData>]| -> std::collections::BTreeMap<TraceId, Vec<Vec<SpanId>>> {
+            traces
+                .iter()
+                .filter_map(|spans| {
+                    let sets = evaluator.evaluate(spans);
+                    (!sets.is_empty()).then(|| {
+                        let ids =
+                            sets.iter().map(|s| s.spans.iter().map(|m| spans[m.index].span_id()).collect());
+                        (spans[0].trace_id(), ids.collect())
+                    })
+                })
+                .collect()
+        };
+        let expected = matches(&everything);
+        let prefilter = crate::query::Prefilter::new(&query).unwrap().map(Arc::new);
+        let read = store.search_traces(&tenant, 0, u64::MAX, prefilter, is_light(&query)).await.unwrap();
+        assert_eq!(read.inspected_spans, total_spans, "{text}");
+        assert_eq!(matches(&read.traces), expected, "{text}: prefiltered search differs from the full one");
+        println!(
+            "{text}: {} matched, {} read whole of {}",
+            expected.len(),
+            read.traces.len(),
+            everything.len()
+        );
+        if read.traces.len() < everything.len() {
+            pruned += 1;
+        }
+    }
+    assert!(pruned >= 12, "the prefilter pruned only {pruned} queries");
+}

@@ -135,20 +135,9 @@ impl<'a> SpanCtx<'a> {
         let str = |s: &'a str| Val::Str(Cow::Borrowed(s));
         match intrinsic {
             Intrinsic::Name => str(&span.name),
-            Intrinsic::Status => Val::Status(match span.status.as_ref().map_or(0, |s| s.code) {
-                1 => Status::Ok,
-                2 => Status::Error,
-                _ => Status::Unset,
-            }),
+            Intrinsic::Status => Val::Status(status_of(span.status.as_ref().map_or(0, |s| s.code))),
             Intrinsic::StatusMessage => str(span.status.as_ref().map_or("", |s| s.message.as_str())),
-            Intrinsic::Kind => Val::Kind(match span.kind {
-                1 => Kind::Internal,
-                2 => Kind::Server,
-                3 => Kind::Client,
-                4 => Kind::Producer,
-                5 => Kind::Consumer,
-                _ => Kind::Unspecified,
-            }),
+            Intrinsic::Kind => Val::Kind(kind_of(span.kind)),
             Intrinsic::Duration => Val::Dur(nanos(data.duration_nanos())),
             Intrinsic::SpanId => Val::Str(Cow::Owned(hex(&span.span_id))),
             Intrinsic::ParentId => data.parent_span_id().map_or(Val::Nil, |p| Val::Str(Cow::Owned(hex(&p)))),
@@ -172,6 +161,27 @@ impl<'a> SpanCtx<'a> {
     }
 }
 
-fn nanos(n: u64) -> i64 {
+/// The TraceQL status of an OTLP status code.
+pub(crate) fn status_of(code: i32) -> Status {
+    match code {
+        1 => Status::Ok,
+        2 => Status::Error,
+        _ => Status::Unset,
+    }
+}
+
+/// The TraceQL kind of an OTLP span kind.
+pub(crate) fn kind_of(kind: i32) -> Kind {
+    match kind {
+        1 => Kind::Internal,
+        2 => Kind::Server,
+        3 => Kind::Client,
+        4 => Kind::Producer,
+        5 => Kind::Consumer,
+        _ => Kind::Unspecified,
+    }
+}
+
+pub(crate) fn nanos(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -32,6 +32,7 @@
 mod expr;
 mod metrics;
 mod pipeline;
+mod prefilter;
 mod trace;
 mod value;
 
@@ -49,6 +50,7 @@ use crate::query::{AttributeScope, FieldExpr, Intrinsic, Query};
 pub use self::metrics::{
     DEFAULT_MAX_METRICS_SERIES, MAX_METRICS_POINTS, MetricSeries, MetricsEvaluator, evaluate_metrics,
 };
+pub use self::prefilter::{ExactColumns, Prefilter};
 pub use self::value::Value;
 
 /// Why a query cannot be evaluated.
