@@ -102,6 +102,16 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let trace_store = pharos_traces::store::TraceStore::open(storage, config.trace_store_options())
         .await
         .context("open the trace store")?;
+    // Footers and bloom filters of the blocks on disk, loaded in the background: until then
+    // a trace lookup loads what it needs itself.
+    tokio::spawn({
+        let store = trace_store.clone();
+        async move {
+            if let Err(e) = store.warm_caches().await {
+                warn!(error = %e, "loading trace block footers and bloom filters failed; lookups load them as needed");
+            }
+        }
+    });
     let compactor_stop = CancellationToken::new();
     let compactor = tokio::spawn(run_compactor(
         trace_store.clone(),

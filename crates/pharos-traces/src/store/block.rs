@@ -44,11 +44,15 @@ use opentelemetry_proto::tonic::{
 use parquet::{
     arrow::{
         ArrowWriter, ProjectionMask,
-        arrow_reader::{ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowFilter},
+        arrow_reader::{
+            ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+            RowFilter,
+        },
     },
     basic::{Compression, ZstdLevel},
+    bloom_filter::Sbbf,
     file::{
-        metadata::ParquetMetaData,
+        metadata::{PageIndexPolicy, ParquetMetaData},
         properties::{EnabledStatistics, WriterProperties},
         statistics::Statistics,
     },
@@ -669,6 +673,20 @@ pub(crate) fn decode_traces(
         decoder.decode_batch(&batch?, Select::All, &mut spans)?;
     }
     Ok(spans)
+}
+
+/// What trace lookups read of a block before its rows: the footer with its page index, and
+/// the trace-id bloom filter of each row group.
+pub(crate) fn lookup_index(data: &Bytes) -> Result<(ArrowReaderMetadata, Vec<Option<Sbbf>>), BlockError> {
+    let footer = ArrowReaderMetadata::load(
+        data,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data.clone(), footer.clone());
+    let blooms = (0..footer.metadata().num_row_groups())
+        .map(|rg| builder.get_row_group_column_bloom_filter(rg, 0))
+        .collect::<Result<_, _>>()?;
+    Ok((footer, blooms))
 }
 
 pub(crate) fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {

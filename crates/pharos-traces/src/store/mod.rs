@@ -250,12 +250,74 @@ impl TraceStore {
         }
         let mut reader = self.block_reader(tenant, meta);
         let footer = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::default()).await?;
+        self.cache_footer(&meta.id, footer.clone());
+        Ok(footer)
+    }
+
+    /// The trace-id bloom filter of row group `rg` of block `id`, cached.
+    async fn bloom(
+        &self,
+        id: &str,
+        builder: &mut ParquetRecordBatchStreamBuilder<BlockReader>,
+        rg: usize,
+    ) -> Result<BloomEntry, BlockError> {
+        let key = (id.to_string(), rg);
+        if let Some(bloom) = self.blooms.lock().expect("bloom cache").get(&key).cloned() {
+            return Ok(bloom);
+        }
+        let bloom = builder.get_row_group_column_bloom_filter(rg, 0).await?.map(Arc::new);
+        self.cache_bloom(key, bloom.clone());
+        Ok(bloom)
+    }
+
+    fn cache_bloom(&self, key: (String, usize), bloom: BloomEntry) {
+        let mut cache = self.blooms.lock().expect("bloom cache");
+        if cache.len() >= MAX_CACHED_BLOOMS {
+            cache.clear();
+        }
+        cache.insert(key, bloom);
+    }
+
+    fn cache_footer(&self, id: &str, footer: ArrowReaderMetadata) {
         let mut cache = self.footers.lock().expect("footer cache");
         if cache.len() >= MAX_CACHED_FOOTERS {
             cache.clear();
         }
-        cache.insert(meta.id.clone(), footer.clone());
-        Ok(footer)
+        cache.insert(id.to_string(), footer);
+    }
+
+    /// Loads the footer and bloom filters of every block into the caches, so that the first
+    /// lookups after a start are as fast as the later ones. Logs its progress.
+    pub async fn warm_caches(&self) -> Result<(), StoreError> {
+        let tenants = self.catalog.tenants();
+        let total: usize = tenants.iter().map(|t| self.catalog.blocks(t).len()).sum();
+        let started = Instant::now();
+        let mut done = 0usize;
+        let mut last_log = Instant::now();
+        for tenant in tenants {
+            for meta in self.catalog.blocks(&tenant) {
+                let footer = self
+                    .footer(&tenant, &meta)
+                    .await
+                    .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+                let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+                    self.block_reader(&tenant, &meta),
+                    footer,
+                );
+                for rg in 0..builder.metadata().num_row_groups() {
+                    self.bloom(&meta.id, &mut builder, rg)
+                        .await
+                        .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+                }
+                done += 1;
+                if last_log.elapsed() >= Duration::from_secs(5) {
+                    info!(done, total, "loading trace block footers and bloom filters");
+                    last_log = Instant::now();
+                }
+            }
+        }
+        info!(blocks = total, elapsed_ms = started.elapsed().as_millis() as u64, "trace block caches loaded");
+        Ok(())
     }
 
     /// The spans of trace `id` in one block, with ranged reads: the footer (cached), then the
@@ -275,20 +337,7 @@ impl TraceStore {
             if !block::range_holds(&metadata, rg, &id) {
                 continue;
             }
-            let key = (meta.id.clone(), rg);
-            let cached = self.blooms.lock().expect("bloom cache").get(&key).cloned();
-            let bloom = match cached {
-                Some(bloom) => bloom,
-                None => {
-                    let bloom = builder.get_row_group_column_bloom_filter(rg, 0).await?.map(Arc::new);
-                    let mut cache = self.blooms.lock().expect("bloom cache");
-                    if cache.len() >= MAX_CACHED_BLOOMS {
-                        cache.clear();
-                    }
-                    cache.insert(key, bloom.clone());
-                    bloom
-                }
-            };
+            let bloom = self.bloom(&meta.id, &mut builder, rg).await?;
             if bloom.is_some_and(|bloom| !bloom.check(&id[..])) {
                 continue;
             }
@@ -608,13 +657,22 @@ impl TraceStore {
         let mut owned = std::mem::take(spans);
         let block_id = id.clone();
         let (owned, encoded) = tokio::task::spawn_blocking(move || {
-            let encoded = block::encode(block_id, level, &mut owned);
+            let encoded = block::encode(block_id, level, &mut owned).and_then(|(bytes, meta)| {
+                let index = block::lookup_index(&bytes)?;
+                Ok((bytes, meta, index))
+            });
             (owned, encoded)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
         *spans = owned;
-        let (bytes, meta) = encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
+        let (bytes, meta, (footer, blooms)) =
+            encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
+        // The first lookups of a new block find its footer and bloom filters in memory.
+        self.cache_footer(&id, footer);
+        for (rg, bloom) in blooms.into_iter().enumerate() {
+            self.cache_bloom((id.clone(), rg), bloom.map(Arc::new));
+        }
         self.catalog.storage().put(&self.catalog.object_path(tenant, &id, block::DATA_FILE), bytes).await?;
         Ok(self.catalog.publish(tenant, meta).await?)
     }

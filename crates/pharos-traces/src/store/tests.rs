@@ -355,9 +355,9 @@ fn varied_request() -> ExportTraceServiceRequest {
             let code = if i % 5 == 0 { 500 } else { 200 };
             match i % 4 {
                 0 => span.attributes.push(kv("http.response.status_code", Value::IntValue(code))),
-                1 => {
-                    span.attributes.push(kv("http.method", Value::StringValue(["GET", "POST"][(i / 4) % 2].into())))
-                }
+                1 => span
+                    .attributes
+                    .push(kv("http.method", Value::StringValue(["GET", "POST"][(i / 4) % 2].into()))),
                 _ => {}
             }
             if r == 0 && i == 7 {
