@@ -115,6 +115,15 @@ impl ObjectStorage {
             .map_err(|e| StorageError::store("get range", path, e))
     }
 
+    /// Reads several byte ranges of an object at once: the store coalesces nearby ranges
+    /// into fewer requests (one open and a few reads on the local backend).
+    pub async fn get_ranges(&self, path: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, StorageError> {
+        self.inner
+            .get_ranges(&ObjectPath::from(path), ranges)
+            .await
+            .map_err(|e| StorageError::store("get ranges", path, e))
+    }
+
     /// Lists every object under `prefix` (recursively).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         let prefix_path = ObjectPath::from(prefix);

@@ -387,18 +387,21 @@ impl TraceStore {
                 .map(|spans| spans.iter().map(|s| (**s).clone()).collect())
                 .unwrap_or_default()
         };
-        let mut blocks_read = 0;
-        for meta in self.catalog.blocks(tenant) {
-            if !meta.may_hold(&id) || range.is_some_and(|(start, end)| !meta.overlaps(start, end)) {
-                continue;
-            }
-            blocks_read += 1;
-            let found = self
-                .read_trace_in_block(tenant, &meta, id)
+        // The blocks that may hold it, read at once.
+        let candidates: Vec<Arc<TraceBlockMeta>> = self
+            .catalog
+            .blocks(tenant)
+            .into_iter()
+            .filter(|meta| meta.may_hold(&id) && range.is_none_or(|(start, end)| meta.overlaps(start, end)))
+            .collect();
+        let blocks_read = candidates.len();
+        let found = futures::future::try_join_all(candidates.iter().map(|meta| async move {
+            self.read_trace_in_block(tenant, meta, id)
                 .await
-                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-            spans.extend(found);
-        }
+                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })
+        }))
+        .await?;
+        spans.extend(found.into_iter().flatten());
         let mut spans = dedup_trace(spans);
         // With a time range, a trace none of whose spans overlaps it is not found, wherever
         // its spans are (head or blocks), as Tempo answers.
@@ -613,14 +616,33 @@ impl TraceStore {
                 continue;
             }
             let started = Instant::now();
-            let mut spans = Vec::new();
+            let mut data = Vec::with_capacity(small.len());
             for meta in &small {
-                spans.extend(self.read_block(&tenant, meta, Select::All).await?.0);
+                data.push(
+                    self.catalog
+                        .storage()
+                        .get(&self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE))
+                        .await?,
+                );
             }
-            let before = spans.len();
-            let mut spans: Vec<Arc<SpanData>> = dedup_all(spans).into_iter().map(Arc::new).collect();
             let level = small.iter().map(|b| b.level).max().unwrap_or(0) + 1;
-            let meta = self.write_block(&tenant, level, &mut spans).await?;
+            let id = new_block_id();
+            let block_id = id.clone();
+            // The whole merge (decode, dedup, encode, and freeing the spans) runs off the async
+            // workers, so that queries are not held up behind it.
+            let (before, encoded) = tokio::task::spawn_blocking(move || {
+                let mut spans = Vec::new();
+                for data in data {
+                    spans.extend(block::decode(data, Select::All)?.0);
+                }
+                let before = spans.len();
+                let mut spans: Vec<Arc<SpanData>> = dedup_all(spans).into_iter().map(Arc::new).collect();
+                Ok::<_, BlockError>((before, encode_indexed(block_id, level, &mut spans)?))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Block { block: id.clone(), source })?;
+            let meta = self.publish_block(&tenant, encoded).await?;
             let inputs: Vec<String> = small.iter().map(|b| b.id.clone()).collect();
             self.catalog.retire(&tenant, &inputs, &[block::DATA_FILE]).await?;
             self.forget_footers(&inputs);
@@ -628,7 +650,7 @@ impl TraceStore {
                 tenant = %tenant,
                 inputs = inputs.len(),
                 spans = meta.spans,
-                duplicates_dropped = before - spans.len(),
+                duplicates_dropped = before as u64 - meta.spans,
                 bytes = meta.size_bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "trace blocks compacted"
@@ -657,25 +679,48 @@ impl TraceStore {
         let mut owned = std::mem::take(spans);
         let block_id = id.clone();
         let (owned, encoded) = tokio::task::spawn_blocking(move || {
-            let encoded = block::encode(block_id, level, &mut owned).and_then(|(bytes, meta)| {
-                let index = block::lookup_index(&bytes)?;
-                Ok((bytes, meta, index))
-            });
+            let encoded = encode_indexed(block_id, level, &mut owned);
             (owned, encoded)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
         *spans = owned;
-        let (bytes, meta, (footer, blooms)) =
-            encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
-        // The first lookups of a new block find its footer and bloom filters in memory.
-        self.cache_footer(&id, footer);
+        let encoded = encoded.map_err(|source| StoreError::Block { block: id.clone(), source })?;
+        self.publish_block(tenant, encoded).await
+    }
+
+    /// Writes an encoded block and publishes it in the catalog; its footer and bloom filters
+    /// go into the caches first, so that the first lookups find them in memory.
+    async fn publish_block(
+        &self,
+        tenant: &Tenant,
+        encoded: Encoded,
+    ) -> Result<Arc<TraceBlockMeta>, StoreError> {
+        let Encoded { bytes, meta, footer, blooms } = encoded;
+        self.cache_footer(&meta.id, footer);
         for (rg, bloom) in blooms.into_iter().enumerate() {
-            self.cache_bloom((id.clone(), rg), bloom.map(Arc::new));
+            self.cache_bloom((meta.id.clone(), rg), bloom.map(Arc::new));
         }
-        self.catalog.storage().put(&self.catalog.object_path(tenant, &id, block::DATA_FILE), bytes).await?;
+        self.catalog
+            .storage()
+            .put(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE), bytes)
+            .await?;
         Ok(self.catalog.publish(tenant, meta).await?)
     }
+}
+
+/// A block encoded, with what trace lookups read of it before its rows.
+struct Encoded {
+    bytes: Bytes,
+    meta: TraceBlockMeta,
+    footer: ArrowReaderMetadata,
+    blooms: Vec<Option<Sbbf>>,
+}
+
+fn encode_indexed(id: String, level: u32, spans: &mut [Arc<SpanData>]) -> Result<Encoded, BlockError> {
+    let (bytes, meta) = block::encode(id, level, spans)?;
+    let (footer, blooms) = block::lookup_index(&bytes)?;
+    Ok(Encoded { bytes, meta, footer, blooms })
 }
 
 /// Ranged reads of one block's data object, for the async Parquet reader.
@@ -689,6 +734,19 @@ impl AsyncFileReader for BlockReader {
     fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
             self.storage.get_range(&self.path, range).await.map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.storage
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
         }
         .boxed()
     }
