@@ -28,11 +28,12 @@ use std::{
 };
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray,
-    UInt64Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, DictionaryArray, FixedSizeBinaryArray, Int32Array,
+    RecordBatch, StringArray, UInt64Array,
     builder::{
         BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, Int64Builder, StringBuilder, UInt64Builder,
     },
+    types::Int32Type,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -48,6 +49,7 @@ use parquet::{
             ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
             RowFilter,
         },
+        arrow_writer::ArrowWriterOptions,
     },
     basic::{Compression, ZstdLevel},
     bloom_filter::Sbbf,
@@ -214,8 +216,18 @@ fn schema() -> SchemaRef {
         Field::new("service_name", DataType::Utf8, false),
         Field::new("kind", DataType::Int32, false),
         Field::new("status_code", DataType::Int32, false),
-        Field::new("resource", DataType::Binary, false),
-        Field::new("scope", DataType::Binary, false),
+        // Written from dictionary arrays (one copy per distinct resource or scope); without
+        // the Arrow schema in the file, readers see plain binary columns.
+        Field::new(
+            "resource",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary)),
+            false,
+        ),
+        Field::new(
+            "scope",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary)),
+            false,
+        ),
         Field::new("span", DataType::Binary, false),
     ];
     fields.extend(DEDICATED_ATTRIBUTES.iter().map(|d| {
@@ -234,13 +246,16 @@ pub fn encode(
     level: u32,
     spans: &mut [Arc<SpanData>],
 ) -> Result<(Bytes, TraceBlockMeta), BlockError> {
-    spans.sort_by(|a, b| {
-        (a.span.trace_id.as_slice(), a.span.start_time_unix_nano, a.span.span_id.as_slice()).cmp(&(
-            b.span.trace_id.as_slice(),
-            b.span.start_time_unix_nano,
-            b.span.span_id.as_slice(),
-        ))
-    });
+    // Sort on keys copied out of the spans: comparing through the pointers is slower.
+    let mut keys: Vec<(TraceId, u64, [u8; 8], usize)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.trace_id(), s.span.start_time_unix_nano, s.span_id(), i))
+        .collect();
+    keys.sort_unstable();
+    let sorted: Vec<Arc<SpanData>> = keys.iter().map(|k| spans[k.3].clone()).collect();
+    spans.clone_from_slice(&sorted);
+    drop(sorted);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -254,7 +269,8 @@ pub fn encode(
         .set_column_dictionary_enabled(ColumnPath::from("span"), false)
         .build();
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
+    let mut writer = ArrowWriter::try_new_with_options(&mut out, schema(), options)?;
     let mut meta = TraceBlockMeta {
         id,
         version: FORMAT_VERSION,
@@ -312,15 +328,16 @@ struct Columns {
     service: StringBuilder,
     kind: Int32Builder,
     status: Int32Builder,
-    resource: BinaryBuilder,
-    scope: BinaryBuilder,
+    resource: Dictionary,
+    scope: Dictionary,
     span: BinaryBuilder,
     dedicated: Vec<DedicatedBuilder>,
     /// Per dedicated column: some span had a value it cannot hold exactly.
     inexact: [bool; DEDICATED_ATTRIBUTES.len()],
-    // Encoded resource and scope per shared Arc, so a request's resource is encoded once.
-    resources: HashMap<*const ResourceInfo, Vec<u8>>,
-    scopes: HashMap<*const ScopeInfo, Vec<u8>>,
+    // The dictionary key of each resource and scope, per shared Arc, so that a request's
+    // resource is encoded once.
+    resources: HashMap<*const ResourceInfo, i32>,
+    scopes: HashMap<*const ScopeInfo, i32>,
     rest: Vec<u8>,
 }
 
@@ -336,9 +353,9 @@ impl Columns {
             service: StringBuilder::with_capacity(n, n * 8),
             kind: Int32Builder::with_capacity(n),
             status: Int32Builder::with_capacity(n),
-            resource: BinaryBuilder::with_capacity(n, n * 8),
-            scope: BinaryBuilder::with_capacity(n, n * 8),
-            span: BinaryBuilder::with_capacity(n, n * 64),
+            resource: Dictionary::with_capacity(n),
+            scope: Dictionary::with_capacity(n),
+            span: BinaryBuilder::with_capacity(n, n * 256),
             dedicated: DEDICATED_ATTRIBUTES
                 .iter()
                 .map(|d| match d.kind {
@@ -365,24 +382,32 @@ impl Columns {
         self.service.append_value(data.service_name());
         self.kind.append_value(span.kind);
         self.status.append_value(span.status.as_ref().map_or(0, |s| s.code));
-        let resource = self.resources.entry(Arc::as_ptr(&data.resource)).or_insert_with(|| {
-            ResourceSpans {
-                resource: Some(data.resource.resource.clone()),
-                scope_spans: Vec::new(),
-                schema_url: data.resource.schema_url.clone(),
-            }
-            .encode_to_vec()
+        let values = &mut self.resource.values;
+        let resource = *self.resources.entry(Arc::as_ptr(&data.resource)).or_insert_with(|| {
+            values.append_value(
+                ResourceSpans {
+                    resource: Some(data.resource.resource.clone()),
+                    scope_spans: Vec::new(),
+                    schema_url: data.resource.schema_url.clone(),
+                }
+                .encode_to_vec(),
+            );
+            (arrow_array::builder::ArrayBuilder::len(values) - 1) as i32
         });
-        self.resource.append_value(resource);
-        let scope = self.scopes.entry(Arc::as_ptr(&data.scope)).or_insert_with(|| {
-            ScopeSpans {
-                scope: Some(data.scope.scope.clone()),
-                spans: Vec::new(),
-                schema_url: data.scope.schema_url.clone(),
-            }
-            .encode_to_vec()
+        self.resource.keys.append_value(resource);
+        let values = &mut self.scope.values;
+        let scope = *self.scopes.entry(Arc::as_ptr(&data.scope)).or_insert_with(|| {
+            values.append_value(
+                ScopeSpans {
+                    scope: Some(data.scope.scope.clone()),
+                    spans: Vec::new(),
+                    schema_url: data.scope.schema_url.clone(),
+                }
+                .encode_to_vec(),
+            );
+            (arrow_array::builder::ArrayBuilder::len(values) - 1) as i32
         });
-        self.scope.append_value(scope);
+        self.scope.keys.append_value(scope);
         // The rest of the span: everything not in a column of its own.
         self.rest.clear();
         encode_rest(span, &mut self.rest);
@@ -432,12 +457,30 @@ impl Columns {
             Arc::new(self.service.finish()),
             Arc::new(self.kind.finish()),
             Arc::new(self.status.finish()),
-            Arc::new(self.resource.finish()),
-            Arc::new(self.scope.finish()),
+            self.resource.finish()?,
+            self.scope.finish()?,
             Arc::new(self.span.finish()),
         ];
         columns.extend(self.dedicated.iter_mut().map(DedicatedBuilder::finish));
         Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+/// A dictionary-encoded binary column under construction: distinct values and row keys.
+struct Dictionary {
+    keys: Int32Builder,
+    values: BinaryBuilder,
+}
+
+impl Dictionary {
+    fn with_capacity(n: usize) -> Self {
+        Self { keys: Int32Builder::with_capacity(n), values: BinaryBuilder::new() }
+    }
+
+    fn finish(&mut self) -> Result<ArrayRef, BlockError> {
+        let keys = self.keys.finish();
+        let values = self.values.finish();
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))?))
     }
 }
 

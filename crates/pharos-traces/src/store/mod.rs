@@ -17,7 +17,7 @@
 pub mod block;
 
 use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -124,7 +124,9 @@ struct TenantHead {
 /// The trace store shared by writers, queries and the compactor.
 pub struct TraceStore {
     catalog: Catalog<TraceBlockMeta>,
-    head: RwLock<HashMap<Tenant, TenantHead>>,
+    /// Spans not yet in a block, per tenant and processor partition: a partition's flush of
+    /// a tenant writes every span it holds there, so the flush drops the part whole.
+    head: RwLock<HashMap<(Tenant, u32), TenantHead>>,
     options: StoreOptions,
     /// Parquet footers of blocks, by block id: a trace lookup then reads only the bloom
     /// filters and row groups it needs. Bounded by `MAX_CACHED_FOOTERS`.
@@ -183,36 +185,32 @@ impl TraceStore {
 
     /// Spans in the head, per tenant.
     pub fn head_spans(&self) -> Vec<(Tenant, usize)> {
-        self.head.read().expect("head lock").iter().map(|(t, h)| (t.clone(), h.spans)).collect()
+        let mut out: HashMap<Tenant, usize> = HashMap::new();
+        for ((tenant, _), part) in self.head.read().expect("head lock").iter() {
+            *out.entry(tenant.clone()).or_default() += part.spans;
+        }
+        out.into_iter().collect()
     }
 
-    fn head_insert(&self, tenant: &Tenant, spans: &[Arc<SpanData>]) {
+    /// Calls `f` with the tenant's head parts (one per processor partition with spans).
+    fn with_head<R>(&self, tenant: &Tenant, f: impl FnOnce(&[&TenantHead]) -> R) -> R {
+        let head = self.head.read().expect("head lock");
+        let parts: Vec<&TenantHead> = head.iter().filter(|((t, _), _)| t == tenant).map(|(_, h)| h).collect();
+        f(&parts)
+    }
+
+    fn head_insert(&self, tenant: &Tenant, partition: u32, spans: &[Arc<SpanData>]) {
         let mut head = self.head.write().expect("head lock");
-        let head = head.entry(tenant.clone()).or_default();
+        let head = head.entry((tenant.clone(), partition)).or_default();
         for span in spans {
             head.traces.entry(span.trace_id()).or_default().push(span.clone());
         }
         head.spans += spans.len();
     }
 
-    fn head_remove(&self, tenant: &Tenant, spans: &[Arc<SpanData>]) {
-        let gone: HashSet<*const SpanData> = spans.iter().map(Arc::as_ptr).collect();
-        let traces: HashSet<TraceId> = spans.iter().map(|s| s.trace_id()).collect();
-        let mut head = self.head.write().expect("head lock");
-        let Some(tenant_head) = head.get_mut(tenant) else { return };
-        for trace in traces {
-            if let Entry::Occupied(mut entry) = tenant_head.traces.entry(trace) {
-                let before = entry.get().len();
-                entry.get_mut().retain(|s| !gone.contains(&Arc::as_ptr(s)));
-                tenant_head.spans -= before - entry.get().len();
-                if entry.get().is_empty() {
-                    entry.remove();
-                }
-            }
-        }
-        if tenant_head.traces.is_empty() {
-            head.remove(tenant);
-        }
+    /// Takes the partition's head part of the tenant out: its spans are in a block now.
+    fn head_take(&self, tenant: &Tenant, partition: u32) -> Option<TenantHead> {
+        self.head.write().expect("head lock").remove(&(tenant.clone(), partition))
     }
 
     async fn read_block(
@@ -381,11 +379,9 @@ impl TraceStore {
         range: Option<(u64, u64)>,
     ) -> Result<TraceRead, StoreError> {
         let mut spans: Vec<SpanData> = {
-            let head = self.head.read().expect("head lock");
-            head.get(tenant)
-                .and_then(|h| h.traces.get(&id))
-                .map(|spans| spans.iter().map(|s| (**s).clone()).collect())
-                .unwrap_or_default()
+            self.with_head(tenant, |parts| {
+                parts.iter().filter_map(|h| h.traces.get(&id)).flatten().map(|s| (**s).clone()).collect()
+            })
         };
         // The blocks that may hold it, read at once.
         let candidates: Vec<Arc<TraceBlockMeta>> = self
@@ -454,9 +450,8 @@ impl TraceStore {
         // Per span condition of the prefilter, the traces with a span passing it.
         let mut passing: Vec<HashSet<TraceId>> = vec![HashSet::new(); prefilter.leaves()];
         let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
-        {
-            let head = self.head.read().expect("head lock");
-            if let Some(head) = head.get(tenant) {
+        self.with_head(tenant, |parts| {
+            for head in parts {
                 inspected_spans += head.spans;
                 for (id, spans) in &head.traces {
                     for span in spans {
@@ -468,7 +463,7 @@ impl TraceStore {
                     }
                 }
             }
-        }
+        });
         let blocks: Vec<Arc<TraceBlockMeta>> =
             self.catalog.blocks(tenant).into_iter().filter(|meta| meta.overlaps(start, end)).collect();
         for meta in &blocks {
@@ -499,9 +494,8 @@ impl TraceStore {
             return Ok(SearchRead { traces: Vec::new(), inspected_spans });
         }
         let mut read = 0usize;
-        {
-            let head = self.head.read().expect("head lock");
-            if let Some(head) = head.get(tenant) {
+        self.with_head(tenant, |parts| {
+            for head in parts {
                 for id in &candidates {
                     if let Some(spans) = head.traces.get(id) {
                         read += spans.len();
@@ -509,7 +503,7 @@ impl TraceStore {
                     }
                 }
             }
-        }
+        });
         let candidates = Arc::new(candidates);
         // Listed again after the head was read: spans flushed since are in a block now.
         let blocks: Vec<Arc<TraceBlockMeta>> =
@@ -554,18 +548,18 @@ impl TraceStore {
         let limit = self.options.max_search_spans;
         let mut by_trace: HashMap<TraceId, Vec<SpanData>> = HashMap::new();
         let mut read = 0usize;
-        {
-            let head = self.head.read().expect("head lock");
-            if let Some(head) = head.get(tenant) {
-                if head.spans > limit {
-                    return Err(StoreError::TooManySpans { limit });
-                }
-                read += head.spans;
+        self.with_head(tenant, |parts| {
+            read += parts.iter().map(|h| h.spans).sum::<usize>();
+            if read > limit {
+                return Err(StoreError::TooManySpans { limit });
+            }
+            for head in parts {
                 for (id, spans) in &head.traces {
                     by_trace.entry(*id).or_default().extend(spans.iter().map(|s| (**s).clone()));
                 }
             }
-        }
+            Ok(())
+        })?;
         for meta in self.catalog.blocks(tenant) {
             if !meta.overlaps(start, end) {
                 continue;
@@ -918,7 +912,7 @@ impl PartitionWriter {
             return stats;
         }
         stats.spans = spans.len() as u64;
-        self.store.head_insert(&envelope.tenant, &spans);
+        self.store.head_insert(&envelope.tenant, self.partition, &spans);
         self.pending_spans += spans.len();
         self.pending.entry(envelope.tenant.clone()).or_default().extend(spans);
         self.first_pending.get_or_insert(offset);
@@ -947,7 +941,10 @@ impl PartitionWriter {
                     report.spans += spans.len();
                     report.bytes += meta.size_bytes;
                     self.pending_spans -= spans.len();
-                    self.store.head_remove(&tenant, &spans);
+                    let part = self.store.head_take(&tenant, self.partition);
+                    debug_assert_eq!(part.as_ref().map_or(0, |p| p.spans), spans.len());
+                    // Freeing many spans takes a while: not on an async worker.
+                    tokio::task::spawn_blocking(move || drop((part, spans)));
                 }
                 Err(e) => {
                     // Keep them pending: the offset stays behind them and the next flush retries.
