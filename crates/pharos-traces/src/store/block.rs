@@ -286,10 +286,11 @@ pub fn encode(
     };
     let mut inexact = [false; DEDICATED_ATTRIBUTES.len()];
     let mut last_trace: Option<TraceId> = None;
+    let mut encodings = Encodings::default();
     for chunk in spans.chunks(ROW_GROUP_ROWS) {
         let mut columns = Columns::with_capacity(chunk.len());
         for span in chunk {
-            columns.push(span)?;
+            columns.push(span, &mut encodings)?;
             let trace = span.trace_id();
             if last_trace != Some(trace) {
                 meta.traces += 1;
@@ -334,8 +335,7 @@ struct Columns {
     dedicated: Vec<DedicatedBuilder>,
     /// Per dedicated column: some span had a value it cannot hold exactly.
     inexact: [bool; DEDICATED_ATTRIBUTES.len()],
-    // The dictionary key of each resource and scope, per shared Arc, so that a request's
-    // resource is encoded once.
+    // The dictionary key of each resource and scope in this row group, per shared Arc.
     resources: HashMap<*const ResourceInfo, i32>,
     scopes: HashMap<*const ScopeInfo, i32>,
     rest: Vec<u8>,
@@ -370,7 +370,7 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, data: &Arc<SpanData>) -> Result<(), BlockError> {
+    fn push(&mut self, data: &Arc<SpanData>, encoded: &mut Encodings) -> Result<(), BlockError> {
         let span = &data.span;
         self.trace_id.append_value(data.trace_id())?;
         self.span_id.append_value(data.span_id())?;
@@ -384,27 +384,13 @@ impl Columns {
         self.status.append_value(span.status.as_ref().map_or(0, |s| s.code));
         let values = &mut self.resource.values;
         let resource = *self.resources.entry(Arc::as_ptr(&data.resource)).or_insert_with(|| {
-            values.append_value(
-                ResourceSpans {
-                    resource: Some(data.resource.resource.clone()),
-                    scope_spans: Vec::new(),
-                    schema_url: data.resource.schema_url.clone(),
-                }
-                .encode_to_vec(),
-            );
+            values.append_value(encoded.resource(&data.resource));
             (arrow_array::builder::ArrayBuilder::len(values) - 1) as i32
         });
         self.resource.keys.append_value(resource);
         let values = &mut self.scope.values;
         let scope = *self.scopes.entry(Arc::as_ptr(&data.scope)).or_insert_with(|| {
-            values.append_value(
-                ScopeSpans {
-                    scope: Some(data.scope.scope.clone()),
-                    spans: Vec::new(),
-                    schema_url: data.scope.schema_url.clone(),
-                }
-                .encode_to_vec(),
-            );
+            values.append_value(encoded.scope(&data.scope));
             (arrow_array::builder::ArrayBuilder::len(values) - 1) as i32
         });
         self.scope.keys.append_value(scope);
@@ -463,6 +449,40 @@ impl Columns {
         ];
         columns.extend(self.dedicated.iter_mut().map(DedicatedBuilder::finish));
         Ok(RecordBatch::try_new(schema(), columns)?)
+    }
+}
+
+/// The encoded form of each resource and scope of a block, per shared Arc, so that a
+/// request's resource is encoded once per block.
+#[derive(Default)]
+struct Encodings {
+    resources: HashMap<*const ResourceInfo, Vec<u8>>,
+    scopes: HashMap<*const ScopeInfo, Vec<u8>>,
+}
+
+impl Encodings {
+    /// The resource as an OTLP `ResourceSpans` without spans, encoded without a copy of it.
+    fn resource(&mut self, r: &Arc<ResourceInfo>) -> &[u8] {
+        self.resources.entry(Arc::as_ptr(r)).or_insert_with(|| {
+            let mut buf = Vec::new();
+            prost::encoding::message::encode(1, &r.resource, &mut buf);
+            if !r.schema_url.is_empty() {
+                prost::encoding::string::encode(3, &r.schema_url, &mut buf);
+            }
+            buf
+        })
+    }
+
+    /// The scope as an OTLP `ScopeSpans` without spans.
+    fn scope(&mut self, s: &Arc<ScopeInfo>) -> &[u8] {
+        self.scopes.entry(Arc::as_ptr(s)).or_insert_with(|| {
+            let mut buf = Vec::new();
+            prost::encoding::message::encode(1, &s.scope, &mut buf);
+            if !s.schema_url.is_empty() {
+                prost::encoding::string::encode(3, &s.schema_url, &mut buf);
+            }
+            buf
+        })
     }
 }
 
