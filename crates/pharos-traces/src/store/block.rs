@@ -256,21 +256,8 @@ pub fn encode(
     let sorted: Vec<Arc<SpanData>> = keys.iter().map(|k| spans[k.3].clone()).collect();
     spans.clone_from_slice(&sorted);
     drop(sorted);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        // Small pages, so that a trace lookup reads little besides its own rows.
-        .set_data_page_size_limit(128 << 10)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
-        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
-        .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("span"), false)
-        .build();
     let mut out = Vec::new();
-    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
-    let mut writer = ArrowWriter::try_new_with_options(&mut out, schema(), options)?;
+    let mut writer = writer(&mut out, schema())?;
     let mut meta = TraceBlockMeta {
         id,
         version: FORMAT_VERSION,
@@ -317,6 +304,200 @@ pub fn encode(
     }
     meta.size_bytes = out.len() as u64;
     Ok((Bytes::from(out), meta))
+}
+
+/// A block writer: zstd pages, row groups of [`ROW_GROUP_ROWS`], chunk statistics, the
+/// trace-id bloom filter, no Arrow schema in the file.
+fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u8>>, BlockError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Small pages, so that a trace lookup reads little besides its own rows.
+        .set_data_page_size_limit(128 << 10)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
+        .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("span"), false)
+        .build();
+    let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
+    Ok(ArrowWriter::try_new_with_options(out, schema, options)?)
+}
+
+/// The block schema as readers see it: `resource` and `scope` plain binary.
+fn read_schema() -> SchemaRef {
+    let fields: Vec<Field> = schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, value) => Field::new(f.name(), (**value).clone(), f.is_nullable()),
+            _ => (**f).clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// One input of a merge: its record batches, in order, and the sort key of each row of the
+/// current one.
+struct MergeInput {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    /// The current batch's index in the merge's batch list.
+    slot: usize,
+    /// (trace id, start, span id, end) per row of the current batch.
+    keys: Vec<(TraceId, u64, [u8; 8], u64)>,
+    row: usize,
+}
+
+impl MergeInput {
+    /// Loads the next batch, with the columns of the current format (a version-1 block has
+    /// no dedicated attribute columns: they come out null). `false` at the end.
+    fn advance(&mut self, batches: &mut Vec<RecordBatch>, schema: &SchemaRef) -> Result<bool, BlockError> {
+        let Some(batch) = self.reader.next().transpose()? else { return Ok(false) };
+        let mut columns = batch.columns().to_vec();
+        for field in &schema.fields()[columns.len()..] {
+            columns.push(arrow_array::new_null_array(field.data_type(), batch.num_rows()));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let trace_id = column::<FixedSizeBinaryArray>(&batch, 0, "trace_id")?;
+        let span_id = column::<FixedSizeBinaryArray>(&batch, 1, "span_id")?;
+        let start = column::<UInt64Array>(&batch, 3, "start_unix_nano")?;
+        let duration = column::<UInt64Array>(&batch, 4, "duration_nanos")?;
+        self.keys = (0..batch.num_rows())
+            .map(|row| {
+                let trace: TraceId = trace_id.value(row).try_into().unwrap_or_default();
+                let span: [u8; 8] = span_id.value(row).try_into().unwrap_or_default();
+                let start = start.value(row);
+                (trace, start, span, start.saturating_add(duration.value(row)))
+            })
+            .collect();
+        self.row = 0;
+        self.slot = batches.len();
+        batches.push(batch);
+        Ok(true)
+    }
+}
+
+/// Merges blocks into one, streaming: rows are read a batch at a time from each input (all
+/// sorted by trace id, start, span id), merged in that order, and repeated spans (the same
+/// span id in the same trace) are written once. Memory stays at a few batches per input,
+/// whatever the blocks hold; nothing is decoded past the Parquet columns.
+pub(crate) fn merge(
+    inputs: Vec<(Bytes, TraceBlockMeta)>,
+    id: String,
+    level: u32,
+) -> Result<(Bytes, TraceBlockMeta), BlockError> {
+    let schema = read_schema();
+    let mut inexact: Vec<String> = Vec::new();
+    let mut cursors = Vec::with_capacity(inputs.len());
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    for (data, meta) in inputs {
+        let names: Vec<String> = if meta.version < 2 {
+            DEDICATED_ATTRIBUTES.iter().map(|d| d.key.to_string()).collect()
+        } else {
+            meta.inexact.clone()
+        };
+        for name in names {
+            if !inexact.contains(&name) {
+                inexact.push(name);
+            }
+        }
+        let reader = ParquetRecordBatchReaderBuilder::try_new(data)?.with_batch_size(8192).build()?;
+        let mut cursor = MergeInput { reader, slot: 0, keys: Vec::new(), row: 0 };
+        if cursor.advance(&mut batches, &schema)? {
+            cursors.push(cursor);
+        }
+    }
+    let mut out = Vec::new();
+    let mut writer = writer(&mut out, schema.clone())?;
+    let mut meta = TraceBlockMeta {
+        id,
+        version: FORMAT_VERSION,
+        min_start_ns: u64::MAX,
+        max_end_ns: 0,
+        spans: 0,
+        traces: 0,
+        min_trace_id: String::new(),
+        max_trace_id: String::new(),
+        size_bytes: 0,
+        level,
+        inexact: DEDICATED_ATTRIBUTES
+            .iter()
+            .filter(|d| inexact.iter().any(|k| k == d.key))
+            .map(|d| d.key.to_string())
+            .collect(),
+    };
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<((TraceId, u64, [u8; 8]), usize)>> = cursors
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (t, st, sp, _) = c.keys[0];
+            std::cmp::Reverse(((t, st, sp), i))
+        })
+        .collect();
+    let mut pending: Vec<(usize, usize)> = Vec::with_capacity(ROW_GROUP_ROWS);
+    let mut current_trace: Option<TraceId> = None;
+    let mut seen: HashSet<[u8; 8]> = HashSet::new();
+    while let Some(std::cmp::Reverse((_, i))) = heap.pop() {
+        let cursor = &mut cursors[i];
+        let (trace, start, span, end) = cursor.keys[cursor.row];
+        if current_trace != Some(trace) {
+            current_trace = Some(trace);
+            seen.clear();
+            meta.traces += 1;
+            if meta.spans == 0 {
+                meta.min_trace_id = crate::model::hex(&trace);
+            }
+            meta.max_trace_id = crate::model::hex(&trace);
+        }
+        if seen.insert(span) {
+            pending.push((cursor.slot, cursor.row));
+            meta.spans += 1;
+            meta.min_start_ns = meta.min_start_ns.min(start);
+            meta.max_end_ns = meta.max_end_ns.max(end);
+        }
+        cursor.row += 1;
+        if cursor.row == cursor.keys.len() && !cursor.advance(&mut batches, &schema)? {
+            cursor.keys.clear();
+        }
+        if cursor.row < cursor.keys.len() {
+            let (t, st, sp, _) = cursor.keys[cursor.row];
+            heap.push(std::cmp::Reverse(((t, st, sp), i)));
+        }
+        if pending.len() == ROW_GROUP_ROWS {
+            flush_merged(&mut writer, &mut batches, &mut cursors, &mut pending)?;
+        }
+    }
+    flush_merged(&mut writer, &mut batches, &mut cursors, &mut pending)?;
+    writer.close()?;
+    if meta.spans == 0 {
+        meta.min_start_ns = 0;
+    }
+    meta.size_bytes = out.len() as u64;
+    Ok((Bytes::from(out), meta))
+}
+
+/// Writes the pending rows of a merge, then keeps only the batches the inputs still read.
+fn flush_merged(
+    writer: &mut ArrowWriter<&mut Vec<u8>>,
+    batches: &mut Vec<RecordBatch>,
+    cursors: &mut [MergeInput],
+    pending: &mut Vec<(usize, usize)>,
+) -> Result<(), BlockError> {
+    if !pending.is_empty() {
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        writer.write(&arrow_select::interleave::interleave_record_batch(&refs, pending)?)?;
+        pending.clear();
+    }
+    let mut kept = Vec::with_capacity(cursors.len());
+    for cursor in cursors.iter_mut() {
+        if cursor.row < cursor.keys.len() {
+            kept.push(batches[cursor.slot].clone());
+            cursor.slot = kept.len() - 1;
+        }
+    }
+    *batches = kept;
+    Ok(())
 }
 
 struct Columns {

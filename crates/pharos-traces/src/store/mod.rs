@@ -610,28 +610,24 @@ impl TraceStore {
                 continue;
             }
             let started = Instant::now();
-            let mut data = Vec::with_capacity(small.len());
+            let mut inputs = Vec::with_capacity(small.len());
             for meta in &small {
-                data.push(
-                    self.catalog
-                        .storage()
-                        .get(&self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE))
-                        .await?,
-                );
+                let data = self
+                    .catalog
+                    .storage()
+                    .get(&self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE))
+                    .await?;
+                inputs.push((data, (**meta).clone()));
             }
+            let before: u64 = small.iter().map(|b| b.spans).sum();
             let level = small.iter().map(|b| b.level).max().unwrap_or(0) + 1;
             let id = new_block_id();
             let block_id = id.clone();
-            // The whole merge (decode, dedup, encode, and freeing the spans) runs off the async
-            // workers, so that queries are not held up behind it.
-            let (before, encoded) = tokio::task::spawn_blocking(move || {
-                let mut spans = Vec::new();
-                for data in data {
-                    spans.extend(block::decode(data, Select::All)?.0);
-                }
-                let before = spans.len();
-                let mut spans: Vec<Arc<SpanData>> = dedup_all(spans).into_iter().map(Arc::new).collect();
-                Ok::<_, BlockError>((before, encode_indexed(block_id, level, &mut spans)?))
+            // A streaming merge of the Parquet rows, off the async workers.
+            let encoded = tokio::task::spawn_blocking(move || {
+                let (bytes, meta) = block::merge(inputs, block_id, level)?;
+                let (footer, blooms) = block::lookup_index(&bytes)?;
+                Ok::<_, BlockError>(Encoded { bytes, meta, footer, blooms })
             })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
@@ -644,7 +640,7 @@ impl TraceStore {
                 tenant = %tenant,
                 inputs = inputs.len(),
                 spans = meta.spans,
-                duplicates_dropped = before as u64 - meta.spans,
+                duplicates_dropped = before - meta.spans,
                 bytes = meta.size_bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "trace blocks compacted"
@@ -833,12 +829,6 @@ fn dedup_trace(mut spans: Vec<SpanData>) -> Vec<SpanData> {
     let mut seen: HashSet<SpanId> = HashSet::with_capacity(spans.len());
     spans.retain(|s| seen.insert(s.span_id()));
     spans.sort_by_key(|s| (s.span.start_time_unix_nano, s.span_id()));
-    spans
-}
-
-fn dedup_all(mut spans: Vec<SpanData>) -> Vec<SpanData> {
-    let mut seen: HashSet<(TraceId, SpanId)> = HashSet::with_capacity(spans.len());
-    spans.retain(|s| seen.insert((s.trace_id(), s.span_id())));
     spans
 }
 

@@ -498,3 +498,41 @@ async fn prefiltered_searches_find_what_full_searches_find() {
     }
     assert!(pruned >= 12, "the prefilter pruned only {pruned} queries");
 }
+
+#[test]
+fn a_streaming_merge_gives_the_block_that_encoding_the_spans_gives() {
+    // Three blocks: two parts of the same traces and a replay of the first part.
+    let req = varied_request();
+    let encode = |req: &ExportTraceServiceRequest, id: &str| {
+        let mut spans: Vec<Arc<SpanData>> = spans_of_request(req.clone()).into_iter().map(Arc::new).collect();
+        block::encode(id.into(), 0, &mut spans).unwrap()
+    };
+    let inputs: Vec<(Bytes, TraceBlockMeta)> =
+        vec![encode(&part(&req, 2, 0), "a"), encode(&part(&req, 2, 1), "b"), encode(&part(&req, 2, 0), "c")];
+    assert!(inputs.iter().any(|(_, m)| !m.inexact.is_empty()), "the data makes an inexact column");
+    let (merged, meta) = block::merge(inputs, "m".into(), 1).unwrap();
+    let (direct, expected) = encode(&req, "m");
+    let (merged_spans, _) = block::decode(merged, Select::All).unwrap();
+    let (direct_spans, _) = block::decode(direct, Select::All).unwrap();
+    // The same spans in the same order: by trace id, start time, span id.
+    let key = |s: &SpanData| (s.trace_id(), s.span.start_time_unix_nano, s.span_id());
+    assert_eq!(
+        merged_spans.iter().map(key).collect::<Vec<_>>(),
+        direct_spans.iter().map(key).collect::<Vec<_>>()
+    );
+    assert_eq!(merged_spans, direct_spans);
+    let strip = |m: &TraceBlockMeta| TraceBlockMeta { size_bytes: 0, level: 0, ..m.clone() };
+    assert_eq!(strip(&meta), strip(&expected));
+    assert_eq!(meta.level, 1);
+    // The merged block answers searches like the direct one: its dedicated columns are there.
+    let query = crate::query::parse(r#"{ span.http.response.status_code = 500 }"#).unwrap();
+    let prefilter = Arc::new(crate::query::Prefilter::new(&query).unwrap().unwrap());
+    let (merged_again, _) =
+        block::merge(vec![encode(&part(&req, 2, 0), "a"), encode(&part(&req, 2, 1), "b")], "m2".into(), 1)
+            .unwrap();
+    let (direct, direct_meta) = encode(&req, "d");
+    assert_eq!(
+        block::candidates(merged_again, None, &prefilter, meta.exact_columns()).unwrap(),
+        block::candidates(direct, None, &prefilter, direct_meta.exact_columns()).unwrap()
+    );
+}
