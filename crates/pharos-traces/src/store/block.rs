@@ -338,6 +338,9 @@ fn read_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The order of rows in a block: trace id, start time, span id.
+type MergeKey = (TraceId, u64, [u8; 8]);
+
 /// One input of a merge: its record batches, in order, and the sort key of each row of the
 /// current one.
 struct MergeInput {
@@ -427,7 +430,7 @@ pub(crate) fn merge(
             .map(|d| d.key.to_string())
             .collect(),
     };
-    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<((TraceId, u64, [u8; 8]), usize)>> = cursors
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(MergeKey, usize)>> = cursors
         .iter()
         .enumerate()
         .map(|(i, c)| {
