@@ -1016,7 +1016,7 @@ async fn jaeger_query_api_answers_grafanas_jaeger_data_source() {
         assert_eq!(s["traceID"], T1, "{s}");
     }
     assert_eq!(
-        [s1, s2, s3, s4].map(|s| service(s)),
+        [s1, s2, s3, s4].map(service),
         ["frontend", "checkout", "payment", "checkout"].map(String::from)
     );
     assert_eq!(
