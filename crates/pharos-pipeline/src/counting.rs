@@ -245,7 +245,11 @@ impl Sink for CountingSink {
     }
 
     async fn flush(&mut self, next: Offset, _closing: bool) -> Result<Offset, PipelineError> {
-        self.next_offset = next;
+        // After a restart the runner replays from the committed offset, which other stores can
+        // hold behind what this stage has counted: the records it skipped are counted already,
+        // so its checkpoint never moves back (else a second crash would count them again).
+        self.next_offset = self.next_offset.max(next);
+        let next = self.next_offset;
         let checkpoint = Checkpoint {
             next_offset: next,
             counts: self
@@ -359,6 +363,24 @@ mod tests {
         let counts = run_until_idle(queue.clone(), &dir.path().join("counts")).await;
         assert_eq!(counts.get(&a), Some(&7));
         assert_eq!(counts.get(&(Signal::Logs, Tenant::parse("b").unwrap())), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_replay_from_behind_the_checkpoint_does_not_move_it_back() {
+        // Another store held the queue commit at 0 while this stage counted offsets 0..3.
+        let dir = tempfile::tempdir().unwrap();
+        let env = Envelope::decode(logs_envelope("a", 5)).unwrap();
+        let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
+        sink.write((0..3).map(|o| (o, env.clone())).collect()).await.unwrap();
+        assert_eq!(sink.flush(3, false).await.unwrap(), 3);
+        // First restart: the runner replays from 0 and flushes after offset 0.
+        let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
+        sink.write(vec![(0, env.clone())]).await.unwrap();
+        assert_eq!(sink.flush(1, false).await.unwrap(), 3, "the checkpoint stays at 3");
+        // Second restart: offsets 1 and 2 are still counted once.
+        let mut sink = CountingSink::open(dir.path(), 0, PipelineMetrics::default()).unwrap();
+        sink.write((0..4).map(|o| (o, env.clone())).collect()).await.unwrap();
+        assert_eq!(sink.counts().values().sum::<u64>(), 20);
     }
 
     #[tokio::test]
