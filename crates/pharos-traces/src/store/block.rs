@@ -647,27 +647,24 @@ struct Encodings {
 impl Encodings {
     /// The resource as an OTLP `ResourceSpans` without spans, encoded without a copy of it.
     fn resource(&mut self, r: &Arc<ResourceInfo>) -> &[u8] {
-        self.resources.entry(Arc::as_ptr(r)).or_insert_with(|| {
-            let mut buf = Vec::new();
-            prost::encoding::message::encode(1, &r.resource, &mut buf);
-            if !r.schema_url.is_empty() {
-                prost::encoding::string::encode(3, &r.schema_url, &mut buf);
-            }
-            buf
-        })
+        self.resources.entry(Arc::as_ptr(r)).or_insert_with(|| without_items(&r.resource, &r.schema_url))
     }
 
     /// The scope as an OTLP `ScopeSpans` without spans.
     fn scope(&mut self, s: &Arc<ScopeInfo>) -> &[u8] {
-        self.scopes.entry(Arc::as_ptr(s)).or_insert_with(|| {
-            let mut buf = Vec::new();
-            prost::encoding::message::encode(1, &s.scope, &mut buf);
-            if !s.schema_url.is_empty() {
-                prost::encoding::string::encode(3, &s.schema_url, &mut buf);
-            }
-            buf
-        })
+        self.scopes.entry(Arc::as_ptr(s)).or_insert_with(|| without_items(&s.scope, &s.schema_url))
     }
+}
+
+/// A `ResourceSpans` or `ScopeSpans` without spans: both hold their resource (scope) in field 1
+/// and the schema URL in field 3.
+fn without_items(message: &impl Message, schema_url: &str) -> Vec<u8> {
+    let mut buf = Vec::new();
+    prost::encoding::message::encode(1, message, &mut buf);
+    if !schema_url.is_empty() {
+        prost::encoding::string::encode(3, &schema_url.to_string(), &mut buf);
+    }
+    buf
 }
 
 /// A dictionary-encoded binary column under construction: distinct values and row keys.

@@ -61,7 +61,8 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// Blocks smaller than this are merged by the compactor.
     pub compaction_target_bytes: u64,
-    /// A merge takes at most this many spans in (it holds them in memory while it runs).
+    /// A merge takes at most this many spans in: it bounds how long one merge runs and the
+    /// inputs' encoded bytes it holds.
     pub compaction_max_spans: u64,
     /// A trace-by-id answer holds at most this many spans (and says it was truncated).
     pub max_trace_spans: usize,
@@ -226,6 +227,24 @@ impl TraceStore {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
             .map_err(|source| StoreError::Block { block: id, source })
+    }
+
+    /// Runs `f` on a blocking thread over the block's data object (read whole) and its cached
+    /// footer.
+    async fn with_block_data<T: Send + 'static>(
+        &self,
+        tenant: &Tenant,
+        meta: &TraceBlockMeta,
+        f: impl FnOnce(Bytes, ArrowReaderMetadata) -> Result<T, BlockError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let block = |source| StoreError::Block { block: meta.id.clone(), source };
+        let footer = self.footer(tenant, meta).await.map_err(block)?;
+        let data =
+            self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
+        tokio::task::spawn_blocking(move || f(data, footer))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(block)
     }
 
     fn block_reader(&self, tenant: &Tenant, meta: &TraceBlockMeta) -> BlockReader {
@@ -468,22 +487,12 @@ impl TraceStore {
             self.catalog.blocks(tenant).into_iter().filter(|meta| meta.overlaps(start, end)).collect();
         for meta in &blocks {
             inspected_spans += meta.spans as usize;
-            let footer = self
-                .footer(tenant, meta)
-                .await
-                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-            let bytes = self
-                .catalog
-                .storage()
-                .get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE))
-                .await?;
             let (prefilter, exact) = (prefilter.clone(), meta.exact_columns());
-            let found = tokio::task::spawn_blocking(move || {
-                block::candidates(bytes, Some(footer), &prefilter, exact)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-            .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            let found = self
+                .with_block_data(tenant, meta, move |data, footer| {
+                    block::candidates(data, Some(footer), &prefilter, exact)
+                })
+                .await?;
             for (set, found) in passing.iter_mut().zip(found) {
                 set.extend(found);
             }
@@ -512,21 +521,12 @@ impl TraceStore {
             if read > limit {
                 return Err(StoreError::TooManySpans { limit });
             }
-            let footer = self
-                .footer(tenant, meta)
-                .await
-                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-            let bytes = self
-                .catalog
-                .storage()
-                .get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE))
-                .await?;
             let ids = candidates.clone();
-            let spans =
-                tokio::task::spawn_blocking(move || block::decode_traces(bytes, Some(footer), &ids, light))
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-                    .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            let spans = self
+                .with_block_data(tenant, meta, move |data, footer| {
+                    block::decode_traces(data, Some(footer), &ids, light)
+                })
+                .await?;
             read += spans.len();
             for span in spans {
                 by_trace.entry(span.trace_id()).or_default().push(span);
@@ -590,8 +590,7 @@ impl TraceStore {
                 self.forget_footers(&expired);
                 report.expired += expired.len();
             }
-            // The oldest small blocks, as many as fit in `compaction_max_spans` (the merge holds
-            // its inputs' spans in memory).
+            // The oldest small blocks, as many as fit in `compaction_max_spans`.
             let mut small: Vec<Arc<TraceBlockMeta>> = Vec::new();
             let mut spans_in = 0u64;
             for block in self.catalog.blocks(&tenant) {

@@ -466,30 +466,8 @@ impl Cond {
         let rows = batch.num_rows();
         match self {
             Cond::Const(b) => vec![*b; rows],
-            Cond::And(parts) => {
-                let mut out = parts[0].evaluate(batch, exact);
-                for part in &parts[1..] {
-                    if !out.contains(&true) {
-                        break;
-                    }
-                    for (o, p) in out.iter_mut().zip(part.evaluate(batch, exact)) {
-                        *o &= p;
-                    }
-                }
-                out
-            }
-            Cond::Or(parts) => {
-                let mut out = parts[0].evaluate(batch, exact);
-                for part in &parts[1..] {
-                    if !out.contains(&false) {
-                        break;
-                    }
-                    for (o, p) in out.iter_mut().zip(part.evaluate(batch, exact)) {
-                        *o |= p;
-                    }
-                }
-                out
-            }
+            Cond::And(parts) => combine(parts, batch, exact, true),
+            Cond::Or(parts) => combine(parts, batch, exact, false),
             Cond::Column(column, test) => {
                 if let Column::Attribute(i) = column
                     && !exact[*i]
@@ -557,6 +535,21 @@ impl Cond {
             }
         }
     }
+}
+
+/// `&&` (`all`) or `||` of the parts, row by row; stops once every row is decided.
+fn combine(parts: &[Cond], batch: &RecordBatch, exact: &ExactColumns, all: bool) -> Vec<bool> {
+    let mut out = parts[0].evaluate(batch, exact);
+    for part in &parts[1..] {
+        // Undecided rows are the true ones for `&&`, the false ones for `||`.
+        if !out.contains(&all) {
+            break;
+        }
+        for (o, p) in out.iter_mut().zip(part.evaluate(batch, exact)) {
+            *o = if all { *o && p } else { *o || p };
+        }
+    }
+    out
 }
 
 /// The test over one column; `None` when the column has an unexpected type.
