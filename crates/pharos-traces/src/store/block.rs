@@ -247,13 +247,13 @@ pub fn encode(
     spans: &mut [Arc<SpanData>],
 ) -> Result<(Bytes, TraceBlockMeta), BlockError> {
     // Sort on keys copied out of the spans: comparing through the pointers is slower.
-    let mut keys: Vec<(TraceId, u64, [u8; 8], usize)> = spans
+    let mut keys: Vec<(RowKey, usize)> = spans
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.trace_id(), s.span.start_time_unix_nano, s.span_id(), i))
+        .map(|(i, s)| ((s.trace_id(), s.span.start_time_unix_nano, s.span_id()), i))
         .collect();
     keys.sort_unstable();
-    let sorted: Vec<Arc<SpanData>> = keys.iter().map(|k| spans[k.3].clone()).collect();
+    let sorted: Vec<Arc<SpanData>> = keys.iter().map(|(_, i)| spans[*i].clone()).collect();
     spans.clone_from_slice(&sorted);
     drop(sorted);
     let mut out = Vec::new();
@@ -292,18 +292,18 @@ pub fn encode(
         }
         writer.write(&columns.finish()?)?;
     }
-    meta.inexact = DEDICATED_ATTRIBUTES
-        .iter()
-        .zip(inexact)
-        .filter(|(_, inexact)| *inexact)
-        .map(|(d, _)| d.key.to_string())
-        .collect();
+    meta.inexact = inexact_keys(&inexact);
     writer.close()?;
     if spans.is_empty() {
         meta.min_start_ns = 0;
     }
     meta.size_bytes = out.len() as u64;
     Ok((Bytes::from(out), meta))
+}
+
+/// The keys of the dedicated attributes whose flag is set, in column order.
+fn inexact_keys(flags: &[bool; DEDICATED_ATTRIBUTES.len()]) -> Vec<String> {
+    DEDICATED_ATTRIBUTES.iter().zip(flags).filter(|(_, f)| **f).map(|(d, _)| d.key.to_string()).collect()
 }
 
 /// A block writer: zstd pages, row groups of [`ROW_GROUP_ROWS`], chunk statistics, the
@@ -339,7 +339,7 @@ fn read_schema() -> SchemaRef {
 }
 
 /// The order of rows in a block: trace id, start time, span id.
-type MergeKey = (TraceId, u64, [u8; 8]);
+type RowKey = (TraceId, u64, [u8; 8]);
 
 /// One input of a merge: its record batches, in order, and the sort key of each row of the
 /// current one.
@@ -391,19 +391,14 @@ pub(crate) fn merge(
     level: u32,
 ) -> Result<(Bytes, TraceBlockMeta), BlockError> {
     let schema = read_schema();
-    let mut inexact: Vec<String> = Vec::new();
+    let mut inexact = [false; DEDICATED_ATTRIBUTES.len()];
     let mut cursors = Vec::with_capacity(inputs.len());
     let mut batches: Vec<RecordBatch> = Vec::new();
     for (data, meta) in inputs {
-        let names: Vec<String> = if meta.version < 2 {
-            DEDICATED_ATTRIBUTES.iter().map(|d| d.key.to_string()).collect()
-        } else {
-            meta.inexact.clone()
-        };
-        for name in names {
-            if !inexact.contains(&name) {
-                inexact.push(name);
-            }
+        // A version-1 block has no dedicated columns: they come out null, so inexact.
+        let exact = if meta.version < 2 { [false; DEDICATED_ATTRIBUTES.len()] } else { meta.exact_columns() };
+        for (flag, exact) in inexact.iter_mut().zip(exact) {
+            *flag |= !exact;
         }
         let reader = ParquetRecordBatchReaderBuilder::try_new(data)?.with_batch_size(8192).build()?;
         let mut cursor = MergeInput { reader, slot: 0, keys: Vec::new(), row: 0 };
@@ -424,13 +419,9 @@ pub(crate) fn merge(
         max_trace_id: String::new(),
         size_bytes: 0,
         level,
-        inexact: DEDICATED_ATTRIBUTES
-            .iter()
-            .filter(|d| inexact.iter().any(|k| k == d.key))
-            .map(|d| d.key.to_string())
-            .collect(),
+        inexact: inexact_keys(&inexact),
     };
-    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(MergeKey, usize)>> = cursors
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(RowKey, usize)>> = cursors
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -822,10 +813,7 @@ pub(crate) fn candidates(
     prefilter: &Arc<Prefilter>,
     exact: ExactColumns,
 ) -> Result<Vec<HashSet<TraceId>>, BlockError> {
-    let builder = match footer {
-        Some(footer) => ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer),
-        None => ParquetRecordBatchReaderBuilder::try_new(data)?,
-    };
+    let builder = reader_builder(data, footer)?;
     let mut wanted: Vec<usize> =
         prefilter.columns().iter().filter_map(|name| builder.schema().index_of(name).ok()).collect();
     wanted.sort_unstable();
@@ -865,23 +853,27 @@ pub(crate) fn candidates(
     Ok(sets)
 }
 
-/// Every span of the traces `ids` in the block (only the dedicated columns when `light`):
+/// Every span of the traces `ids` (sorted) in the block (only the dedicated columns when `light`):
 /// row groups are skipped by their trace-id range and bloom filter, and rows by a filter
 /// on the trace-id column.
 pub(crate) fn decode_traces(
     data: Bytes,
     footer: Option<ArrowReaderMetadata>,
-    ids: &Arc<HashSet<TraceId>>,
+    ids: &Arc<Vec<TraceId>>,
     light: bool,
 ) -> Result<Vec<SpanData>, BlockError> {
-    let builder = match footer {
-        Some(footer) => ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer),
-        None => ParquetRecordBatchReaderBuilder::try_new(data)?,
-    };
+    let builder = reader_builder(data, footer)?;
     let metadata = builder.metadata().clone();
     let mut keep = Vec::new();
     for rg in 0..metadata.num_row_groups() {
-        let in_range: Vec<&TraceId> = ids.iter().filter(|id| range_holds(&metadata, rg, id)).collect();
+        let in_range = match trace_id_range(&metadata, rg) {
+            Some((min, max)) => {
+                let lo = ids.partition_point(|id| &id[..] < min);
+                let hi = ids.partition_point(|id| &id[..] <= max);
+                &ids[lo..hi.max(lo)]
+            }
+            None => &ids[..],
+        };
         if in_range.is_empty() {
             continue;
         }
@@ -897,14 +889,15 @@ pub(crate) fn decode_traces(
     }
     let descr = metadata.file_metadata().schema_descr_ptr();
     let wanted = ids.clone();
-    let filter =
-        ArrowPredicateFn::new(ProjectionMask::roots(&descr, [0]), move |batch: RecordBatch| {
-            let column = column::<FixedSizeBinaryArray>(&batch, 0, "trace_id")
-                .map_err(|e| arrow_schema::ArrowError::SchemaError(e.to_string()))?;
-            Ok(BooleanArray::from_iter(column.iter().map(|v| {
-                Some(v.and_then(|v| TraceId::try_from(v).ok()).is_some_and(|id| wanted.contains(&id)))
-            })))
-        });
+    let filter = ArrowPredicateFn::new(ProjectionMask::roots(&descr, [0]), move |batch: RecordBatch| {
+        let column = column::<FixedSizeBinaryArray>(&batch, 0, "trace_id")
+            .map_err(|e| arrow_schema::ArrowError::SchemaError(e.to_string()))?;
+        Ok(BooleanArray::from_iter(column.iter().map(|v| {
+            Some(
+                v.and_then(|v| TraceId::try_from(v).ok()).is_some_and(|id| wanted.binary_search(&id).is_ok()),
+            )
+        })))
+    });
     let columns = if light { LIGHT_COLUMNS } else { SPAN_COLUMNS };
     let reader = builder
         .with_row_groups(keep)
@@ -934,13 +927,26 @@ pub(crate) fn lookup_index(data: &Bytes) -> Result<(ArrowReaderMetadata, Vec<Opt
 }
 
 pub(crate) fn range_holds(metadata: &ParquetMetaData, rg: usize, id: &TraceId) -> bool {
+    trace_id_range(metadata, rg).is_none_or(|(min, max)| min <= &id[..] && &id[..] <= max)
+}
+
+/// The smallest and largest trace id of row group `rg`, from its statistics.
+fn trace_id_range(metadata: &ParquetMetaData, rg: usize) -> Option<(&[u8], &[u8])> {
     match metadata.row_group(rg).column(0).statistics() {
-        Some(Statistics::FixedLenByteArray(s)) => match (s.min_bytes_opt(), s.max_bytes_opt()) {
-            (Some(min), Some(max)) => min <= &id[..] && &id[..] <= max,
-            _ => true,
-        },
-        _ => true,
+        Some(Statistics::FixedLenByteArray(s)) => Some((s.min_bytes_opt()?, s.max_bytes_opt()?)),
+        _ => None,
     }
+}
+
+/// A reader of a block's bytes, with its footer when the caller has it cached.
+fn reader_builder(
+    data: Bytes,
+    footer: Option<ArrowReaderMetadata>,
+) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, BlockError> {
+    Ok(match footer {
+        Some(footer) => ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer),
+        None => ParquetRecordBatchReaderBuilder::try_new(data)?,
+    })
 }
 
 /// Turns record batches back into spans, sharing decoded resources and scopes.

@@ -513,7 +513,9 @@ impl TraceStore {
                 }
             }
         });
-        let candidates = Arc::new(candidates);
+        let mut sorted: Vec<TraceId> = candidates.into_iter().collect();
+        sorted.sort_unstable();
+        let candidates = Arc::new(sorted);
         // Listed again after the head was read: spans flushed since are in a block now.
         let blocks: Vec<Arc<TraceBlockMeta>> =
             self.catalog.blocks(tenant).into_iter().filter(|meta| meta.overlaps(start, end)).collect();
