@@ -220,8 +220,7 @@ impl TraceStore {
         meta: &TraceBlockMeta,
         select: Select,
     ) -> Result<(Vec<SpanData>, ReadStats), StoreError> {
-        let bytes =
-            self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
+        let bytes = self.block_data(tenant, meta).await?;
         let id = meta.id.clone();
         tokio::task::spawn_blocking(move || block::decode(bytes, select))
             .await
@@ -239,12 +238,16 @@ impl TraceStore {
     ) -> Result<T, StoreError> {
         let block = |source| StoreError::Block { block: meta.id.clone(), source };
         let footer = self.footer(tenant, meta).await.map_err(block)?;
-        let data =
-            self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?;
+        let data = self.block_data(tenant, meta).await?;
         tokio::task::spawn_blocking(move || f(data, footer))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
             .map_err(block)
+    }
+
+    /// A block's data object, read whole.
+    async fn block_data(&self, tenant: &Tenant, meta: &TraceBlockMeta) -> Result<Bytes, StoreError> {
+        Ok(self.catalog.storage().get(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE)).await?)
     }
 
     fn block_reader(&self, tenant: &Tenant, meta: &TraceBlockMeta) -> BlockReader {
@@ -613,11 +616,7 @@ impl TraceStore {
             let started = Instant::now();
             let mut inputs = Vec::with_capacity(small.len());
             for meta in &small {
-                let data = self
-                    .catalog
-                    .storage()
-                    .get(&self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE))
-                    .await?;
+                let data = self.block_data(&tenant, meta).await?;
                 inputs.push((data, (**meta).clone()));
             }
             let before: u64 = small.iter().map(|b| b.spans).sum();
