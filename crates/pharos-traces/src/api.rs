@@ -933,8 +933,12 @@ async fn run_metrics_query(
         ));
     }
     let (start, end, step) = metrics_range(params, instant)?;
-    let mut evaluator =
-        MetricsEvaluator::new(&parsed, start..end, step).map_err(|e| ApiError::bad(e.to_string()))?;
+    let evaluator = if instant {
+        MetricsEvaluator::instant(&parsed, start..end)
+    } else {
+        MetricsEvaluator::new(&parsed, start..end, step)
+    };
+    let mut evaluator = evaluator.map_err(|e| ApiError::bad(e.to_string()))?;
     let timeout = state.options.query_timeout;
     let deadline = Instant::now() + timeout;
     let traces = tokio::time::timeout(timeout, search_read(&state.store, &tenant, &parsed, start, end))

@@ -21,7 +21,7 @@ use super::pipeline::{Pipeline, Set};
 use super::trace::Trace;
 use super::value::{HashValue, Val, Value};
 use crate::model::SpanData;
-use crate::query::{MetricsFunction, Query, SecondStage};
+use crate::query::{MetricsFunction, MetricsStage, Query, SecondStage};
 
 /// The most samples one series may have: `(end - start) / step`, as Prometheus limits it.
 pub const MAX_METRICS_POINTS: u64 = 11_000;
@@ -106,6 +106,31 @@ impl MetricsEvaluator {
         if points > MAX_METRICS_POINTS {
             return Err(EvalError::TooManyPoints { points, limit: MAX_METRICS_POINTS });
         }
+        Self::compile(metrics, query, start, step_ns, points)
+    }
+
+    /// Compiles `query` for one value over exactly `range` (unix nanoseconds, start
+    /// exclusive, end inclusive): an instant query. Unlike [`MetricsEvaluator::new`] the range
+    /// is not aligned to a step, so no span in the range falls into a second bucket.
+    pub fn instant(query: &Query, range: Range<u64>) -> Result<Self, EvalError> {
+        let metrics = query.metrics.as_ref().ok_or(EvalError::NotMetricsQuery)?;
+        if range.end <= range.start {
+            return Err(EvalError::InvalidRange {
+                start_ns: range.start,
+                end_ns: range.end,
+                step_ns: range.end.saturating_sub(range.start),
+            });
+        }
+        Self::compile(metrics, query, range.start, range.end - range.start, 1)
+    }
+
+    fn compile(
+        metrics: &MetricsStage,
+        query: &Query,
+        start: u64,
+        step_ns: u64,
+        points: u64,
+    ) -> Result<Self, EvalError> {
         let function = match &metrics.function {
             MetricsFunction::Rate => Function::Rate,
             MetricsFunction::CountOverTime => Function::Count,

@@ -806,6 +806,26 @@ fn metrics_range_aligns_to_the_step_and_excludes_the_start() {
 }
 
 #[test]
+fn an_instant_metrics_query_counts_its_whole_range_in_one_value() {
+    let q = parse("{ } | count_over_time() by (resource.service.name)").expect("valid");
+    // (2s, 27s] is not a multiple of its length: aligned like a range query it would split
+    // into two buckets and the last would miss most spans.
+    let mut instant = MetricsEvaluator::instant(&q, 2 * S..27 * S).expect("valid");
+    for trace in metric_traces() {
+        instant.add_trace(&trace).expect("adds");
+    }
+    let series = instant.finish();
+    let got: Vec<(Vec<(String, Value)>, Vec<(i64, f64)>)> =
+        series.into_iter().map(|s| (s.labels, s.samples)).collect();
+    // api starts at 1s (outside), 2s (the exclusive start: outside) and 11s; db at 3s, 12s, 25s.
+    assert_eq!(
+        got,
+        [(vec![service("api")], vec![(27_000, 1.0)]), (vec![service("db")], vec![(27_000, 3.0)])]
+    );
+    assert!(matches!(MetricsEvaluator::instant(&q, 5..5), Err(EvalError::InvalidRange { .. })));
+}
+
+#[test]
 fn metrics_pipeline_stages_apply_before_the_function() {
     // Every trace has one span, so no spanset passes count() > 1.
     let series = metrics("{ } | by(resource.service.name) | count() > 1 | rate()");
