@@ -1,6 +1,7 @@
 //! Pharos logs.
 //!
-//! `query` parses LogQL into an AST that the evaluator (to come) walks; the AST prints
-//! back to LogQL that parses to the same AST.
+//! `model` holds streams (label sets) and entries and the `LogSource` the LogQL engine reads;
+//! `query` parses LogQL into an AST that prints back to LogQL that parses to the same AST.
 
+pub mod model;
 pub mod query;
