@@ -31,6 +31,8 @@ pub enum PayloadFormat {
     PrometheusWriteV1,
     /// A Prometheus remote-write 2.0 `io.prometheus.write.v2.Request`, protobuf.
     PrometheusWriteV2,
+    /// A Loki `logproto.PushRequest`, protobuf (not snappy-compressed).
+    LokiPush,
 }
 
 impl PayloadFormat {
@@ -39,6 +41,7 @@ impl PayloadFormat {
             PayloadFormat::Otlp => 0,
             PayloadFormat::PrometheusWriteV1 => 1,
             PayloadFormat::PrometheusWriteV2 => 2,
+            PayloadFormat::LokiPush => 3,
         }
     }
 
@@ -47,6 +50,7 @@ impl PayloadFormat {
             0 => Some(PayloadFormat::Otlp),
             1 => Some(PayloadFormat::PrometheusWriteV1),
             2 => Some(PayloadFormat::PrometheusWriteV2),
+            3 => Some(PayloadFormat::LokiPush),
             _ => None,
         }
     }

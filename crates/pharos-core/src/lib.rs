@@ -5,6 +5,7 @@
 mod envelope;
 mod error;
 mod label_cap;
+pub mod loki;
 mod partition;
 pub mod prompb;
 mod signal;

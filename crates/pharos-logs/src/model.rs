@@ -2,8 +2,9 @@
 //! metadata, and the source trait the LogQL engine reads from.
 
 use std::fmt::{self, Display, Formatter, Write as _};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use pharos_core::{FNV_OFFSET, fnv1a_extend};
 
 /// A label set: sorted by name, names unique. Stream labels, and the labels of a query result
 /// (stream labels plus what parsers extracted).
@@ -52,14 +53,14 @@ impl Labels {
     /// A stable 64-bit hash of the label set (FNV-1a over names and values), the same in
     /// every process and version: block indexes store it.
     pub fn fingerprint(&self) -> u64 {
-        let mut hasher = Fnv64::default();
+        let mut h = FNV_OFFSET;
         for (k, v) in &self.0 {
-            hasher.write(k.as_bytes());
-            hasher.write_u8(0xff);
-            hasher.write(v.as_bytes());
-            hasher.write_u8(0xff);
+            fnv1a_extend(&mut h, k.as_bytes());
+            fnv1a_extend(&mut h, &[0xff]);
+            fnv1a_extend(&mut h, v.as_bytes());
+            fnv1a_extend(&mut h, &[0xff]);
         }
-        hasher.finish()
+        h
     }
 }
 
@@ -85,28 +86,6 @@ impl Display for Labels {
             f.write_char('"')?;
         }
         f.write_char('}')
-    }
-}
-
-#[derive(Debug)]
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }
 

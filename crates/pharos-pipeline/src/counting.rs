@@ -189,6 +189,11 @@ fn count_items(env: &Envelope) -> Result<u64, prost::DecodeError> {
             .iter()
             .map(|s| (s.samples.len() + s.histograms.len()) as u64)
             .sum(),
+        (PayloadFormat::LokiPush, _) => pharos_core::loki::PushRequest::decode(payload)?
+            .streams
+            .iter()
+            .map(|s| s.entries.len() as u64)
+            .sum(),
         (PayloadFormat::Otlp, Signal::Traces | Signal::Logs) => shape::Export::decode(payload)?
             .resources
             .iter()
