@@ -1,7 +1,11 @@
 //! Pharos logs.
 //!
-//! `model` holds streams (label sets) and entries and the `LogSource` the LogQL engine reads;
-//! `query` parses LogQL into an AST that prints back to LogQL that parses to the same AST.
+//! - `model`: streams (label sets) and entries, and the `LogSource` the LogQL engine reads;
+//! - `decode`: OTLP logs and Loki push records from the queue into streams;
+//! - `store`: the head, the Parquet blocks, the processors' `PartitionWriter`, compaction;
+//! - `query`: the LogQL parser (its AST prints back to LogQL that parses to the same AST).
 
+pub mod decode;
 pub mod model;
 pub mod query;
+pub mod store;

@@ -89,6 +89,25 @@ impl Display for Labels {
     }
 }
 
+/// In `meta.json` and JSON answers: an object of names to values.
+impl serde::Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Labels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(Labels::new(map))
+    }
+}
+
 /// One log entry of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -159,9 +178,10 @@ impl LogSource for MemSource {
         start: i64,
         end: i64,
     ) -> Result<Vec<StreamEntries>, SourceError> {
+        let matchers = Matchers::compile(matchers)?;
         let mut out = Vec::new();
         for stream in &self.streams {
-            if !matchers_match(matchers, &stream.labels)? {
+            if !matchers.matches(&stream.labels) {
                 continue;
             }
             let entries: Vec<Entry> = stream
@@ -178,27 +198,48 @@ impl LogSource for MemSource {
     }
 }
 
-/// Whether `labels` satisfy every matcher (a missing label has the empty value; regexes are
-/// anchored at both ends).
-pub fn matchers_match(matchers: &[crate::query::Matcher], labels: &Labels) -> Result<bool, SourceError> {
-    use crate::query::MatchOp;
-    for m in matchers {
-        let value = labels.get(&m.name).unwrap_or("");
-        let ok = match m.op {
-            MatchOp::Eq => value == m.value,
-            MatchOp::Neq => value != m.value,
-            MatchOp::Re | MatchOp::Nre => {
-                let re = regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
-                    SourceError(format!("invalid regex in {}{}\"{}\": {e}", m.name, m.op.as_str(), m.value))
-                })?;
-                re.is_match(value) == (m.op == MatchOp::Re)
-            }
-        };
-        if !ok {
-            return Ok(false);
-        }
+/// Stream matchers with their regexes compiled once (a missing label has the empty value;
+/// regexes are anchored at both ends).
+#[derive(Debug, Clone)]
+pub struct Matchers(Vec<(crate::query::Matcher, Option<regex::Regex>)>);
+
+impl Matchers {
+    pub fn compile(matchers: &[crate::query::Matcher]) -> Result<Self, SourceError> {
+        let compiled = matchers
+            .iter()
+            .map(|m| {
+                let re = if m.op.is_regex() {
+                    Some(regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
+                        SourceError(format!(
+                            "invalid regex in {}{}\"{}\": {e}",
+                            m.name,
+                            m.op.as_str(),
+                            m.value
+                        ))
+                    })?)
+                } else {
+                    None
+                };
+                Ok((m.clone(), re))
+            })
+            .collect::<Result<_, SourceError>>()?;
+        Ok(Self(compiled))
     }
-    Ok(true)
+
+    /// Whether `labels` satisfy every matcher.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        use crate::query::MatchOp;
+        self.0.iter().all(|(m, re)| {
+            let value = labels.get(&m.name).unwrap_or("");
+            match (m.op, re) {
+                (MatchOp::Eq, _) => value == m.value,
+                (MatchOp::Neq, _) => value != m.value,
+                (MatchOp::Re, Some(re)) => re.is_match(value),
+                (MatchOp::Nre, Some(re)) => !re.is_match(value),
+                (_, None) => false,
+            }
+        })
+    }
 }
 
 #[cfg(test)]

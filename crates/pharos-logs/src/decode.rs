@@ -1,0 +1,391 @@
+//! From queue records to streams: OTLP logs and Loki push requests, each decoded once.
+//!
+//! OTLP logs map as Loki maps them:
+//! - the resource attributes named in [`StreamMapping::resource_labels`] become stream labels,
+//!   their names with every character other than `[a-zA-Z0-9_]` replaced by `_`
+//!   (`service.name` → `service_name`); a record with none of them gets
+//!   `service_name="unknown_service"`;
+//! - every other resource attribute, the scope's name and attributes, the record's attributes,
+//!   `severity_text`, `severity_number`, `trace_id` and `span_id` (hex) become structured
+//!   metadata (names sanitised the same way);
+//! - the line is the body: a string as it is, any other value as JSON;
+//! - the time is `time_unix_nano`, or `observed_time_unix_nano` when that is 0.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+};
+use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
+use prost::Message;
+
+use crate::model::{Entry, Labels, StreamEntries};
+use crate::query::{self, Expr, MatchOp};
+
+/// The resource attributes that become stream labels by default: Loki's defaults. The
+/// receivers partition log records by the same list (`pharos-ingest`'s
+/// `STREAM_RESOURCE_ATTRIBUTES`), so one stream's records meet in one processor.
+pub const DEFAULT_RESOURCE_LABELS: &[&str] = &[
+    "service.name",
+    "service.namespace",
+    "service.instance.id",
+    "deployment.environment",
+    "deployment.environment.name",
+    "cloud.region",
+    "cloud.availability_zone",
+    "k8s.cluster.name",
+    "k8s.namespace.name",
+    "k8s.pod.name",
+    "k8s.container.name",
+    "container.name",
+    "k8s.replicaset.name",
+    "k8s.deployment.name",
+    "k8s.statefulset.name",
+    "k8s.daemonset.name",
+    "k8s.cronjob.name",
+    "k8s.job.name",
+];
+
+/// How OTLP resource attributes become stream labels.
+#[derive(Debug, Clone)]
+pub struct StreamMapping {
+    pub resource_labels: Vec<String>,
+}
+
+impl Default for StreamMapping {
+    fn default() -> Self {
+        Self { resource_labels: DEFAULT_RESOURCE_LABELS.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("unsupported payload format {0:?} for logs")]
+    Format(PayloadFormat),
+    #[error("invalid stream labels `{labels}`: {reason}")]
+    Labels { labels: String, reason: String },
+}
+
+/// The streams of a logs envelope (other signals: none). Entries of one stream stay in the
+/// order they arrived.
+pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<StreamEntries>, DecodeError> {
+    if envelope.signal != Signal::Logs {
+        return Ok(Vec::new());
+    }
+    match envelope.format {
+        PayloadFormat::Otlp => {
+            Ok(otlp(ExportLogsServiceRequest::decode(envelope.payload.as_ref())?, mapping))
+        }
+        PayloadFormat::LokiPush => push(PushRequest::decode(envelope.payload.as_ref())?),
+        other => Err(DecodeError::Format(other)),
+    }
+}
+
+/// `service.name` → `service_name`; a leading digit gets a `_` before it.
+pub fn sanitize_label_name(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// An attribute value as text: strings as they are, other scalars printed, bytes in hex,
+/// arrays and maps as JSON.
+pub fn any_value_text(value: &AnyValue) -> String {
+    match value.value.as_ref() {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(other) => match any_value_json(other) {
+            serde_json::Value::String(s) => s,
+            json => json.to_string(),
+        },
+        None => String::new(),
+    }
+}
+
+fn any_value_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::StringValue(s) => J::String(s.clone()),
+        Value::BoolValue(b) => J::Bool(*b),
+        Value::IntValue(i) => J::from(*i),
+        Value::DoubleValue(d) => {
+            serde_json::Number::from_f64(*d).map_or_else(|| J::String(d.to_string()), J::Number)
+        }
+        Value::BytesValue(b) => J::String(hex(b)),
+        // An index into a profile's string table: meaningless without it.
+        Value::StringValueStrindex(i) => J::from(*i),
+        Value::ArrayValue(a) => {
+            J::Array(a.values.iter().map(|v| v.value.as_ref().map_or(J::Null, any_value_json)).collect())
+        }
+        Value::KvlistValue(kv) => J::Object(
+            kv.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().and_then(|v| v.value.as_ref()).map_or(J::Null, any_value_json),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn push_attributes(out: &mut Vec<(String, String)>, attributes: &[KeyValue]) {
+    for kv in attributes {
+        let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
+        if !value.is_empty() {
+            out.push((sanitize_label_name(&kv.key), value));
+        }
+    }
+}
+
+fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<StreamEntries> {
+    let mut streams: Vec<StreamEntries> = Vec::new();
+    let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+    for resource_logs in request.resource_logs {
+        let attributes = resource_logs.resource.map(|r| r.attributes).unwrap_or_default();
+        let mut labels = Vec::new();
+        let mut resource_metadata = Vec::new();
+        for kv in &attributes {
+            let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
+            if value.is_empty() {
+                continue;
+            }
+            if mapping.resource_labels.iter().any(|l| *l == kv.key) {
+                labels.push((sanitize_label_name(&kv.key), value));
+            } else {
+                resource_metadata.push((sanitize_label_name(&kv.key), value));
+            }
+        }
+        if labels.is_empty() {
+            labels.push(("service_name".to_string(), "unknown_service".to_string()));
+        }
+        let labels = Arc::new(Labels::new(labels));
+        let at = *index.entry(labels.clone()).or_insert_with(|| {
+            streams.push(StreamEntries { labels, entries: Vec::new() });
+            streams.len() - 1
+        });
+        for scope_logs in resource_logs.scope_logs {
+            let mut scope_metadata = resource_metadata.clone();
+            if let Some(scope) = &scope_logs.scope {
+                if !scope.name.is_empty() {
+                    scope_metadata.push(("scope_name".into(), scope.name.clone()));
+                }
+                push_attributes(&mut scope_metadata, &scope.attributes);
+            }
+            for record in scope_logs.log_records {
+                let mut metadata = scope_metadata.clone();
+                push_attributes(&mut metadata, &record.attributes);
+                if !record.severity_text.is_empty() {
+                    metadata.push(("severity_text".into(), record.severity_text.clone()));
+                }
+                if record.severity_number != 0 {
+                    metadata.push(("severity_number".into(), record.severity_number.to_string()));
+                }
+                if !record.trace_id.is_empty() {
+                    metadata.push(("trace_id".into(), hex(&record.trace_id)));
+                }
+                if !record.span_id.is_empty() {
+                    metadata.push(("span_id".into(), hex(&record.span_id)));
+                }
+                let time = if record.time_unix_nano != 0 {
+                    record.time_unix_nano
+                } else {
+                    record.observed_time_unix_nano
+                };
+                let line = record.body.as_ref().map(any_value_text).unwrap_or_default();
+                streams[at].entries.push(Entry {
+                    timestamp: i64::try_from(time).unwrap_or(i64::MAX),
+                    line,
+                    metadata,
+                });
+            }
+        }
+    }
+    streams.retain(|s| !s.entries.is_empty());
+    streams
+}
+
+/// Parses a stream's labels string, `{a="1", b="2"}` (the receiver wrote it canonically).
+pub fn parse_labels(text: &str) -> Result<Labels, DecodeError> {
+    let invalid = |reason: String| DecodeError::Labels { labels: text.to_string(), reason };
+    let expr = query::parse(text).map_err(|e| invalid(e.to_string()))?;
+    let Expr::Log(log) = expr else {
+        return Err(invalid("not a label set".into()));
+    };
+    if !log.pipeline.is_empty() {
+        return Err(invalid("not a label set".into()));
+    }
+    let mut pairs = Vec::with_capacity(log.selector.matchers.len());
+    for m in log.selector.matchers {
+        if m.op != MatchOp::Eq {
+            return Err(invalid(format!("`{}` is not `=`", m.op.as_str())));
+        }
+        pairs.push((m.name, m.value));
+    }
+    Ok(Labels::new(pairs))
+}
+
+fn push(request: PushRequest) -> Result<Vec<StreamEntries>, DecodeError> {
+    let mut streams: Vec<StreamEntries> = Vec::new();
+    let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+    for stream in request.streams {
+        let labels = Arc::new(parse_labels(&stream.labels)?);
+        let at = *index.entry(labels.clone()).or_insert_with(|| {
+            streams.push(StreamEntries { labels, entries: Vec::new() });
+            streams.len() - 1
+        });
+        streams[at].entries.extend(stream.entries.into_iter().map(|e| Entry {
+            timestamp: e.timestamp.map_or(0, |t| t.unix_nanos()),
+            line: e.line,
+            metadata: e.structured_metadata.into_iter().map(|p| (p.name, p.value)).collect(),
+        }));
+    }
+    streams.retain(|s| !s.entries.is_empty());
+    Ok(streams)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        common::v1::InstrumentationScope,
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource,
+    };
+    use pharos_core::{
+        Tenant,
+        loki::{LabelPair, Stream, Timestamp},
+    };
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    }
+
+    fn envelope(format: PayloadFormat, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            tenant: Tenant::default(),
+            signal: Signal::Logs,
+            format,
+            received_at_unix_nanos: 0,
+            items: 1,
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn otlp_resource_attributes_become_labels_and_the_rest_metadata() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", Value::StringValue("checkout".into())),
+                        kv("k8s.pod.name", Value::StringValue("co-1".into())),
+                        kv("host.name", Value::StringValue("node-7".into())),
+                    ],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope { name: "app.logger".into(), ..Default::default() }),
+                    log_records: vec![
+                        LogRecord {
+                            time_unix_nano: 1_000,
+                            severity_number: 17,
+                            severity_text: "ERROR".into(),
+                            body: Some(AnyValue { value: Some(Value::StringValue("payment failed".into())) }),
+                            attributes: vec![kv("http.status_code", Value::IntValue(502))],
+                            trace_id: vec![0xab; 16],
+                            span_id: vec![0x01; 8],
+                            ..Default::default()
+                        },
+                        LogRecord {
+                            observed_time_unix_nano: 2_000,
+                            body: Some(AnyValue { value: Some(Value::IntValue(42)) }),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let streams =
+            decode(&envelope(PayloadFormat::Otlp, request.encode_to_vec()), &StreamMapping::default())
+                .unwrap();
+        assert_eq!(streams.len(), 1);
+        assert_eq!(streams[0].labels.to_string(), r#"{k8s_pod_name="co-1", service_name="checkout"}"#);
+        let first = &streams[0].entries[0];
+        assert_eq!((first.timestamp, first.line.as_str()), (1_000, "payment failed"));
+        let meta: HashMap<&str, &str> =
+            first.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(meta["host_name"], "node-7");
+        assert_eq!(meta["scope_name"], "app.logger");
+        assert_eq!(meta["http_status_code"], "502");
+        assert_eq!(meta["severity_text"], "ERROR");
+        assert_eq!(meta["severity_number"], "17");
+        assert_eq!(meta["trace_id"], "ab".repeat(16));
+        assert_eq!(meta["span_id"], "0101010101010101");
+        assert_eq!((streams[0].entries[1].timestamp, streams[0].entries[1].line.as_str()), (2_000, "42"));
+    }
+
+    #[test]
+    fn a_resource_without_stream_attributes_is_unknown_service() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord { time_unix_nano: 5, ..Default::default() }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let streams =
+            decode(&envelope(PayloadFormat::Otlp, request.encode_to_vec()), &StreamMapping::default())
+                .unwrap();
+        assert_eq!(streams[0].labels.to_string(), r#"{service_name="unknown_service"}"#);
+    }
+
+    #[test]
+    fn loki_push_streams_keep_their_labels_lines_and_metadata() {
+        let entry = |s: i64, line: &str| pharos_core::loki::Entry {
+            timestamp: Some(Timestamp { seconds: s, nanos: 7 }),
+            line: line.into(),
+            structured_metadata: vec![LabelPair { name: "trace_id".into(), value: "t1".into() }],
+            parsed: vec![],
+        };
+        let request = PushRequest {
+            streams: vec![
+                Stream { labels: r#"{app="api", env="prod"}"#.into(), entries: vec![entry(1, "a")], hash: 0 },
+                Stream { labels: r#"{env="prod", app="api"}"#.into(), entries: vec![entry(2, "b")], hash: 0 },
+                Stream { labels: r#"{app="q\"uote"}"#.into(), entries: vec![entry(3, "c")], hash: 0 },
+            ],
+        };
+        let streams =
+            decode(&envelope(PayloadFormat::LokiPush, request.encode_to_vec()), &StreamMapping::default())
+                .unwrap();
+        assert_eq!(streams.len(), 2, "the same label set in another order is one stream");
+        assert_eq!(streams[0].entries.len(), 2);
+        assert_eq!(streams[0].entries[1].timestamp, 2_000_000_007);
+        assert_eq!(streams[0].entries[0].metadata, [("trace_id".to_string(), "t1".to_string())]);
+        assert_eq!(streams[1].labels.get("app"), Some("q\"uote"));
+        assert!(parse_labels(r#"{app=~"x"}"#).is_err());
+        assert!(parse_labels("app").is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! The log block format (version 1): one Parquet object `data.parquet` and `meta.json`.
+//!
+//! Rows are sorted by stream (in label order) then by time; a stream's rows are contiguous,
+//! and `meta.json` lists every stream with its labels, its time range and its rows, so a query
+//! reads only the rows of the streams its selector matches (a Parquet row selection, which
+//! skips whole pages). Columns:
+//! - `stream` (uint32): the stream's index in `meta.json`'s `streams`;
+//! - `timestamp` (int64, unix nanoseconds, delta-encoded);
+//! - `line` (utf8);
+//! - `metadata` (binary, nullable): the structured metadata pairs, each name and value
+//!   prefixed with its length as a LEB128 varint.
+//!
+//! See `docs/formats/log-blocks.md`.
+
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, BinaryArray, Int64Array, RecordBatch, StringArray, UInt32Array,
+    builder::{BinaryBuilder, Int64Builder, StringBuilder, UInt32Builder},
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::{
+    arrow::{
+        ArrowWriter,
+        arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector},
+        arrow_writer::ArrowWriterOptions,
+    },
+    basic::{Compression, Encoding, ZstdLevel},
+    file::{
+        metadata::PageIndexPolicy,
+        properties::{EnabledStatistics, WriterProperties},
+    },
+    schema::types::ColumnPath,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Entry, Labels, StreamEntries};
+
+/// The format version written.
+pub const VERSION: u32 = 1;
+/// The data object's name in a block directory.
+pub const DATA_FILE: &str = "data.parquet";
+/// Rows per row group.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// A block failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("corrupt block: {0}")]
+    Corrupt(String),
+}
+
+/// What `meta.json` says about a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogBlockMeta {
+    pub version: u32,
+    pub id: String,
+    /// 0 for a block written from the head; one more than its inputs' for a compacted one.
+    pub level: u32,
+    /// The oldest and newest entry times, unix nanoseconds.
+    pub min_time: i64,
+    pub max_time: i64,
+    pub entries: u64,
+    /// The bytes of the lines (and metadata) held, uncompressed.
+    pub raw_bytes: u64,
+    /// The size of `data.parquet`.
+    pub size_bytes: u64,
+    pub streams: Vec<BlockStream>,
+}
+
+/// One stream of a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockStream {
+    pub labels: Labels,
+    pub min_time: i64,
+    pub max_time: i64,
+    /// Its rows are `first_row .. first_row + rows`.
+    pub first_row: u64,
+    pub rows: u64,
+    /// The bytes of its lines.
+    pub bytes: u64,
+}
+
+impl pharos_storage::BlockMeta for LogBlockMeta {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn time_range(&self) -> (u64, u64) {
+        (self.min_time.max(0) as u64, self.max_time.max(0) as u64)
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("stream", DataType::UInt32, false),
+        Field::new("timestamp", DataType::Int64, false),
+        Field::new("line", DataType::Utf8, false),
+        Field::new("metadata", DataType::Binary, true),
+    ]))
+}
+
+fn properties() -> Result<WriterProperties, BlockError> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
+        .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
+        .set_column_dictionary_enabled(ColumnPath::from("line"), false)
+        .build())
+}
+
+/// Encodes streams (each one's entries sorted by time; streams in any order, each once) into
+/// a block. Returns the data object and the meta (with `size_bytes` set).
+pub fn encode<'a>(
+    id: String,
+    level: u32,
+    streams: impl IntoIterator<Item = (&'a Labels, &'a [Entry])>,
+) -> Result<(Bytes, LogBlockMeta), BlockError> {
+    let mut order: Vec<(&Labels, &[Entry])> = streams.into_iter().filter(|s| !s.1.is_empty()).collect();
+    order.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new_with_options(
+        &mut out,
+        schema(),
+        ArrowWriterOptions::new().with_properties(properties()?).with_skip_arrow_metadata(true),
+    )?;
+    let mut meta = LogBlockMeta {
+        version: VERSION,
+        id,
+        level,
+        min_time: i64::MAX,
+        max_time: i64::MIN,
+        entries: 0,
+        raw_bytes: 0,
+        size_bytes: 0,
+        streams: Vec::with_capacity(order.len()),
+    };
+    let mut batch = Batch::default();
+    let mut row = 0u64;
+    let mut buf = Vec::new();
+    for (index, (labels, entries)) in order.iter().enumerate() {
+        let mut info = BlockStream {
+            labels: (*labels).clone(),
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+            first_row: row,
+            rows: 0,
+            bytes: 0,
+        };
+        for entry in entries.iter() {
+            info.min_time = info.min_time.min(entry.timestamp);
+            info.max_time = info.max_time.max(entry.timestamp);
+            info.rows += 1;
+            info.bytes += entry.line.len() as u64;
+            meta.raw_bytes += entry_bytes(entry) as u64;
+            batch.stream.append_value(index as u32);
+            batch.timestamp.append_value(entry.timestamp);
+            batch.line.append_value(&entry.line);
+            if entry.metadata.is_empty() {
+                batch.metadata.append_null();
+            } else {
+                buf.clear();
+                encode_metadata(&entry.metadata, &mut buf);
+                batch.metadata.append_value(&buf);
+            }
+            batch.rows += 1;
+            if batch.rows == ROW_GROUP_ROWS {
+                writer.write(&batch.finish()?)?;
+            }
+        }
+        row += info.rows;
+        meta.min_time = meta.min_time.min(info.min_time);
+        meta.max_time = meta.max_time.max(info.max_time);
+        meta.streams.push(info);
+    }
+    if batch.rows > 0 {
+        writer.write(&batch.finish()?)?;
+    }
+    writer.close()?;
+    meta.entries = row;
+    if row == 0 {
+        meta.min_time = 0;
+        meta.max_time = 0;
+    }
+    meta.size_bytes = out.len() as u64;
+    Ok((Bytes::from(out), meta))
+}
+
+/// The bytes an entry counts for: its line and metadata.
+pub fn entry_bytes(entry: &Entry) -> usize {
+    entry.line.len() + entry.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+#[derive(Default)]
+struct Batch {
+    stream: UInt32Builder,
+    timestamp: Int64Builder,
+    line: StringBuilder,
+    metadata: BinaryBuilder,
+    rows: usize,
+}
+
+impl Batch {
+    fn finish(&mut self) -> Result<RecordBatch, BlockError> {
+        self.rows = 0;
+        Ok(RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(self.stream.finish()),
+                Arc::new(self.timestamp.finish()),
+                Arc::new(self.line.finish()),
+                Arc::new(self.metadata.finish()),
+            ],
+        )?)
+    }
+}
+
+fn put_varint(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(buf: &[u8], at: &mut usize) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at)?;
+        *at += 1;
+        n |= usize::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn encode_metadata(pairs: &[(String, String)], out: &mut Vec<u8>) {
+    for (k, v) in pairs {
+        put_varint(k.len(), out);
+        out.extend_from_slice(k.as_bytes());
+        put_varint(v.len(), out);
+        out.extend_from_slice(v.as_bytes());
+    }
+}
+
+fn decode_metadata(buf: &[u8]) -> Result<Vec<(String, String)>, BlockError> {
+    let corrupt = || BlockError::Corrupt("undecodable structured metadata".into());
+    let mut at = 0;
+    let mut pairs = Vec::new();
+    let string = |at: &mut usize| -> Result<String, BlockError> {
+        let len = get_varint(buf, at).ok_or_else(corrupt)?;
+        let bytes = buf.get(*at..*at + len).ok_or_else(corrupt)?;
+        *at += len;
+        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())
+    };
+    while at < buf.len() {
+        let k = string(&mut at)?;
+        let v = string(&mut at)?;
+        pairs.push((k, v));
+    }
+    Ok(pairs)
+}
+
+/// Reads the entries in `[start, end)` of the streams `wanted` (indexes into `meta.streams`,
+/// ascending) from a block's data object. Returns one `StreamEntries` per wanted stream that
+/// has entries in the range, with its labels shared from `labels` (parallel to `wanted`).
+pub fn read_streams(
+    data: Bytes,
+    meta: &LogBlockMeta,
+    wanted: &[usize],
+    start: i64,
+    end: i64,
+) -> Result<Vec<StreamEntries>, BlockError> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut selectors = Vec::new();
+    let mut at = 0u64;
+    for &i in wanted {
+        let s = meta.streams.get(i).ok_or_else(|| BlockError::Corrupt(format!("no stream {i}")))?;
+        if s.first_row < at {
+            return Err(BlockError::Corrupt("streams out of row order".into()));
+        }
+        if s.first_row > at {
+            selectors.push(RowSelector::skip((s.first_row - at) as usize));
+        }
+        selectors.push(RowSelector::select(s.rows as usize));
+        at = s.first_row + s.rows;
+    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+        data,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )?;
+    let reader = builder.with_row_selection(RowSelection::from(selectors)).with_batch_size(8192).build()?;
+    let mut out: Vec<StreamEntries> = Vec::new();
+    let mut current: Option<u32> = None;
+    for batch in reader {
+        let batch = batch?;
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| BlockError::Corrupt(format!("no column {name}")))
+        };
+        let streams = column("stream")?
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .ok_or_else(|| BlockError::Corrupt("stream is not uint32".into()))?;
+        let times = column("timestamp")?
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| BlockError::Corrupt("timestamp is not int64".into()))?;
+        let lines = column("line")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?;
+        let metadata = column("metadata")?
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| BlockError::Corrupt("metadata is not binary".into()))?;
+        for row in 0..batch.num_rows() {
+            let ts = times.value(row);
+            if ts < start || ts >= end {
+                continue;
+            }
+            let stream = streams.value(row);
+            if current != Some(stream) {
+                let labels = &meta
+                    .streams
+                    .get(stream as usize)
+                    .ok_or_else(|| BlockError::Corrupt(format!("row of unknown stream {stream}")))?
+                    .labels;
+                out.push(StreamEntries { labels: Arc::new(labels.clone()), entries: Vec::new() });
+                current = Some(stream);
+            }
+            let metadata =
+                if metadata.is_null(row) { Vec::new() } else { decode_metadata(metadata.value(row))? };
+            if let Some(last) = out.last_mut() {
+                last.entries.push(Entry { timestamp: ts, line: lines.value(row).to_string(), metadata });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(streams: &[StreamEntries]) -> impl Iterator<Item = (&Labels, &[Entry])> {
+        streams.iter().map(|s| (&*s.labels, s.entries.as_slice()))
+    }
+
+    fn labels(app: &str) -> Arc<Labels> {
+        Arc::new(Labels::new([("app".to_string(), app.to_string())]))
+    }
+
+    fn entry(ts: i64, line: &str, metadata: &[(&str, &str)]) -> Entry {
+        Entry {
+            timestamp: ts,
+            line: line.into(),
+            metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn streams_come_back_by_selection_and_time_range() {
+        let streams = vec![
+            StreamEntries {
+                labels: labels("web"),
+                entries: vec![entry(10, "GET /", &[("trace_id", "ab")]), entry(20, "GET /x", &[])],
+            },
+            StreamEntries {
+                labels: labels("api"),
+                entries: vec![entry(5, "ünïcode", &[("k", ""), ("", "v")])],
+            },
+        ];
+        let (data, meta) = encode("b1".into(), 0, refs(&streams)).unwrap();
+        assert_eq!(meta.entries, 3);
+        assert_eq!((meta.min_time, meta.max_time), (5, 20));
+        // Sorted by labels: api first.
+        assert_eq!(meta.streams[0].labels, *labels("api"));
+        assert_eq!((meta.streams[1].first_row, meta.streams[1].rows), (1, 2));
+        assert_eq!(meta.size_bytes, data.len() as u64);
+
+        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(all[0], streams[1]);
+        assert_eq!(all[1], streams[0]);
+        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100).unwrap();
+        assert_eq!(web_late.len(), 1);
+        assert_eq!(web_late[0].entries, [entry(20, "GET /x", &[])]);
+        assert!(read_streams(data, &meta, &[0], 6, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_block_larger_than_a_row_group_reads_back_whole() {
+        let n = ROW_GROUP_ROWS + 100;
+        let streams: Vec<StreamEntries> = ["a", "b", "c"]
+            .iter()
+            .map(|app| StreamEntries {
+                labels: labels(app),
+                entries: (0..n as i64).map(|i| entry(i, &format!("{app} line {i}"), &[])).collect(),
+            })
+            .collect();
+        let (data, meta) = encode("b2".into(), 0, refs(&streams)).unwrap();
+        let b = read_streams(data, &meta, &[1], 0, i64::MAX).unwrap();
+        assert_eq!(b, [streams[1].clone()]);
+    }
+
+    #[test]
+    fn metadata_round_trips_and_garbage_is_corrupt() {
+        let pairs = vec![("a".to_string(), "x".repeat(300)), ("".to_string(), "".to_string())];
+        let mut buf = Vec::new();
+        encode_metadata(&pairs, &mut buf);
+        assert_eq!(decode_metadata(&buf).unwrap(), pairs);
+        assert!(decode_metadata(&[5, b'a']).is_err());
+        assert!(decode_metadata(&[0xff]).is_err());
+    }
+}

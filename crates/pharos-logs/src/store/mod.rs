@@ -1,0 +1,622 @@
+//! The log store: per tenant, a head in memory (one part per processor partition) and
+//! immutable blocks on the object store, listed in a catalog.
+//!
+//! A processor's [`PartitionWriter`] decodes each logs record once and appends its entries to
+//! its part of the head, where queries see them at once. Every `flush_interval` (or at
+//! `max_block_entries`) it writes the part as one block per tenant, publishes it, drops the
+//! part, and only then reports the records' offset durable. While a part is being written it
+//! stays readable, so an entry is seen at least once; a query drops repeats (the same stream,
+//! time and line, as Loki does), which also absorbs what a replay after a crash writes again.
+//! The compactor deletes blocks past the retention and merges small blocks.
+
+pub mod block;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pharos_core::{Envelope, Tenant};
+use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_block_id};
+use tracing::{error, info};
+
+use crate::decode::{self, StreamMapping};
+use crate::model::{Entry, Labels, LogSource, Matchers, SourceError, StreamEntries};
+use crate::query::Matcher;
+use block::{BlockError, LogBlockMeta};
+
+/// The catalog's signal directory.
+pub const SIGNAL_DIR: &str = "logs";
+
+/// The log store's options.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long entries stay only in the head before a block is written.
+    pub flush_interval: Duration,
+    /// A block is written as soon as a partition holds this many entries.
+    pub max_block_entries: usize,
+    /// Blocks whose newest entry is older are deleted.
+    pub retention: Duration,
+    /// How long retired blocks' data stays readable for queries that listed them.
+    pub deletion_delay: Duration,
+    /// Blocks smaller than this (raw bytes) are merged by the compactor...
+    pub compaction_small_bytes: u64,
+    /// ...into blocks of at most this many raw bytes.
+    pub compaction_max_bytes: u64,
+    /// Which OTLP resource attributes become stream labels.
+    pub mapping: StreamMapping,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(10),
+            max_block_entries: 500_000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            deletion_delay: Duration::from_secs(60),
+            compaction_small_bytes: 32 << 20,
+            compaction_max_bytes: 256 << 20,
+            mapping: StreamMapping::default(),
+        }
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("log block {block}: {source}")]
+    Block { block: String, source: BlockError },
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// One processor partition's part of a tenant's head.
+#[derive(Debug, Default)]
+struct HeadPart {
+    /// Entries per stream, sorted by time.
+    streams: HashMap<Arc<Labels>, Vec<Entry>>,
+    entries: usize,
+}
+
+impl HeadPart {
+    fn insert(&mut self, stream: StreamEntries) {
+        let n = stream.entries.len();
+        let entries = self.streams.entry(stream.labels).or_default();
+        for entry in stream.entries {
+            if entries.last().is_none_or(|last| last.timestamp <= entry.timestamp) {
+                entries.push(entry);
+            } else {
+                let at = entries.partition_point(|e| e.timestamp <= entry.timestamp);
+                entries.insert(at, entry);
+            }
+        }
+        self.entries += n;
+    }
+
+    fn streams(&self) -> impl Iterator<Item = (&Labels, &[Entry])> {
+        self.streams.iter().map(|(labels, entries)| (&**labels, entries.as_slice()))
+    }
+
+    fn snapshot(&self) -> Vec<StreamEntries> {
+        self.streams
+            .iter()
+            .map(|(labels, entries)| StreamEntries { labels: labels.clone(), entries: entries.clone() })
+            .collect()
+    }
+}
+
+/// A part and, while it is being written as a block, the part before it.
+#[derive(Debug, Default)]
+struct Slot {
+    live: HeadPart,
+    flushing: Option<Arc<HeadPart>>,
+}
+
+/// What the index answers from: the streams a tenant has in a time range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub streams: u64,
+    pub chunks: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The log store.
+pub struct LogStore {
+    catalog: Catalog<LogBlockMeta>,
+    heads: RwLock<HashMap<(Tenant, u32), Slot>>,
+    /// The store's options.
+    pub options: StoreOptions,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64
+}
+
+/// Sorts entries by time then line and drops repeats of the same time and line.
+fn sort_dedup(entries: &mut Vec<Entry>) {
+    entries.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then_with(|| a.line.cmp(&b.line)));
+    entries.dedup_by(|a, b| a.timestamp == b.timestamp && a.line == b.line);
+}
+
+/// Streams merged by labels, each sorted and without repeats, in label order.
+fn merge(parts: impl IntoIterator<Item = StreamEntries>) -> Vec<StreamEntries> {
+    let mut by: BTreeMap<Arc<Labels>, Vec<Entry>> = BTreeMap::new();
+    for part in parts {
+        by.entry(part.labels).or_default().extend(part.entries);
+    }
+    by.into_iter()
+        .map(|(labels, mut entries)| {
+            sort_dedup(&mut entries);
+            StreamEntries { labels, entries }
+        })
+        .collect()
+}
+
+fn in_range(entries: &[Entry], start: i64, end: i64) -> &[Entry] {
+    let from = entries.partition_point(|e| e.timestamp < start);
+    let to = entries.partition_point(|e| e.timestamp < end);
+    &entries[from..to.max(from)]
+}
+
+impl LogStore {
+    /// Opens the catalog of log blocks on `storage`.
+    pub async fn open(storage: ObjectStorage, options: StoreOptions) -> Result<Arc<Self>, StoreError> {
+        let catalog = Catalog::open(storage, SIGNAL_DIR, options.deletion_delay).await?;
+        Ok(Arc::new(Self { catalog, heads: RwLock::new(HashMap::new()), options }))
+    }
+
+    fn with_heads<R>(&self, tenant: &Tenant, mut f: impl FnMut(&HeadPart) -> R) -> Vec<R> {
+        let heads = self.heads.read().expect("log heads lock");
+        let mut out = Vec::new();
+        for ((t, _), slot) in heads.iter() {
+            if t == tenant {
+                out.push(f(&slot.live));
+                if let Some(flushing) = &slot.flushing {
+                    out.push(f(flushing));
+                }
+            }
+        }
+        out
+    }
+
+    /// The blocks of `tenant` overlapping `[start, end)`.
+    fn blocks(&self, tenant: &Tenant, start: i64, end: i64) -> Vec<Arc<LogBlockMeta>> {
+        self.catalog.blocks(tenant).into_iter().filter(|b| b.max_time >= start && b.min_time < end).collect()
+    }
+
+    /// Every tenant's blocks, for tests and tools.
+    pub fn block_metas(&self, tenant: &Tenant) -> Vec<Arc<LogBlockMeta>> {
+        self.catalog.blocks(tenant)
+    }
+
+    /// The entries in `[start, end)` of every stream matching `matchers`, from the head and the
+    /// blocks, merged per stream without repeats, streams in label order. Reading stops with an
+    /// error once more than `max_bytes` of lines would be read.
+    pub async fn select(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        max_bytes: u64,
+    ) -> Result<Vec<StreamEntries>, StoreError> {
+        let compiled = Matchers::compile(matchers)?;
+        let mut parts: Vec<StreamEntries> = Vec::new();
+        let mut bytes = 0u64;
+        let over = || {
+            SourceError(format!(
+                "the query would read more than {max_bytes} bytes of log lines (limit logs.max_query_bytes); narrow the selector or the time range"
+            ))
+        };
+        for found in self.with_heads(tenant, |part| {
+            part.streams
+                .iter()
+                .filter(|(labels, _)| compiled.matches(labels))
+                .filter_map(|(labels, entries)| {
+                    let entries = in_range(entries, start, end);
+                    (!entries.is_empty())
+                        .then(|| StreamEntries { labels: labels.clone(), entries: entries.to_vec() })
+                })
+                .collect::<Vec<_>>()
+        }) {
+            for stream in found {
+                bytes += stream.entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
+                parts.push(stream);
+            }
+        }
+        if bytes > max_bytes {
+            return Err(over().into());
+        }
+        for meta in self.blocks(tenant, start, end) {
+            let wanted: Vec<usize> = meta
+                .streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.max_time >= start && s.min_time < end && compiled.matches(&s.labels))
+                .map(|(i, _)| i)
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            bytes += wanted.iter().map(|&i| meta.streams[i].bytes).sum::<u64>();
+            if bytes > max_bytes {
+                return Err(over().into());
+            }
+            let path = self.catalog.object_path(tenant, &meta.id, block::DATA_FILE);
+            let data = match self.catalog.storage().get(&path).await {
+                Ok(data) => data,
+                // Retired and deleted since it was listed: its entries are in the block that
+                // replaced it, which a later listing finds.
+                Err(StorageError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let read_meta = meta.clone();
+            let streams = tokio::task::spawn_blocking(move || {
+                block::read_streams(data, &read_meta, &wanted, start, end)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+            parts.extend(streams);
+        }
+        Ok(merge(parts))
+    }
+
+    /// Every stream of `tenant` with an entry in `[start, end)` matching any of the matcher
+    /// sets (all streams when `selectors` is empty), with what the head and blocks hold of it.
+    pub fn streams(
+        &self,
+        tenant: &Tenant,
+        selectors: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeMap<Labels, StreamStats>, StoreError> {
+        let compiled: Vec<Matchers> =
+            selectors.iter().map(|m| Matchers::compile(m)).collect::<Result<_, _>>()?;
+        let wanted = |labels: &Labels| compiled.is_empty() || compiled.iter().any(|m| m.matches(labels));
+        let mut out: BTreeMap<Labels, StreamStats> = BTreeMap::new();
+        for found in self.with_heads(tenant, |part| {
+            part.streams
+                .iter()
+                .filter(|(labels, _)| wanted(labels))
+                .filter_map(|(labels, entries)| {
+                    let entries = in_range(entries, start, end);
+                    (!entries.is_empty()).then(|| {
+                        (
+                            (**labels).clone(),
+                            entries.len() as u64,
+                            entries.iter().map(|e| e.line.len() as u64).sum(),
+                        )
+                    })
+                })
+                .collect::<Vec<(Labels, u64, u64)>>()
+        }) {
+            for (labels, entries, bytes) in found {
+                let stats = out.entry(labels).or_default();
+                stats.chunks += 1;
+                stats.entries += entries;
+                stats.bytes += bytes;
+            }
+        }
+        for meta in self.blocks(tenant, start, end) {
+            for s in &meta.streams {
+                if s.max_time >= start && s.min_time < end && wanted(&s.labels) {
+                    let stats = out.entry(s.labels.clone()).or_default();
+                    stats.chunks += 1;
+                    stats.entries += s.rows;
+                    stats.bytes += s.bytes;
+                }
+            }
+        }
+        for stats in out.values_mut() {
+            stats.streams = 1;
+        }
+        Ok(out)
+    }
+
+    /// Label names of the streams in `[start, end)`, sorted.
+    pub fn label_names(&self, tenant: &Tenant, start: i64, end: i64) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self
+            .streams(tenant, &[], start, end)?
+            .keys()
+            .flat_map(|l| l.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
+            .collect())
+    }
+
+    /// Values of label `name` on the streams in `[start, end)` matching `matchers`, sorted.
+    pub fn label_values(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        matchers: Option<&[Matcher]>,
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let selectors: Vec<Vec<Matcher>> = matchers.map(|m| vec![m.to_vec()]).unwrap_or_default();
+        Ok(self
+            .streams(tenant, &selectors, start, end)?
+            .keys()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect())
+    }
+
+    fn insert(&self, tenant: &Tenant, partition: u32, streams: Vec<StreamEntries>) {
+        let mut heads = self.heads.write().expect("log heads lock");
+        let slot = heads.entry((tenant.clone(), partition)).or_default();
+        for stream in streams {
+            slot.live.insert(stream);
+        }
+    }
+
+    /// Moves a partition's live part to `flushing` and returns it.
+    fn start_flush(&self, tenant: &Tenant, partition: u32) -> Option<Arc<HeadPart>> {
+        let mut heads = self.heads.write().expect("log heads lock");
+        let slot = heads.get_mut(&(tenant.clone(), partition))?;
+        if slot.live.entries == 0 {
+            return None;
+        }
+        let part = Arc::new(std::mem::take(&mut slot.live));
+        slot.flushing = Some(part.clone());
+        Some(part)
+    }
+
+    /// Ends a flush: on success the flushing part goes; on failure it returns to the live part.
+    fn end_flush(&self, tenant: &Tenant, partition: u32, written: bool) {
+        let mut heads = self.heads.write().expect("log heads lock");
+        let Some(slot) = heads.get_mut(&(tenant.clone(), partition)) else { return };
+        if let Some(part) = slot.flushing.take()
+            && !written
+        {
+            for stream in part.snapshot() {
+                slot.live.insert(stream);
+            }
+        }
+        if slot.live.entries == 0 && slot.flushing.is_none() {
+            heads.remove(&(tenant.clone(), partition));
+        }
+    }
+
+    /// Encodes a block on a blocking thread (`encode` is given the new block's id), writes
+    /// and publishes it.
+    async fn write_block(
+        &self,
+        tenant: &Tenant,
+        encode: impl FnOnce(String) -> Result<(bytes::Bytes, LogBlockMeta), BlockError> + Send + 'static,
+    ) -> Result<Arc<LogBlockMeta>, StoreError> {
+        let id = new_block_id();
+        let block_id = id.clone();
+        let (bytes, meta) = tokio::task::spawn_blocking(move || encode(block_id))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Block { block: id.clone(), source })?;
+        self.catalog
+            .storage()
+            .put(&self.catalog.object_path(tenant, &meta.id, block::DATA_FILE), bytes)
+            .await?;
+        Ok(self.catalog.publish(tenant, meta).await?)
+    }
+
+    /// One compaction round: deletes blocks past the retention, then merges runs of small
+    /// blocks. Returns (blocks deleted, blocks merged).
+    pub async fn compact(&self) -> Result<(usize, usize), StoreError> {
+        let cutoff = now_nanos() - self.options.retention.as_nanos() as i64;
+        let (mut deleted, mut merged) = (0, 0);
+        for tenant in self.catalog.tenants() {
+            let expired: Vec<String> = self
+                .catalog
+                .blocks(&tenant)
+                .iter()
+                .filter(|b| b.max_time < cutoff)
+                .map(|b| b.id.clone())
+                .collect();
+            if !expired.is_empty() {
+                self.catalog.retire(&tenant, &expired, &[block::DATA_FILE]).await?;
+                info!(tenant = %tenant, blocks = expired.len(), "log blocks past retention deleted");
+                deleted += expired.len();
+            }
+            loop {
+                let small: Vec<Arc<LogBlockMeta>> = self
+                    .catalog
+                    .blocks(&tenant)
+                    .into_iter()
+                    .filter(|b| b.raw_bytes < self.options.compaction_small_bytes)
+                    .collect();
+                let mut run = Vec::new();
+                let mut raw = 0u64;
+                for b in small {
+                    if raw + b.raw_bytes > self.options.compaction_max_bytes && run.len() >= 2 {
+                        break;
+                    }
+                    raw += b.raw_bytes;
+                    run.push(b);
+                }
+                if run.len() < 2 {
+                    break;
+                }
+                let started = Instant::now();
+                let mut parts = Vec::new();
+                for meta in &run {
+                    let path = self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE);
+                    let data = self.catalog.storage().get(&path).await?;
+                    let all: Vec<usize> = (0..meta.streams.len()).collect();
+                    let read = meta.clone();
+                    let streams = tokio::task::spawn_blocking(move || {
+                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Task(e.to_string()))?
+                    .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+                    parts.extend(streams);
+                }
+                let level = run.iter().map(|b| b.level).max().unwrap_or(0) + 1;
+                let out = self
+                    .write_block(&tenant, move |id| {
+                        let streams = merge(parts);
+                        block::encode(id, level, streams.iter().map(|s| (&*s.labels, s.entries.as_slice())))
+                    })
+                    .await?;
+                let ids: Vec<String> = run.iter().map(|b| b.id.clone()).collect();
+                self.catalog.retire(&tenant, &ids, &[block::DATA_FILE]).await?;
+                info!(
+                    tenant = %tenant,
+                    inputs = ids.len(),
+                    entries = out.entries,
+                    bytes = out.size_bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "log blocks merged"
+                );
+                merged += ids.len();
+            }
+        }
+        Ok((deleted, merged))
+    }
+}
+
+/// A synchronous [`LogSource`] over the store for one tenant, for the LogQL engine running on
+/// a blocking thread: each `select` waits for the store on the runtime `handle`.
+pub struct StoreSource {
+    store: Arc<LogStore>,
+    tenant: Tenant,
+    handle: tokio::runtime::Handle,
+    max_bytes: u64,
+}
+
+impl StoreSource {
+    /// Call from a blocking thread (`spawn_blocking`), never from an async task.
+    pub fn new(store: Arc<LogStore>, tenant: Tenant, handle: tokio::runtime::Handle, max_bytes: u64) -> Self {
+        Self { store, tenant, handle, max_bytes }
+    }
+}
+
+impl LogSource for StoreSource {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<StreamEntries>, SourceError> {
+        self.handle.block_on(self.store.select(&self.tenant, matchers, start, end, self.max_bytes)).map_err(
+            |e| match e {
+                StoreError::Source(e) => e,
+                other => SourceError(other.to_string()),
+            },
+        )
+    }
+}
+
+/// What a write put in the head.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStats {
+    pub entries: u64,
+    /// Entries refused, by reason.
+    pub rejected: Vec<(&'static str, u64)>,
+}
+
+/// What a flush wrote.
+#[derive(Debug, Clone, Default)]
+pub struct FlushReport {
+    pub blocks: usize,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// One processor partition's writer into the log store.
+pub struct PartitionWriter {
+    store: Arc<LogStore>,
+    partition: u32,
+    tenants: BTreeSet<Tenant>,
+    pending: usize,
+    first_pending: Option<u64>,
+    pending_since: Option<Instant>,
+}
+
+impl PartitionWriter {
+    pub fn new(store: Arc<LogStore>, partition: u32) -> Self {
+        Self {
+            store,
+            partition,
+            tenants: BTreeSet::new(),
+            pending: 0,
+            first_pending: None,
+            pending_since: None,
+        }
+    }
+
+    /// Decodes a logs envelope and puts its entries in the head; other signals are ignored.
+    pub fn write(&mut self, offset: u64, envelope: &Envelope) -> WriteStats {
+        let mut stats = WriteStats::default();
+        let streams = match decode::decode(envelope, &self.store.options.mapping) {
+            Ok(streams) => streams,
+            Err(e) => {
+                error!(partition = self.partition, offset, error = %e, "undecodable logs record, skipping it");
+                stats.rejected.push(("undecodable", u64::from(envelope.items)));
+                return stats;
+            }
+        };
+        let n: usize = streams.iter().map(|s| s.entries.len()).sum();
+        if n == 0 {
+            return stats;
+        }
+        stats.entries = n as u64;
+        self.store.insert(&envelope.tenant, self.partition, streams);
+        self.pending += n;
+        self.tenants.insert(envelope.tenant.clone());
+        self.first_pending.get_or_insert(offset);
+        self.pending_since.get_or_insert_with(Instant::now);
+        stats
+    }
+
+    /// Whether a flush is due: enough entries pending, pending for long enough, or closing.
+    pub fn flush_due(&self, closing: bool) -> bool {
+        self.pending > 0
+            && (closing
+                || self.pending >= self.store.options.max_block_entries
+                || self.pending_since.is_some_and(|t| t.elapsed() >= self.store.options.flush_interval))
+    }
+
+    /// Writes every pending entry into blocks (one per tenant) and publishes them.
+    pub async fn flush(&mut self) -> Result<FlushReport, StoreError> {
+        let mut report = FlushReport::default();
+        while let Some(tenant) = self.tenants.first().cloned() {
+            if let Some(part) = self.store.start_flush(&tenant, self.partition) {
+                match self.store.write_block(&tenant, move |id| block::encode(id, 0, part.streams())).await {
+                    Ok(meta) => {
+                        report.blocks += 1;
+                        report.entries += meta.entries;
+                        report.bytes += meta.size_bytes;
+                        self.store.end_flush(&tenant, self.partition, true);
+                    }
+                    Err(e) => {
+                        // Back into the head: the offset stays behind them and the next flush
+                        // retries.
+                        self.store.end_flush(&tenant, self.partition, false);
+                        return Err(e);
+                    }
+                }
+            }
+            self.tenants.remove(&tenant);
+        }
+        self.pending = 0;
+        self.first_pending = None;
+        self.pending_since = None;
+        Ok(report)
+    }
+
+    /// Every record below the returned offset is in a durable block (or held no entries),
+    /// given that `next` is the offset after the last record written.
+    pub fn durable_below(&self, next: u64) -> u64 {
+        self.first_pending.unwrap_or(next)
+    }
+}
+
+#[cfg(test)]
+mod tests;
