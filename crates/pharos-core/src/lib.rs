@@ -10,6 +10,7 @@ mod partition;
 pub mod prompb;
 mod signal;
 mod tenant;
+pub mod time;
 
 pub use envelope::{Envelope, EnvelopeError, PayloadFormat};
 pub use error::ErrorCode;

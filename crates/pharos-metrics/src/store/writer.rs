@@ -298,6 +298,14 @@ impl PartitionWriter {
             PayloadFormat::PrometheusWriteV1 => crate::remote_write::decode_v1(&envelope.payload),
             PayloadFormat::PrometheusWriteV2 => crate::remote_write::decode_v2(&envelope.payload),
             PayloadFormat::Otlp => self.otlp.decode(&envelope.payload),
+            PayloadFormat::LokiPush => {
+                error!(
+                    partition = self.partition,
+                    offset, "a metrics record in the Loki push format, skipping it"
+                );
+                stats.reject("unsupported_format", u64::from(envelope.items));
+                return stats;
+            }
         };
         let batch = match decoded {
             Ok(batch) => batch,
