@@ -17,8 +17,13 @@ pub struct Limits {
     pub max_nesting_depth: usize,
     /// The most labels on one Prometheus series (`__name__` included).
     pub max_labels_per_series: usize,
+    /// The longest label name and value, in bytes, of a Prometheus series or a Loki stream.
     pub max_label_name_length: usize,
     pub max_label_value_length: usize,
+    /// The most labels on one Loki stream (Loki's `max_label_names_per_series`).
+    pub max_labels_per_stream: usize,
+    /// The longest Loki log line, in bytes (Loki's `max_line_size`).
+    pub max_line_size: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +40,9 @@ impl Default for Limits {
             max_labels_per_series: 30,
             max_label_name_length: 1024,
             max_label_value_length: 2048,
+            // Loki's defaults.
+            max_labels_per_stream: 15,
+            max_line_size: 256 << 10,
         }
     }
 }

@@ -160,7 +160,7 @@ async fn receive(state: &RwState, request: Request) -> Result<Received, (Option<
 }
 
 /// Snappy block decoding with the declared length checked before allocating.
-fn unsnappy(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
+pub(crate) fn unsnappy(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
     let bad = |e: snap::Error| IngestError::Decompress {
         encoding: "snappy",
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),

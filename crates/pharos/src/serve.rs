@@ -99,6 +99,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // The trace store: its block catalog on the object store.
     let storage = pharos_storage::ObjectStorage::open(&config.storage, &config.data_dir)
         .context("open the object store")?;
+    let log_store = pharos_logs::store::LogStore::open(storage.clone(), config.log_store_options())
+        .await
+        .context("open the log store")?;
     let trace_store = pharos_traces::store::TraceStore::open(storage, config.trace_store_options())
         .await
         .context("open the trace store")?;
@@ -116,6 +119,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let compactor = tokio::spawn(run_compactor(
         trace_store.clone(),
         config.traces.compaction_interval.0,
+        compactor_stop.clone(),
+    ));
+    let log_compactor = tokio::spawn(run_log_compactor(
+        log_store.clone(),
+        config.logs.compaction_interval.0,
         compactor_stop.clone(),
     ));
 
@@ -142,6 +150,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             ),
             parts: parts.clone(),
             traces: pharos_traces::store::PartitionWriter::new(trace_store.clone(), partition),
+            logs: pharos_logs::store::PartitionWriter::new(log_store.clone(), partition),
             telemetry: store_metrics.clone(),
         };
         let runner = Runner {
@@ -165,8 +174,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let retry_after = config.limits.retry_after.0;
     let http_options = HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after };
     let remote_write = pharos_ingest::remote_write::router(ingestor.clone(), http_options.clone());
+    let loki_push = pharos_ingest::loki::router(ingestor.clone(), http_options.clone());
     let otlp_http_router = otlp_http::router(ingestor.clone(), http_options.clone())
         .merge(remote_write.clone())
+        .merge(loki_push.clone())
         .merge(pharos_ingest::zipkin::router(ingestor.clone(), http_options));
     let grpc_routes =
         grpc::routes(ingestor.clone(), config.otlp.grpc.max_message_size.0 as usize, retry_after);
@@ -180,8 +191,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(api_state.clone())
-        // Prometheus users point remote_write at the same address they query.
+        // Prometheus users point remote_write at the same address they query; Loki users too.
         .merge(remote_write)
+        .merge(loki_push)
         .merge(pharos_traces::api::router(
             trace_store.clone(),
             pharos_traces::api::ApiOptions {
@@ -190,6 +202,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             },
         ))
         .merge(pharos_traces::jaeger::router(trace_store.clone(), config.traces.query_timeout.0))
+        .merge(pharos_logs::api::router(log_store.clone(), config.log_api_options()))
         .merge(pharos_metrics::api::router(
             heads.clone() as Arc<dyn TenantReaders>,
             ApiOptions {
@@ -278,6 +291,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 
     compactor_stop.cancel();
     let _ = compactor.await;
+    let _ = log_compactor.await;
 
     info!("shutting down: closing the write-ahead log");
     let closed = queue.close().await;
@@ -313,6 +327,25 @@ async fn run_compactor(
             }
             Ok(_) => {}
             Err(e) => error!(error = %e, "trace compaction failed; retrying at the next round"),
+        }
+    }
+}
+
+/// Runs a log compaction round every `interval` until stopped.
+async fn run_log_compactor(
+    store: Arc<pharos_logs::store::LogStore>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match store.compact().await {
+            Ok((0, 0)) => {}
+            Ok((expired, merged)) => info!(expired, merged, "log compaction round"),
+            Err(e) => error!(error = %e, "log compaction failed; retrying at the next round"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The processors' sink: every record is counted; metrics records are written into the
-//! metrics heads and made durable as parts; traces records go into the trace store's head and
-//! are made durable as blocks. The offset committed to the queue is the smallest of what each
+//! metrics heads and made durable as parts; traces and logs records go into their store's
+//! head and are made durable as blocks. The offset committed to the queue is the smallest of what each
 //! has made durable.
 
 use std::sync::Arc;
@@ -24,6 +24,10 @@ pub(crate) struct MetricsStoreMetrics {
     spans_rejected: Family<Vec<(&'static str, String)>, Counter>,
     trace_blocks: Counter,
     trace_block_bytes: Counter,
+    log_entries: Family<Vec<(&'static str, String)>, Counter>,
+    log_entries_rejected: Family<Vec<(&'static str, String)>, Counter>,
+    log_blocks: Counter,
+    log_block_bytes: Counter,
 }
 
 impl MetricsStoreMetrics {
@@ -63,6 +67,26 @@ impl MetricsStoreMetrics {
             "Bytes of trace blocks written from the processors' pending spans",
             self.trace_block_bytes.clone(),
         );
+        registry.register(
+            "pharos_logs_entries_stored",
+            "Log entries put in the log store, by tenant",
+            self.log_entries.clone(),
+        );
+        registry.register(
+            "pharos_logs_entries_rejected",
+            "Log entries the log store refused, by tenant and reason",
+            self.log_entries_rejected.clone(),
+        );
+        registry.register(
+            "pharos_logs_blocks_flushed",
+            "Log blocks written from the processors' pending entries",
+            self.log_blocks.clone(),
+        );
+        registry.register(
+            "pharos_logs_block_bytes_flushed",
+            "Bytes of log blocks written from the processors' pending entries",
+            self.log_block_bytes.clone(),
+        );
     }
 }
 
@@ -71,6 +95,7 @@ pub(crate) struct StoresSink {
     pub(crate) metrics: PartitionWriter,
     pub(crate) parts: Arc<PartStore>,
     pub(crate) traces: pharos_traces::store::PartitionWriter,
+    pub(crate) logs: pharos_logs::store::PartitionWriter,
     pub(crate) telemetry: MetricsStoreMetrics,
 }
 
@@ -113,6 +138,15 @@ impl Sink for StoresSink {
                 labels.push(("reason", reason.to_string()));
                 self.telemetry.spans_rejected.get_or_create(&labels).inc_by(n);
             }
+            let logs = self.logs.write(*offset, envelope);
+            if logs.entries > 0 {
+                self.telemetry.log_entries.get_or_create(&tenant()).inc_by(logs.entries);
+            }
+            for (reason, n) in logs.rejected {
+                let mut labels = tenant();
+                labels.push(("reason", reason.to_string()));
+                self.telemetry.log_entries_rejected.get_or_create(&labels).inc_by(n);
+            }
         }
         self.counting.write(envelopes).await
     }
@@ -142,6 +176,21 @@ impl Sink for StoresSink {
                 }
             }
         }
-        Ok(counted.min(self.metrics.durable_below()).min(self.traces.durable_below(next)))
+        if self.logs.flush_due(closing) {
+            match self.logs.flush().await {
+                Ok(flushed) => {
+                    self.telemetry.log_blocks.inc_by(flushed.blocks as u64);
+                    self.telemetry.log_block_bytes.inc_by(flushed.bytes);
+                }
+                Err(e) if closing => return Err(PipelineError::Store(e.into())),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing a log block failed; retrying at the next flush")
+                }
+            }
+        }
+        Ok(counted
+            .min(self.metrics.durable_below())
+            .min(self.traces.durable_below(next))
+            .min(self.logs.durable_below(next)))
     }
 }

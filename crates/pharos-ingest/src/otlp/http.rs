@@ -54,6 +54,13 @@ pub fn router(ingestor: Arc<Ingestor>, options: HttpOptions) -> Router {
         .with_state(state)
 }
 
+/// `POST /otlp/v1/logs`: the OTLP/HTTP logs endpoint on the path Loki serves it, for senders
+/// pointed at a Loki base URL. Mounted with the Loki push route ([`crate::loki::router`]).
+pub(crate) fn loki_otlp_logs_router(ingestor: Arc<Ingestor>, options: HttpOptions) -> Router {
+    let state = Arc::new(HttpState { ingestor, options });
+    Router::new().route("/otlp/v1/logs", post(handle::<ExportLogsServiceRequest>)).with_state(state)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Format {
     Protobuf,

@@ -21,10 +21,15 @@ mod bytesize;
 mod display;
 mod duration;
 mod error;
+mod eval;
 mod lexer;
 mod parser;
 mod pattern;
 
 pub use ast::*;
 pub use error::{ParseError, ParseErrorKind};
+pub use eval::{
+    DEFAULT_MAX_ENTRIES, DEFAULT_MAX_SERIES, Direction, EvalError, Limits, LogStream, MAX_STEPS, QueryValue,
+    ResultEntry, Sample, Series, Stats, evaluate_instant, evaluate_range, select_logs,
+};
 pub use parser::{MAX_DEPTH, parse};

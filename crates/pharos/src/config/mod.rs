@@ -30,6 +30,7 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub metrics: MetricsConfig,
     pub traces: TracesConfig,
+    pub logs: LogsConfig,
     pub storage: pharos_storage::StorageConfig,
     pub shutdown_timeout: HumanDuration,
     pub log: LogConfig,
@@ -76,6 +77,8 @@ pub struct LimitsConfig {
     pub max_labels_per_series: usize,
     pub max_label_name_length: usize,
     pub max_label_value_length: usize,
+    pub max_labels_per_stream: usize,
+    pub max_line_size: ByteSize,
     pub retry_after: HumanDuration,
 }
 
@@ -160,6 +163,39 @@ impl Default for TracesConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    pub flush_interval: HumanDuration,
+    pub max_block_entries: usize,
+    pub retention: HumanDuration,
+    pub compaction_interval: HumanDuration,
+    /// OTLP resource attributes that become stream labels (dots become underscores).
+    pub stream_labels: Vec<String>,
+    pub query_timeout: HumanDuration,
+    pub max_query_bytes: ByteSize,
+    pub max_entries: usize,
+    pub max_series: usize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        let store = pharos_logs::store::StoreOptions::default();
+        let api = pharos_logs::api::ApiOptions::default();
+        LogsConfig {
+            flush_interval: HumanDuration(store.flush_interval),
+            max_block_entries: store.max_block_entries,
+            retention: HumanDuration(store.retention),
+            compaction_interval: HumanDuration(Duration::from_secs(60)),
+            stream_labels: store.mapping.resource_labels,
+            query_timeout: HumanDuration(api.query_timeout),
+            max_query_bytes: ByteSize(api.max_query_bytes),
+            max_entries: api.max_entries,
+            max_series: api.max_series,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -189,6 +225,7 @@ impl Default for Config {
             processor: ProcessorConfig::default(),
             metrics: MetricsConfig::default(),
             traces: TracesConfig::default(),
+            logs: LogsConfig::default(),
             storage: pharos_storage::StorageConfig::default(),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             log: LogConfig::default(),
@@ -232,6 +269,8 @@ impl Default for LimitsConfig {
             max_labels_per_series: l.max_labels_per_series,
             max_label_name_length: l.max_label_name_length,
             max_label_value_length: l.max_label_value_length,
+            max_labels_per_stream: l.max_labels_per_stream,
+            max_line_size: ByteSize(l.max_line_size as u64),
             retry_after: HumanDuration(Duration::from_secs(1)),
         }
     }
@@ -279,6 +318,8 @@ impl Config {
             max_labels_per_series: self.limits.max_labels_per_series,
             max_label_name_length: self.limits.max_label_name_length,
             max_label_value_length: self.limits.max_label_value_length,
+            max_labels_per_stream: self.limits.max_labels_per_stream,
+            max_line_size: self.limits.max_line_size.0 as usize,
         }
     }
 
@@ -316,6 +357,27 @@ impl std::fmt::Display for ConfigIssue {
 
 /// Checks the values of a configuration that deserialized. Pure: no I/O.
 impl Config {
+    /// The log store's options from the `logs:` section.
+    pub fn log_store_options(&self) -> pharos_logs::store::StoreOptions {
+        pharos_logs::store::StoreOptions {
+            flush_interval: self.logs.flush_interval.0,
+            max_block_entries: self.logs.max_block_entries,
+            retention: self.logs.retention.0,
+            mapping: pharos_logs::decode::StreamMapping { resource_labels: self.logs.stream_labels.clone() },
+            ..pharos_logs::store::StoreOptions::default()
+        }
+    }
+
+    /// The Loki API's options from the `logs:` section.
+    pub fn log_api_options(&self) -> pharos_logs::api::ApiOptions {
+        pharos_logs::api::ApiOptions {
+            query_timeout: self.logs.query_timeout.0,
+            max_query_bytes: self.logs.max_query_bytes.0,
+            max_entries: self.logs.max_entries,
+            max_series: self.logs.max_series,
+        }
+    }
+
     /// The trace store's options from the `traces:` section.
     pub fn trace_store_options(&self) -> pharos_traces::store::StoreOptions {
         pharos_traces::store::StoreOptions {
@@ -353,6 +415,8 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         "must be at least 1KiB",
     );
     check(config.limits.max_items_per_request > 0, "limits.max_items_per_request", "must be more than zero");
+    check(config.limits.max_labels_per_stream > 0, "limits.max_labels_per_stream", "must be more than zero");
+    check(config.limits.max_line_size.0 > 0, "limits.max_line_size", "must be more than zero");
     check(
         (1..=64).contains(&config.limits.max_nesting_depth),
         "limits.max_nesting_depth",
@@ -373,6 +437,13 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     check(config.traces.max_trace_spans > 0, "traces.max_trace_spans", "must be more than zero");
     check(config.traces.max_search_spans > 0, "traces.max_search_spans", "must be more than zero");
     check(!config.traces.query_timeout.0.is_zero(), "traces.query_timeout", "must be more than zero");
+    check(!config.logs.flush_interval.0.is_zero(), "logs.flush_interval", "must be more than zero");
+    check(config.logs.max_block_entries > 0, "logs.max_block_entries", "must be more than zero");
+    check(!config.logs.retention.0.is_zero(), "logs.retention", "must be more than zero");
+    check(!config.logs.compaction_interval.0.is_zero(), "logs.compaction_interval", "must be more than zero");
+    check(!config.logs.query_timeout.0.is_zero(), "logs.query_timeout", "must be more than zero");
+    check(config.logs.max_entries > 0, "logs.max_entries", "must be more than zero");
+    check(config.logs.max_series > 0, "logs.max_series", "must be more than zero");
     if let Err(e) = config.storage.validate() {
         let text = e.to_string();
         let text = text.strip_prefix("storage configuration: ").unwrap_or(&text);
