@@ -14,7 +14,10 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::{
+        Path, RawQuery, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
     http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -74,6 +77,7 @@ pub fn router(store: Arc<LogStore>, options: ApiOptions) -> Router {
         .route("/detected_fields", get(detected_fields))
         .route("/detected_field/{name}/values", get(detected_field_values))
         .route("/patterns", get(patterns))
+        .route("/tail", get(tail))
         .route("/status/buildinfo", get(buildinfo));
     Router::new().nest("/loki/api/v1", v1).with_state(state)
 }
@@ -212,9 +216,13 @@ impl Params {
         query::parse(text).map_err(|e| ApiError::bad(e.to_string()))
     }
 
-    /// The matchers of an optional `query` that must be a bare stream selector (label look-ups).
+    /// The matchers of an optional `query` that must be a bare stream selector (label look-ups);
+    /// `{}` (which Grafana sends for "every stream") is none.
     fn selector(&self, key: &str) -> Result<Option<Vec<Matcher>>, ApiError> {
-        self.get(key).map(|text| selector(text)).transpose()
+        self.get(key)
+            .filter(|text| text.split_whitespace().collect::<String>() != "{}")
+            .map(selector)
+            .transpose()
     }
 }
 
@@ -843,6 +851,110 @@ async fn detected_field_values(
     let values: Vec<&String> =
         fields.get(&name).map(|f| f.values.iter().take(limit).collect()).unwrap_or_default();
     Ok(axum::Json(json!({ "values": values, "limit": limit })).into_response())
+}
+
+/// How far back a tail looks again on each poll for entries that arrived late (their
+/// timestamps older than the last poll's end); what it already sent there is not sent again.
+const TAIL_LOOKBACK_NS: i64 = 10_000_000_000;
+
+/// `GET /loki/api/v1/tail` (WebSocket): the entries of a log query as they arrive, one JSON frame
+/// `{"streams": [...], "dropped_entries": null}` per poll (every second) with new entries.
+/// `delay_for` (0 to 5 seconds) holds entries back that long; `start` (default an hour ago)
+/// and `limit` (default 100 per frame) bound the first frame.
+async fn tail(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::new(&Method::GET, &headers, raw, &[])?;
+    let tenant = tenant(&headers)?;
+    let Expr::Log(log) = params.query()? else {
+        return Err(ApiError::bad("tail needs a log query, not a metric query"));
+    };
+    let delay_for: i64 = match params.get("delay_for") {
+        None => 0,
+        Some(text) => {
+            text.parse().map_err(|_| ApiError::bad(format!("invalid delay_for {text:?}: want seconds")))?
+        }
+    };
+    if !(0..=5).contains(&delay_for) {
+        return Err(ApiError::bad("delay_for can't be greater than 5 (or negative)"));
+    }
+    let limit = params.limit(&state.options, 100)?;
+    let start = params.time("start")?.unwrap_or_else(|| now_nanos() - 3_600_000_000_000);
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    Ok(ws.on_upgrade(move |socket| {
+        tail_loop(state, tenant, log, delay_for * 1_000_000_000, limit, start, socket)
+    }))
+}
+
+async fn tail_loop(
+    state: Arc<ApiState>,
+    tenant: Tenant,
+    log: crate::query::LogQuery,
+    delay: i64,
+    limit: usize,
+    start: i64,
+    mut socket: WebSocket,
+) {
+    let log = Arc::new(log);
+    // Entries sent whose time is within the lookback: (time, labels, line).
+    let mut sent: BTreeSet<(i64, String, String)> = BTreeSet::new();
+    // Everything before `covered` was read (and sent); the lookback reads its tail again.
+    let mut covered = start;
+    loop {
+        let until = now_nanos() - delay;
+        let from = covered.min(until - TAIL_LOOKBACK_NS).max(start);
+        if until > from {
+            let query = log.clone();
+            let found = run(&state, tenant.clone(), move |source, limits| {
+                select_logs(&query, source, from, until, Direction::Forward, limit, limits)
+            })
+            .await;
+            let streams = match found {
+                Ok((streams, _)) => streams,
+                Err(e) => {
+                    let _ = socket.send(Message::Close(None)).await;
+                    tracing::warn!(error = %e.1, "a log tail query failed; the tail is closed");
+                    return;
+                }
+            };
+            let returned: usize = streams.iter().map(|s| s.entries.len()).sum();
+            let newest = streams.iter().flat_map(|s| s.entries.iter().map(|e| e.timestamp)).max();
+            let mut frame = Vec::new();
+            for mut stream in streams {
+                let key = stream.labels.to_string();
+                stream.entries.retain(|e| sent.insert((e.timestamp, key.clone(), e.line.clone())));
+                if !stream.entries.is_empty() {
+                    frame.push(stream);
+                }
+            }
+            if !frame.is_empty() {
+                let body = json!({ "streams": streams_json(&frame), "dropped_entries": null });
+                if socket.send(Message::Text(body.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            // At the limit the rest of the range comes next poll, from the newest entry read.
+            covered = match newest {
+                Some(newest) if returned >= limit => newest,
+                _ => until,
+            };
+            let horizon = covered.min(until - TAIL_LOOKBACK_NS);
+            sent.retain(|(t, _, _)| *t >= horizon);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            message = socket.recv() => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
 }
 
 /// Log patterns need a pattern ingester, which Pharos does not have: the answer is empty

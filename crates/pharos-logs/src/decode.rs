@@ -22,7 +22,6 @@ use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
 use prost::Message;
 
 use crate::model::{Entry, Labels, StreamEntries};
-use crate::query::{self, Expr, MatchOp};
 
 /// The resource attributes that become stream labels by default: Loki's defaults. The
 /// receivers partition log records by the same list (`pharos-ingest`'s
@@ -225,22 +224,9 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Strea
 
 /// Parses a stream's labels string, `{a="1", b="2"}` (the receiver wrote it canonically).
 pub fn parse_labels(text: &str) -> Result<Labels, DecodeError> {
-    let invalid = |reason: String| DecodeError::Labels { labels: text.to_string(), reason };
-    let expr = query::parse(text).map_err(|e| invalid(e.to_string()))?;
-    let Expr::Log(log) = expr else {
-        return Err(invalid("not a label set".into()));
-    };
-    if !log.pipeline.is_empty() {
-        return Err(invalid("not a label set".into()));
-    }
-    let mut pairs = Vec::with_capacity(log.selector.matchers.len());
-    for m in log.selector.matchers {
-        if m.op != MatchOp::Eq {
-            return Err(invalid(format!("`{}` is not `=`", m.op.as_str())));
-        }
-        pairs.push((m.name, m.value));
-    }
-    Ok(Labels::new(pairs))
+    pharos_core::loki::parse_labels(text)
+        .map(Labels::new)
+        .map_err(|reason| DecodeError::Labels { labels: text.to_string(), reason })
 }
 
 fn push(request: PushRequest) -> Result<Vec<StreamEntries>, DecodeError> {

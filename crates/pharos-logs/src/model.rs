@@ -1,7 +1,7 @@
 //! The log model: streams named by their labels, entries with a time, a line and structured
 //! metadata, and the source trait the LogQL engine reads from.
 
-use std::fmt::{self, Display, Formatter, Write as _};
+use std::fmt::{self, Display, Formatter};
 use std::sync::Arc;
 
 use pharos_core::{FNV_OFFSET, fnv1a_extend};
@@ -67,25 +67,7 @@ impl Labels {
 /// `{a="1", b="x\"y"}`: how Loki prints a label set (Go-quoted values).
 impl Display for Labels {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        f.write_char('{')?;
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{k}=\"")?;
-            for c in v.chars() {
-                match c {
-                    '"' => f.write_str("\\\"")?,
-                    '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\t' => f.write_str("\\t")?,
-                    '\r' => f.write_str("\\r")?,
-                    c => f.write_char(c)?,
-                }
-            }
-            f.write_char('"')?;
-        }
-        f.write_char('}')
+        f.write_str(&pharos_core::loki::format_labels(&self.0))
     }
 }
 

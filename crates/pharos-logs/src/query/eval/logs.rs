@@ -42,8 +42,9 @@ impl Ord for Candidate {
 /// Runs a log query over `[start, end)` (unix nanoseconds): at most `limit` entries
 /// overall, the newest for [`Direction::Backward`] and the oldest for
 /// [`Direction::Forward`]; streams grouped by their labels after the pipeline and sorted
-/// by them; entries in each stream in the direction's order. Entries of equal time are
-/// taken in stream-label order, then in the order the source gave them.
+/// by them; entries in each stream in the direction's order. Of entries with equal time,
+/// those of the stream with the smaller labels are taken first, then those read first in
+/// the query's direction.
 pub fn select_logs(
     query: &LogQuery,
     source: &dyn LogSource,

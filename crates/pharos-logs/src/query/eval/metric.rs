@@ -107,10 +107,12 @@ pub fn evaluate_range(
     if end < start {
         return Err(invalid("the end must not be before the start"));
     }
-    if (end - start) / step >= MAX_STEPS {
+    let last_step = (i128::from(end) - i128::from(start)) / i128::from(step);
+    if last_step >= i128::from(MAX_STEPS) {
         return Err(invalid("more than 11000 steps; use a larger step"));
     }
-    let steps: Vec<i64> = (0..=(end - start) / step).map(|i| start + i * step).collect();
+    // At most MAX_STEPS - 1, and `start + i * step` never passes `end`.
+    let steps: Vec<i64> = (0..=last_step as i64).map(|i| start + i * step).collect();
     let mut ctx =
         Ctx { source, steps, limits, stats: Stats::default(), budget: Budget::new(limits.deadline) };
     ctx.budget.check()?;

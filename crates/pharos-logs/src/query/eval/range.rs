@@ -131,6 +131,16 @@ pub(super) fn extract(
                         stream.labels.iter().filter(|(k, _)| grouping.keeps(k)).collect();
                     index.id_of_pairs(&pairs)
                 })
+            } else if let Grouping::By(names) = grouping {
+                // Look the few grouping labels up rather than listing every label.
+                let mut pairs: Vec<(&str, &str)> = names
+                    .iter()
+                    .filter(|n| grouping.keeps(n))
+                    .filter_map(|n| state.get(n).map(|v| (n.as_str(), v)))
+                    .collect();
+                pairs.sort_unstable();
+                pairs.dedup_by(|a, b| a.0 == b.0);
+                index.id_of_pairs(&pairs)
             } else {
                 let mut pairs = state.pairs();
                 pairs.retain(|(k, _)| grouping.keeps(k));

@@ -1169,7 +1169,7 @@ fn sprintf(format: &str, args: &[V]) -> Result<String, String> {
         }
         let mut width: Option<usize> = None;
         while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-            width = Some(width.unwrap_or(0) * 10 + d as usize);
+            width = Some(width.unwrap_or(0).saturating_mul(10).saturating_add(d as usize));
             chars.next();
         }
         let mut precision: Option<usize> = None;
@@ -1177,7 +1177,7 @@ fn sprintf(format: &str, args: &[V]) -> Result<String, String> {
             chars.next();
             let mut p = 0;
             while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-                p = p * 10 + d as usize;
+                p = p.saturating_mul(10).saturating_add(d as usize);
                 chars.next();
             }
             precision = Some(p);
