@@ -245,10 +245,12 @@ fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64
 }
 
-/// An integer is nanoseconds since the epoch, a float seconds, anything else RFC3339.
+/// An integer is nanoseconds since the epoch, or seconds when it has at most 10 digits (as
+/// Loki reads it); a float is seconds; anything else RFC3339.
 pub fn parse_time(text: &str) -> Option<i64> {
-    if let Ok(ns) = text.parse::<i64>() {
-        return Some(ns);
+    if let Ok(n) = text.parse::<i64>() {
+        let digits = text.trim_start_matches(['-', '+']).len();
+        return if digits <= 10 { n.checked_mul(1_000_000_000) } else { Some(n) };
     }
     if let Ok(secs) = text.parse::<f64>() {
         let ns = secs * 1e9;
@@ -983,6 +985,7 @@ mod tests {
     fn times_are_nanoseconds_float_seconds_or_rfc3339() {
         assert_eq!(parse_time("1700000000000000000"), Some(1_700_000_000_000_000_000));
         assert_eq!(parse_time("1700000000.5"), Some(1_700_000_000_500_000_000));
+        assert_eq!(parse_time("1700000000"), Some(1_700_000_000_000_000_000), "10 digits: seconds");
         assert_eq!(parse_time("2023-11-14T22:13:20.000000001Z"), Some(1_700_000_000_000_000_001));
         assert_eq!(parse_time("2023-11-14T23:13:20+01:00"), Some(1_700_000_000_000_000_000));
         assert_eq!(parse_time("yesterday"), None);

@@ -48,6 +48,23 @@ struct Ctx<'a> {
 
 /// Evaluates a metric query at `time` (unix nanoseconds): a vector (sorted by labels, or by
 /// value for `sort`/`sort_desc`) or a scalar.
+///
+/// ```
+/// use pharos_logs::model::{Entry, Labels, MemSource};
+/// use pharos_logs::query::{Limits, QueryValue, evaluate_instant, parse};
+///
+/// let mut source = MemSource::default();
+/// let stream = Labels::new([("app".to_string(), "api".to_string())]);
+/// for (secs, line) in [(1, "level=info"), (2, "level=error"), (3, "level=info")] {
+///     let entry = Entry { timestamp: secs * 1_000_000_000, line: line.into(), metadata: vec![] };
+///     source.push(&stream, entry);
+/// }
+/// let expr = parse(r#"sum by (level) (count_over_time({app="api"} | logfmt [1m]))"#).unwrap();
+/// let (value, _stats) = evaluate_instant(&expr, &source.finish(), 60_000_000_000, &Limits::default()).unwrap();
+/// let QueryValue::Vector(samples) = value else { panic!("a vector") };
+/// let got: Vec<_> = samples.iter().map(|s| (s.labels.to_string(), s.value)).collect();
+/// assert_eq!(got, [(r#"{level="error"}"#.to_string(), 1.0), (r#"{level="info"}"#.to_string(), 2.0)]);
+/// ```
 pub fn evaluate_instant(
     expr: &Expr,
     source: &dyn LogSource,
@@ -111,8 +128,9 @@ pub fn evaluate_range(
     if last_step >= i128::from(MAX_STEPS) {
         return Err(invalid("more than 11000 steps; use a larger step"));
     }
-    // At most MAX_STEPS - 1, and `start + i * step` never passes `end`.
-    let steps: Vec<i64> = (0..=last_step as i64).map(|i| start + i * step).collect();
+    // `start + i * step` never passes `end`, so it fits; the product alone may not.
+    let steps: Vec<i64> =
+        (0..=last_step).map(|i| (i128::from(start) + i * i128::from(step)) as i64).collect();
     let mut ctx =
         Ctx { source, steps, limits, stats: Stats::default(), budget: Budget::new(limits.deadline) };
     ctx.budget.check()?;

@@ -1175,7 +1175,7 @@ fn sprintf(format: &str, args: &[V]) -> Result<String, String> {
         let mut precision: Option<usize> = None;
         if chars.peek() == Some(&'.') {
             chars.next();
-            let mut p = 0;
+            let mut p: usize = 0;
             while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
                 p = p.saturating_mul(10).saturating_add(d as usize);
                 chars.next();

@@ -1457,3 +1457,55 @@ fn go_conversions_match_go_behaviour() {
     assert_eq!(go_float(0.000_012_5), "1.25e-05");
     assert_eq!(go_float(-0.5), "-0.5");
 }
+
+// ---- hostile input --------------------------------------------------------------------
+
+#[test]
+fn deeply_nested_json_is_a_parser_error_not_a_crash() {
+    let deep_objects = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+    let deep_arrays = format!(r#"{{"a": {}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let src = source(&[(&[("app", "h")], &[(1, deep_objects.as_str()), (2, deep_arrays.as_str())])]);
+    for query in [r#"{app="h"} | json"#, r#"{app="h"} | json x="a.a.a""#, r#"{app="h"} | unpack"#] {
+        let got = lines(&src, query);
+        assert_eq!(got.len(), 2, "{query}");
+        assert!(got.iter().all(|(labels, _)| labels.contains("JSONParserErr")), "{query}: {got:?}");
+    }
+}
+
+#[test]
+fn templates_that_would_build_huge_strings_fail_the_entry() {
+    let src = source(&[(&[("app", "h")], &[(1, "x")])]);
+    for template in [
+        r#"{{ repeat 100000000 "abc" }}"#,
+        r#"{{ printf "%999999999999999999999d" 1 }}"#,
+        r#"{{ alignLeft 99999999999 "a" }}"#,
+    ] {
+        let got = lines(&src, &format!("{{app=\"h\"}} | line_format `{template}`"));
+        assert_eq!(got[0].1, "x", "{template}");
+        assert!(got[0].0.contains("TemplateFormatErr"), "{template}: {}", got[0].0);
+    }
+}
+
+#[test]
+fn extreme_query_ranges_are_rejected_without_overflow() {
+    let src = levels();
+    let expr = metric(r#"count_over_time({app="api"}[10s])"#);
+    let err = evaluate_range(&expr, &src, i64::MIN, i64::MAX, 1, &Limits::default()).unwrap_err();
+    assert!(matches!(err, EvalError::InvalidRange { .. }), "{err}");
+    let (value, _) =
+        evaluate_range(&expr, &src, i64::MIN, i64::MAX, i64::MAX, &Limits::default()).expect("three steps");
+    assert!(matches!(value, QueryValue::Matrix(m) if m.is_empty()));
+    assert!(evaluate_instant(&expr, &src, i64::MIN, &Limits::default()).is_ok());
+}
+
+#[test]
+fn json_numbers_compare_as_numbers_in_label_filters() {
+    let src = source(&[(
+        &[("app", "n")],
+        &[(1, r#"{"status": 401}"#), (2, r#"{"status": 200}"#), (3, r#"{"status": "5e2"}"#)],
+    )]);
+    assert_eq!(
+        only_lines(&src, r#"{app="n"} | json | status >= 400"#),
+        vec![r#"{"status": 401}"#, r#"{"status": "5e2"}"#]
+    );
+}
