@@ -107,12 +107,16 @@ fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Unavailable | ErrorCode::Throttled => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<EvalError> for ApiError {
     fn from(e: EvalError) -> Self {
+        if e.is_execution() {
+            return Self(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+        }
         Self(status_of(e.code()), e.to_string())
     }
 }
@@ -264,7 +268,7 @@ pub fn parse_time(text: &str) -> Option<i64> {
 pub fn parse_duration(text: &str) -> Option<i64> {
     if let Ok(secs) = text.parse::<f64>() {
         let ns = secs * 1e9;
-        return (ns.is_finite() && ns >= 0.0 && ns < 9.2e18).then_some(ns.round() as i64);
+        return (0.0..9.2e18).contains(&ns).then_some(ns.round() as i64);
     }
     let mut total: i64 = 0;
     let mut rest = text;

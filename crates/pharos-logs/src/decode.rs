@@ -167,7 +167,7 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Strea
             if value.is_empty() {
                 continue;
             }
-            if mapping.resource_labels.iter().any(|l| *l == kv.key) {
+            if mapping.resource_labels.contains(&kv.key) {
                 labels.push((sanitize_label_name(&kv.key), value));
             } else {
                 resource_metadata.push((sanitize_label_name(&kv.key), value));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::harness::Pharos;
@@ -336,7 +336,8 @@ async fn label_series_and_index_lookups_answer_in_loki_shapes() {
 async fn bad_queries_and_parameters_get_400_with_the_problem_named() {
     let (_dir, pharos, shop) = shop_pharos().await;
     let loki = Loki::new(&pharos, None);
-    let cases: &[(&str, Vec<(&str, String)>, &str)] = &[
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: &[Case] = &[
         (
             "/loki/api/v1/query_range",
             with(shop.range(), &[("query", r#"{app="x"} | json |"#)]),

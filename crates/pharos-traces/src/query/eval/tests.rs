@@ -815,8 +815,7 @@ fn an_instant_metrics_query_counts_its_whole_range_in_one_value() {
         instant.add_trace(&trace).expect("adds");
     }
     let series = instant.finish();
-    let got: Vec<(Vec<(String, Value)>, Vec<(i64, f64)>)> =
-        series.into_iter().map(|s| (s.labels, s.samples)).collect();
+    let got: Vec<_> = series.into_iter().map(|s| (s.labels, s.samples)).collect();
     // api starts at 1s (outside), 2s (the exclusive start: outside) and 11s; db at 3s, 12s, 25s.
     assert_eq!(
         got,
