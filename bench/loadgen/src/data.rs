@@ -23,6 +23,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Prebuilt {
     pub bytes: Bytes,
     pub trace_id_offsets: Vec<usize>,
+    /// Where the log records' `time_unix_nano` values are (fixed64, little endian), and when
+    /// the request was built: each copy moves them by the time since, so that copies are
+    /// distinct entries of a log stream (the same time and line twice is one entry).
+    pub time_offsets: Vec<usize>,
+    pub built_at: u64,
     pub items: u64,
 }
 
@@ -35,6 +40,15 @@ impl Prebuilt {
         for &off in &self.trace_id_offsets {
             for (b, m) in buf[off..off + 8].iter_mut().zip(mix.iter()) {
                 *b ^= *m;
+            }
+        }
+        if !self.time_offsets.is_empty() {
+            let shift = now_nanos().saturating_sub(self.built_at);
+            for &off in &self.time_offsets {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&buf[off..off + 8]);
+                let moved = u64::from_le_bytes(t).wrapping_add(shift);
+                buf[off..off + 8].copy_from_slice(&moved.to_le_bytes());
             }
         }
         buf.freeze()
@@ -303,7 +317,13 @@ pub fn build_traces(batch: usize, seed: u64) -> Prebuilt {
         offsets.push(at);
         pos = at + 16;
     }
-    Prebuilt { bytes: Bytes::from(bytes), trace_id_offsets: offsets, items: batch as u64 }
+    Prebuilt {
+        bytes: Bytes::from(bytes),
+        trace_id_offsets: offsets,
+        time_offsets: Vec::new(),
+        built_at: 0,
+        items: batch as u64,
+    }
 }
 
 const LOG_TEMPLATES: &[(&str, SeverityNumber, &str)] = &[
@@ -320,6 +340,7 @@ pub fn build_logs(batch: usize, seed: u64) -> Prebuilt {
     let now = now_nanos();
     let nres = n_resources(batch);
     let mut order: Vec<[u8; 16]> = Vec::with_capacity(batch);
+    let mut times: Vec<u64> = Vec::with_capacity(batch);
     let mut resource_logs = Vec::with_capacity(nres);
     for r in 0..nres {
         let n = batch / nres + usize::from(r < batch % nres);
@@ -346,6 +367,7 @@ pub fn build_logs(batch: usize, seed: u64) -> Prebuilt {
                 if sev == SeverityNumber::Error { 502 } else { 200 }
             );
             let t = now - 1_000_000_000 - rng.below(5_000_000_000);
+            times.push(t);
             order.push(trace_id);
             records.push(LogRecord {
                 time_unix_nano: t,
@@ -389,12 +411,50 @@ pub fn build_logs(batch: usize, seed: u64) -> Prebuilt {
         offsets.push(at);
         pos = at + 16;
     }
-    Prebuilt { bytes: Bytes::from(bytes), trace_id_offsets: offsets, items: batch as u64 }
+    // time_unix_nano is field 1 of LogRecord (fixed64: key 0x09), first in each record.
+    let mut time_offsets = Vec::with_capacity(times.len());
+    let mut pos = 0;
+    for t in &times {
+        let mut key_and_time = vec![0x09];
+        key_and_time.extend_from_slice(&t.to_le_bytes());
+        let at = find_from(&bytes, &key_and_time, pos) + 1;
+        time_offsets.push(at);
+        pos = at + 8;
+    }
+    Prebuilt {
+        bytes: Bytes::from(bytes),
+        trace_id_offsets: offsets,
+        time_offsets,
+        built_at: now,
+        items: batch as u64,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_copies_move_every_record_time_by_the_time_since_the_build() {
+        let p = build_logs(40, 7);
+        let times = |bytes: Bytes| -> Vec<u64> {
+            ExportLogsServiceRequest::decode(bytes)
+                .unwrap()
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+                .map(|l| l.time_unix_nano)
+                .collect()
+        };
+        let built = times(p.bytes.clone());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let copy = times(p.instantiate(1));
+        assert_eq!(built.len(), 40);
+        let shift = copy[0] - built[0];
+        assert!(shift >= 5_000_000, "{shift}");
+        assert!(built.iter().zip(&copy).all(|(b, c)| c - b == shift), "every record moves by the same shift");
+    }
 
     #[test]
     fn instantiate_changes_every_trace_id_consistently() {

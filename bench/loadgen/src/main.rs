@@ -465,7 +465,13 @@ async fn run(args: Args) -> Result<()> {
         .map(|p| match args.signal {
             Signal::Traces => data::build_traces(args.batch, p as u64 + 1),
             Signal::Logs => data::build_logs(args.batch, p as u64 + 1),
-            Signal::Metrics => Prebuilt { bytes: Bytes::new(), trace_id_offsets: Vec::new(), items: args.batch as u64 },
+            Signal::Metrics => Prebuilt {
+                bytes: Bytes::new(),
+                trace_id_offsets: Vec::new(),
+                time_offsets: Vec::new(),
+                built_at: 0,
+                items: args.batch as u64,
+            },
         })
         .collect();
     let avg_bytes = pool.iter().map(|p| p.bytes.len() as u64).sum::<u64>() / pool.len() as u64;
