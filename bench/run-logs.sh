@@ -8,7 +8,7 @@
 #   - peak resident memory of pharos during ingest;
 #   - a line filter that matches nothing (`|= "needle"`) over everything: bytes of lines
 #     scanned per second;
-#   - `sum by (severity_text) (count_over_time({service_name="checkout"} |= "error" [1m]))` over
+#   - `sum by (severity_text) (count_over_time({service_name="checkout"} |= "failed" [1m]))` over
 #     the whole range, and the same over every stream: seconds.
 # No peer runs here (Loki is not installable on this machine); see docs/benchmarks.md.
 # Everything listens on 127.0.0.1 and stops by itself.
@@ -121,8 +121,8 @@ scan = {"seconds": round(secs, 3), "bytes": summary["totalBytesProcessed"], "lin
         "mb_per_s": round(summary["totalBytesProcessed"] / secs / 1e6, 1)}
 counts = {}
 for label, q in {
-    "one_service": 'sum by (severity_text) (count_over_time({service_name="checkout"} |= "error" [1m]))',
-    "every_stream": 'sum by (severity_text) (count_over_time({service_name=~".+"} |= "error" [1m]))',
+    "one_service": 'sum by (severity_text) (count_over_time({service_name="checkout"} |= "failed" [1m]))',
+    "every_stream": 'sum by (severity_text) (count_over_time({service_name=~".+"} |= "failed" [1m]))',
 }.items():
     secs, body = query_range(q, step="60s")
     s = body["data"]["stats"]["summary"]

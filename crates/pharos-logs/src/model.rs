@@ -108,18 +108,47 @@ pub struct StreamEntries {
     pub entries: Vec<Entry>,
 }
 
+/// A test on a raw line that a source may apply before it builds entries: the query's line
+/// filters that see the line as stored (those before any `line_format` or `decolorize`).
+/// Entries it refuses would be dropped by the pipeline anyway, so a source that ignores it is
+/// still correct, only slower.
+pub trait LineTest: Send + Sync {
+    fn keep(&self, line: &str) -> bool;
+}
+
+/// What a query asks a source for.
+#[derive(Clone)]
+pub struct Selection<'a> {
+    /// The query's stream selector.
+    pub matchers: &'a [crate::query::Matcher],
+    /// Entries with timestamps in `[start, end)` (unix nanoseconds).
+    pub start: i64,
+    pub end: i64,
+    pub lines: Option<Arc<dyn LineTest>>,
+}
+
+impl Selection<'_> {
+    pub fn keeps(&self, line: &str) -> bool {
+        self.lines.as_ref().is_none_or(|t| t.keep(line))
+    }
+}
+
+/// What a source answered, and how much it read to answer it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selected {
+    pub streams: Vec<StreamEntries>,
+    /// Lines (and their bytes) read, before the line test.
+    pub lines_scanned: u64,
+    pub bytes_scanned: u64,
+}
+
 /// Where the LogQL engine reads logs from. The store answers with the head and blocks; tests
 /// answer from memory.
 pub trait LogSource {
-    /// Every stream whose labels match all `matchers` (the query's stream selector), with its
-    /// entries whose timestamps are in `[start, end)` (unix nanoseconds), oldest first. Streams
-    /// without an entry in the range may be left out.
-    fn select(
-        &self,
-        matchers: &[crate::query::Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<StreamEntries>, SourceError>;
+    /// Every stream whose labels match the selection's matchers, with its entries in the
+    /// selection's time range (that pass its line test, if the source applies it), oldest
+    /// first. Streams without an entry may be left out.
+    fn select(&self, selection: &Selection<'_>) -> Result<Selected, SourceError>;
 }
 
 /// A source could not answer (a limit, a storage error).
@@ -154,26 +183,25 @@ impl MemSource {
 }
 
 impl LogSource for MemSource {
-    fn select(
-        &self,
-        matchers: &[crate::query::Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<StreamEntries>, SourceError> {
-        let matchers = Matchers::compile(matchers)?;
-        let mut out = Vec::new();
+    fn select(&self, selection: &Selection<'_>) -> Result<Selected, SourceError> {
+        let matchers = Matchers::compile(selection.matchers)?;
+        let mut out = Selected::default();
         for stream in &self.streams {
             if !matchers.matches(&stream.labels) {
                 continue;
             }
-            let entries: Vec<Entry> = stream
-                .entries
-                .iter()
-                .filter(|e| e.timestamp >= start && e.timestamp < end)
-                .cloned()
-                .collect();
+            let mut entries = Vec::new();
+            for e in &stream.entries {
+                if e.timestamp >= selection.start && e.timestamp < selection.end {
+                    out.lines_scanned += 1;
+                    out.bytes_scanned += e.line.len() as u64;
+                    if selection.keeps(&e.line) {
+                        entries.push(e.clone());
+                    }
+                }
+            }
             if !entries.is_empty() {
-                out.push(StreamEntries { labels: stream.labels.clone(), entries });
+                out.streams.push(StreamEntries { labels: stream.labels.clone(), entries });
             }
         }
         Ok(out)

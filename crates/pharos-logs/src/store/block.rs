@@ -14,16 +14,21 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use arrow_array::{
-    Array, BinaryArray, Int64Array, RecordBatch, StringArray, UInt32Array,
+    Array, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array,
     builder::{BinaryBuilder, Int64Builder, StringBuilder, UInt32Builder},
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::{
     arrow::{
-        ArrowWriter,
-        arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector},
+        ArrowWriter, ProjectionMask,
+        arrow_reader::{
+            ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
+            RowSelector,
+        },
         arrow_writer::ArrowWriterOptions,
     },
     basic::{Compression, Encoding, ZstdLevel},
@@ -35,7 +40,7 @@ use parquet::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entry, Labels, StreamEntries};
+use crate::model::{Entry, Labels, LineTest, StreamEntries};
 
 /// The format version written.
 pub const VERSION: u32 = 1;
@@ -274,18 +279,29 @@ fn decode_metadata(buf: &[u8]) -> Result<Vec<(String, String)>, BlockError> {
     Ok(pairs)
 }
 
+/// What a block read found, and how much it scanned.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub streams: Vec<StreamEntries>,
+    /// Lines in the time range (and their bytes) tested against the line test.
+    pub lines: u64,
+    pub bytes: u64,
+}
+
 /// Reads the entries in `[start, end)` of the streams `wanted` (indexes into `meta.streams`,
-/// ascending) from a block's data object. Returns one `StreamEntries` per wanted stream that
-/// has entries in the range, with its labels shared from `labels` (parallel to `wanted`).
+/// ascending) from a block's data object, keeping only lines that pass `lines`. The time
+/// range and the line test run first, as a Parquet row filter over the `timestamp` and `line`
+/// columns: the other columns are decoded only for the rows that pass.
 pub fn read_streams(
     data: Bytes,
     meta: &LogBlockMeta,
     wanted: &[usize],
     start: i64,
     end: i64,
-) -> Result<Vec<StreamEntries>, BlockError> {
+    lines: Option<Arc<dyn LineTest>>,
+) -> Result<Scan, BlockError> {
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Scan::default());
     }
     let mut selectors = Vec::new();
     let mut at = 0u64;
@@ -304,7 +320,42 @@ pub fn read_streams(
         data,
         ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
     )?;
-    let reader = builder.with_row_selection(RowSelection::from(selectors)).with_batch_size(8192).build()?;
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let seen = counts.clone();
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), [1, 2]);
+    let predicate = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+        let times = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| arrow_schema::ArrowError::SchemaError("timestamp is not int64".into()))?;
+        let texts = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| arrow_schema::ArrowError::SchemaError("line is not utf8".into()))?;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|row| {
+                let ts = times.value(row);
+                if ts < start || ts >= end {
+                    return Some(false);
+                }
+                let line = texts.value(row);
+                n += 1;
+                bytes += line.len() as u64;
+                Some(lines.as_ref().is_none_or(|t| t.keep(line)))
+            })
+            .collect();
+        seen.0.fetch_add(n, Ordering::Relaxed);
+        seen.1.fetch_add(bytes, Ordering::Relaxed);
+        Ok(keep)
+    });
+    let reader = builder
+        .with_row_selection(RowSelection::from(selectors))
+        .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+        .with_batch_size(8192)
+        .build()?;
     let mut out: Vec<StreamEntries> = Vec::new();
     let mut current: Option<u32> = None;
     for batch in reader {
@@ -320,7 +371,7 @@ pub fn read_streams(
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| BlockError::Corrupt("timestamp is not int64".into()))?;
-        let lines = column("line")?
+        let texts = column("line")?
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?;
@@ -329,10 +380,6 @@ pub fn read_streams(
             .downcast_ref::<BinaryArray>()
             .ok_or_else(|| BlockError::Corrupt("metadata is not binary".into()))?;
         for row in 0..batch.num_rows() {
-            let ts = times.value(row);
-            if ts < start || ts >= end {
-                continue;
-            }
             let stream = streams.value(row);
             if current != Some(stream) {
                 let labels = &meta
@@ -346,11 +393,19 @@ pub fn read_streams(
             let metadata =
                 if metadata.is_null(row) { Vec::new() } else { decode_metadata(metadata.value(row))? };
             if let Some(last) = out.last_mut() {
-                last.entries.push(Entry { timestamp: ts, line: lines.value(row).to_string(), metadata });
+                last.entries.push(Entry {
+                    timestamp: times.value(row),
+                    line: texts.value(row).to_string(),
+                    metadata,
+                });
             }
         }
     }
-    Ok(out)
+    Ok(Scan {
+        streams: out,
+        lines: counts.0.load(Ordering::Relaxed),
+        bytes: counts.1.load(Ordering::Relaxed),
+    })
 }
 
 #[cfg(test)]
@@ -393,13 +448,13 @@ mod tests {
         assert_eq!((meta.streams[1].first_row, meta.streams[1].rows), (1, 2));
         assert_eq!(meta.size_bytes, data.len() as u64);
 
-        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX).unwrap();
+        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX, None).unwrap().streams;
         assert_eq!(all[0], streams[1]);
         assert_eq!(all[1], streams[0]);
-        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100).unwrap();
+        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100, None).unwrap().streams;
         assert_eq!(web_late.len(), 1);
         assert_eq!(web_late[0].entries, [entry(20, "GET /x", &[])]);
-        assert!(read_streams(data, &meta, &[0], 6, 100).unwrap().is_empty());
+        assert!(read_streams(data, &meta, &[0], 6, 100, None).unwrap().streams.is_empty());
     }
 
     #[test]
@@ -413,8 +468,36 @@ mod tests {
             })
             .collect();
         let (data, meta) = encode("b2".into(), 0, refs(&streams)).unwrap();
-        let b = read_streams(data, &meta, &[1], 0, i64::MAX).unwrap();
+        let b = read_streams(data, &meta, &[1], 0, i64::MAX, None).unwrap().streams;
         assert_eq!(b, [streams[1].clone()]);
+    }
+
+    struct Contains(&'static str);
+
+    impl LineTest for Contains {
+        fn keep(&self, line: &str) -> bool {
+            line.contains(self.0)
+        }
+    }
+
+    #[test]
+    fn the_line_test_and_time_range_keep_only_their_rows_and_count_what_they_scanned() {
+        let entries: Vec<Entry> = (0..100i64)
+            .map(|i| entry(i, &format!("{} {i}", if i % 10 == 0 { "error" } else { "ok" }), &[("k", "v")]))
+            .collect();
+        let streams = vec![StreamEntries { labels: labels("a"), entries: entries.clone() }];
+        let (data, meta) = encode("b3".into(), 0, refs(&streams)).unwrap();
+        let scan = read_streams(data, &meta, &[0], 20, 60, Some(Arc::new(Contains("error")))).unwrap();
+        let want: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| (20..60).contains(&e.timestamp) && e.line.starts_with("error"))
+            .collect();
+        assert_eq!(scan.streams[0].entries, want, "rows 20, 30, 40, 50 with their metadata");
+        assert_eq!(scan.lines, 40, "lines in the time range were tested");
+        let bytes: u64 = (20..60)
+            .map(|i: i64| format!("{} {i}", if i % 10 == 0 { "error" } else { "ok" }).len() as u64)
+            .sum();
+        assert_eq!(scan.bytes, bytes);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_blo
 use tracing::{error, info};
 
 use crate::decode::{self, StreamMapping};
-use crate::model::{Entry, Labels, LogSource, Matchers, SourceError, StreamEntries};
+use futures::StreamExt;
+
+use crate::model::{Entry, Labels, LogSource, Matchers, Selected, Selection, SourceError, StreamEntries};
 use crate::query::Matcher;
 use block::{BlockError, LogBlockMeta};
 
@@ -203,44 +205,54 @@ impl LogStore {
         self.catalog.blocks(tenant)
     }
 
-    /// The entries in `[start, end)` of every stream matching `matchers`, from the head and the
-    /// blocks, merged per stream without repeats, streams in label order. Reading stops with an
-    /// error once more than `max_bytes` of lines would be read.
+    /// The entries of `selection` (its streams, time range and line test), from the head and
+    /// the blocks, merged per stream without repeats, streams in label order. Blocks are read
+    /// a few at once (one per core), each on a blocking thread. Reading stops with an error
+    /// once more than `max_bytes` of lines would be scanned.
     pub async fn select(
         &self,
         tenant: &Tenant,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        selection: &Selection<'_>,
         max_bytes: u64,
-    ) -> Result<Vec<StreamEntries>, StoreError> {
-        let compiled = Matchers::compile(matchers)?;
+    ) -> Result<Selected, StoreError> {
+        let (start, end) = (selection.start, selection.end);
+        let compiled = Matchers::compile(selection.matchers)?;
         let mut parts: Vec<StreamEntries> = Vec::new();
-        let mut bytes = 0u64;
+        let (mut lines, mut bytes) = (0u64, 0u64);
         let over = || {
             SourceError(format!(
                 "the query would read more than {max_bytes} bytes of log lines (limit logs.max_query_bytes); narrow the selector or the time range"
             ))
         };
         for found in self.with_heads(tenant, |part| {
-            part.streams
+            let (mut lines, mut bytes) = (0u64, 0u64);
+            let streams = part
+                .streams
                 .iter()
                 .filter(|(labels, _)| compiled.matches(labels))
                 .filter_map(|(labels, entries)| {
-                    let entries = in_range(entries, start, end);
-                    (!entries.is_empty())
-                        .then(|| StreamEntries { labels: labels.clone(), entries: entries.to_vec() })
+                    let mut kept = Vec::new();
+                    for e in in_range(entries, start, end) {
+                        lines += 1;
+                        bytes += e.line.len() as u64;
+                        if selection.keeps(&e.line) {
+                            kept.push(e.clone());
+                        }
+                    }
+                    (!kept.is_empty()).then(|| StreamEntries { labels: labels.clone(), entries: kept })
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (streams, lines, bytes)
         }) {
-            for stream in found {
-                bytes += stream.entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
-                parts.push(stream);
-            }
+            parts.extend(found.0);
+            lines += found.1;
+            bytes += found.2;
         }
         if bytes > max_bytes {
             return Err(over().into());
         }
+        let mut reads = Vec::new();
+        let mut planned = bytes;
         for meta in self.blocks(tenant, start, end) {
             let wanted: Vec<usize> = meta
                 .streams
@@ -252,28 +264,41 @@ impl LogStore {
             if wanted.is_empty() {
                 continue;
             }
-            bytes += wanted.iter().map(|&i| meta.streams[i].bytes).sum::<u64>();
-            if bytes > max_bytes {
+            planned += wanted.iter().map(|&i| meta.streams[i].bytes).sum::<u64>();
+            if planned > max_bytes {
                 return Err(over().into());
             }
-            let path = self.catalog.object_path(tenant, &meta.id, block::DATA_FILE);
-            let data = match self.catalog.storage().get(&path).await {
-                Ok(data) => data,
-                // Retired and deleted since it was listed: its entries are in the block that
-                // replaced it, which a later listing finds.
-                Err(StorageError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let read_meta = meta.clone();
-            let streams = tokio::task::spawn_blocking(move || {
-                block::read_streams(data, &read_meta, &wanted, start, end)
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-            .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-            parts.extend(streams);
+            reads.push((meta, wanted));
         }
-        Ok(merge(parts))
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut scans = futures::stream::iter(reads.into_iter().map(|(meta, wanted)| {
+            let lines = selection.lines.clone();
+            async move {
+                let path = self.catalog.object_path(tenant, &meta.id, block::DATA_FILE);
+                let data = match self.catalog.storage().get(&path).await {
+                    Ok(data) => data,
+                    // Retired and deleted since it was listed: its entries are in the block
+                    // that replaced it, which a later listing finds.
+                    Err(StorageError::NotFound { .. }) => return Ok(block::Scan::default()),
+                    Err(e) => return Err(StoreError::from(e)),
+                };
+                let read_meta = meta.clone();
+                tokio::task::spawn_blocking(move || {
+                    block::read_streams(data, &read_meta, &wanted, start, end, lines)
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+                .map_err(|source| StoreError::Block { block: meta.id.clone(), source })
+            }
+        }))
+        .buffer_unordered(parallel);
+        while let Some(scan) = scans.next().await {
+            let scan = scan?;
+            lines += scan.lines;
+            bytes += scan.bytes;
+            parts.extend(scan.streams);
+        }
+        Ok(Selected { streams: merge(parts), lines_scanned: lines, bytes_scanned: bytes })
     }
 
     /// Every stream of `tenant` with an entry in `[start, end)` matching any of the matcher
@@ -455,7 +480,8 @@ impl LogStore {
                     let all: Vec<usize> = (0..meta.streams.len()).collect();
                     let read = meta.clone();
                     let streams = tokio::task::spawn_blocking(move || {
-                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX)
+                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX, None)
+                            .map(|scan| scan.streams)
                     })
                     .await
                     .map_err(|e| StoreError::Task(e.to_string()))?
@@ -503,8 +529,8 @@ impl StoreSource {
 }
 
 impl LogSource for StoreSource {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<StreamEntries>, SourceError> {
-        self.handle.block_on(self.store.select(&self.tenant, matchers, start, end, self.max_bytes)).map_err(
+    fn select(&self, selection: &Selection<'_>) -> Result<Selected, SourceError> {
+        self.handle.block_on(self.store.select(&self.tenant, selection, self.max_bytes)).map_err(
             |e| match e {
                 StoreError::Source(e) => e,
                 other => SourceError(other.to_string()),

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use super::labels::LabelState;
 use super::pipeline::Pipeline;
 use super::series::SeriesIndex;
-use super::{Budget, Direction, EvalError, Limits, LogStream, ResultEntry, Stats, account_read};
+use super::{Budget, Direction, EvalError, Limits, LogStream, ResultEntry, Stats, read};
 use crate::model::LogSource;
 use crate::query::LogQuery;
 
@@ -69,8 +69,7 @@ pub fn select_logs(
     budget.check()?;
     let pipeline = Pipeline::new(&query.pipeline)?;
     let mut stats = Stats::default();
-    let mut streams = source.select(&query.selector.matchers, start, end)?;
-    account_read(&streams, &mut stats, limits)?;
+    let mut streams = read(source, query, start, end, &mut stats, limits)?;
     streams.sort_by(|a, b| a.labels.cmp(&b.labels));
 
     let backward = direction == Direction::Backward;

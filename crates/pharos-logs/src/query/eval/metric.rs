@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::range::{self, Grouping};
 use super::series::SeriesIndex;
 use super::{
-    Budget, EvalError, Limits, MAX_STEPS, QueryValue, Sample, Series, Stats, account_read, compile_anchored,
+    Budget, EvalError, Limits, MAX_STEPS, QueryValue, Sample, Series, Stats, compile_anchored, read,
 };
 use crate::model::{Labels, LogSource};
 use crate::query::{
@@ -217,8 +217,7 @@ fn eval_range(
     // Windows are (t - range - offset, t - offset]; the source reads [from, to).
     let from = first.saturating_sub(offset_ns).saturating_sub(range_ns).saturating_add(1);
     let to = last.saturating_sub(offset_ns).saturating_add(1);
-    let streams = ctx.source.select(&agg.range.query.selector.matchers, from, to)?;
-    account_read(&streams, &mut ctx.stats, ctx.limits)?;
+    let streams = read(ctx.source, &agg.range.query, from, to, &mut ctx.stats, ctx.limits)?;
     let grouping = range::extraction_grouping(agg, pushed);
     let extracted = range::extract(agg, &grouping, &streams, &mut ctx.budget)?;
     drop(streams);

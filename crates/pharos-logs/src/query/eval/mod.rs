@@ -363,15 +363,13 @@ impl Budget {
 
 /// Adds what a read returned to `stats` and enforces the byte limit.
 pub(crate) fn account_read(
-    streams: &[crate::model::StreamEntries],
+    selected: &crate::model::Selected,
     stats: &mut Stats,
     limits: &Limits,
 ) -> Result<(), EvalError> {
-    stats.streams_selected += streams.len() as u64;
-    for stream in streams {
-        stats.lines_processed += stream.entries.len() as u64;
-        stats.bytes_processed += stream.entries.iter().map(|e| e.line.len() as u64).sum::<u64>();
-    }
+    stats.streams_selected += selected.streams.len() as u64;
+    stats.lines_processed += selected.lines_scanned;
+    stats.bytes_processed += selected.bytes_scanned;
     if stats.bytes_processed > limits.max_bytes_scanned {
         return Err(EvalError::TooManyBytes {
             scanned: stats.bytes_processed,
@@ -379,6 +377,28 @@ pub(crate) fn account_read(
         });
     }
     Ok(())
+}
+
+/// Reads what `query` selects in `[start, end)` from `source`, with its stored-line filters
+/// for the source to apply, and accounts for it.
+pub(crate) fn read(
+    source: &dyn crate::model::LogSource,
+    query: &crate::query::LogQuery,
+    start: i64,
+    end: i64,
+    stats: &mut Stats,
+    limits: &Limits,
+) -> Result<Vec<crate::model::StreamEntries>, EvalError> {
+    let prefilter = pipeline::LinePrefilter::new(&query.pipeline)?;
+    let selection = crate::model::Selection {
+        matchers: &query.selector.matchers,
+        start,
+        end,
+        lines: prefilter.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn crate::model::LineTest>),
+    };
+    let selected = source.select(&selection)?;
+    account_read(&selected, stats, limits)?;
+    Ok(selected.streams)
 }
 
 /// Compiles `pattern` as written.

@@ -387,6 +387,37 @@ fn label_format(ops: &[FormatOp], timestamp: i64, line: &str, state: &mut LabelS
     }
 }
 
+/// The line filters of a pipeline that see the line as stored (every one before the first
+/// `line_format` or `decolorize`: parsers and label stages leave the line alone, and every
+/// stage can only drop an entry), for the source to apply before it builds entries.
+#[derive(Debug)]
+pub(super) struct LinePrefilter(Vec<CompiledStage>);
+
+impl LinePrefilter {
+    pub(super) fn new(stages: &[Stage]) -> Result<Option<Self>, EvalError> {
+        let mut filters = Vec::new();
+        for stage in stages {
+            match stage {
+                Stage::LineFilter(filter) => filters.push(compile_line_filter(filter)?),
+                Stage::LineFormat(_) | Stage::Decolorize => break,
+                _ => {}
+            }
+        }
+        Ok((!filters.is_empty()).then_some(Self(filters)))
+    }
+}
+
+impl crate::model::LineTest for LinePrefilter {
+    fn keep(&self, line: &str) -> bool {
+        self.0.iter().all(|stage| match stage {
+            CompiledStage::Line { negated, matchers } => {
+                matchers.iter().any(|m| m.is_match(line)) != *negated
+            }
+            _ => true,
+        })
+    }
+}
+
 fn compile_line_filter(filter: &LineFilter) -> Result<CompiledStage, EvalError> {
     let mut matchers = Vec::with_capacity(filter.values.len());
     for value in &filter.values {

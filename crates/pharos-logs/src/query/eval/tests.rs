@@ -1509,3 +1509,20 @@ fn json_numbers_compare_as_numbers_in_label_filters() {
         vec![r#"{"status": 401}"#, r#"{"status": "5e2"}"#]
     );
 }
+
+#[test]
+fn line_filters_reach_the_source_only_while_the_line_is_as_stored() {
+    let src = source(&[(&[("app", "a")], &[(1, "GET /x 200"), (2, "GET /y 500"), (3, "POST /x 500")])]);
+    // Before any line_format: the source drops what the filters drop; stats count every line scanned.
+    assert_eq!(only_lines(&src, r#"{app="a"} |= "500" | logfmt |~ "GET""#), ["GET /y 500"]);
+    let (_, stats) = run_logs(&src, r#"{app="a"} |= "500" | logfmt |~ "GET""#).unwrap();
+    assert_eq!((stats.lines_processed, stats.entries_returned), (3, 1));
+    // After line_format the filter sees the new line: pushing it down would drop everything.
+    assert_eq!(
+        only_lines(&src, r#"{app="a"} | line_format "status {{__line__}}" |= "status GET""#),
+        ["status GET /x 200", "status GET /y 500"]
+    );
+    // After decolorize too.
+    let coloured = source(&[(&[("app", "c")], &[(1, "\u{1b}[31mred\u{1b}[0m alert")])]);
+    assert_eq!(only_lines(&coloured, r#"{app="c"} | decolorize |= "red alert""#), ["red alert"]);
+}
