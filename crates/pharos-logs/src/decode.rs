@@ -21,7 +21,8 @@ use opentelemetry_proto::tonic::{
 use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
 use prost::Message;
 
-use crate::model::{Entry, Labels, StreamEntries};
+use crate::model::{Entry, Labels};
+use crate::store::block::{StoredEntry, encode_pair};
 
 /// The resource attributes that become stream labels by default: Loki's defaults. The
 /// receivers partition log records by the same list (`pharos-ingest`'s
@@ -72,7 +73,7 @@ pub enum DecodeError {
 
 /// The streams of a logs envelope (other signals: none). Entries of one stream stay in the
 /// order they arrived.
-pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<StreamEntries>, DecodeError> {
+pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<DecodedStream>, DecodeError> {
     if envelope.signal != Signal::Logs {
         return Ok(Vec::new());
     }
@@ -146,21 +147,36 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn push_attributes(out: &mut Vec<(String, String)>, attributes: &[KeyValue]) {
+fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     for kv in attributes {
         let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
         if !value.is_empty() {
-            out.push((sanitize_label_name(&kv.key), value));
+            encode_pair(&sanitize_label_name(&kv.key), &value, out);
         }
     }
 }
 
-fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<StreamEntries> {
-    let mut streams: Vec<StreamEntries> = Vec::new();
+/// One stream's entries as decoded from a record, in the order they came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedStream {
+    pub labels: Arc<Labels>,
+    pub entries: Vec<StoredEntry>,
+}
+
+impl DecodedStream {
+    /// The entries with their metadata decoded (for tests and tools).
+    pub fn to_entries(&self) -> Vec<Entry> {
+        self.entries.iter().filter_map(|e| e.to_entry().ok()).collect()
+    }
+}
+
+fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<DecodedStream> {
+    let mut streams: Vec<DecodedStream> = Vec::new();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
     for resource_logs in request.resource_logs {
         let attributes = resource_logs.resource.map(|r| r.attributes).unwrap_or_default();
         let mut labels = Vec::new();
+        // Resource and scope metadata is encoded once and copied into each record's.
         let mut resource_metadata = Vec::new();
         for kv in &attributes {
             let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
@@ -170,7 +186,7 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Strea
             if mapping.resource_labels.contains(&kv.key) {
                 labels.push((sanitize_label_name(&kv.key), value));
             } else {
-                resource_metadata.push((sanitize_label_name(&kv.key), value));
+                encode_pair(&sanitize_label_name(&kv.key), &value, &mut resource_metadata);
             }
         }
         if labels.is_empty() {
@@ -178,42 +194,48 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Strea
         }
         let labels = Arc::new(Labels::new(labels));
         let at = *index.entry(labels.clone()).or_insert_with(|| {
-            streams.push(StreamEntries { labels, entries: Vec::new() });
+            streams.push(DecodedStream { labels, entries: Vec::new() });
             streams.len() - 1
         });
         for scope_logs in resource_logs.scope_logs {
             let mut scope_metadata = resource_metadata.clone();
             if let Some(scope) = &scope_logs.scope {
                 if !scope.name.is_empty() {
-                    scope_metadata.push(("scope_name".into(), scope.name.clone()));
+                    encode_pair("scope_name", &scope.name, &mut scope_metadata);
                 }
                 push_attributes(&mut scope_metadata, &scope.attributes);
             }
+            streams[at].entries.reserve(scope_logs.log_records.len());
             for record in scope_logs.log_records {
-                let mut metadata = scope_metadata.clone();
+                let mut metadata = Vec::with_capacity(scope_metadata.len() + 256);
+                metadata.extend_from_slice(&scope_metadata);
                 push_attributes(&mut metadata, &record.attributes);
                 if !record.severity_text.is_empty() {
-                    metadata.push(("severity_text".into(), record.severity_text.clone()));
+                    encode_pair("severity_text", &record.severity_text, &mut metadata);
                 }
                 if record.severity_number != 0 {
-                    metadata.push(("severity_number".into(), record.severity_number.to_string()));
+                    encode_pair("severity_number", &record.severity_number.to_string(), &mut metadata);
                 }
                 if !record.trace_id.is_empty() {
-                    metadata.push(("trace_id".into(), hex(&record.trace_id)));
+                    encode_pair("trace_id", &hex(&record.trace_id), &mut metadata);
                 }
                 if !record.span_id.is_empty() {
-                    metadata.push(("span_id".into(), hex(&record.span_id)));
+                    encode_pair("span_id", &hex(&record.span_id), &mut metadata);
                 }
                 let time = if record.time_unix_nano != 0 {
                     record.time_unix_nano
                 } else {
                     record.observed_time_unix_nano
                 };
-                let line = record.body.as_ref().map(any_value_text).unwrap_or_default();
-                streams[at].entries.push(Entry {
+                let line = match record.body {
+                    Some(AnyValue { value: Some(Value::StringValue(s)) }) => s,
+                    Some(other) => any_value_text(&other),
+                    None => String::new(),
+                };
+                streams[at].entries.push(StoredEntry {
                     timestamp: i64::try_from(time).unwrap_or(i64::MAX),
-                    line,
-                    metadata,
+                    line: line.into_boxed_str(),
+                    metadata: metadata.into_boxed_slice(),
                 });
             }
         }
@@ -229,19 +251,25 @@ pub fn parse_labels(text: &str) -> Result<Labels, DecodeError> {
         .map_err(|reason| DecodeError::Labels { labels: text.to_string(), reason })
 }
 
-fn push(request: PushRequest) -> Result<Vec<StreamEntries>, DecodeError> {
-    let mut streams: Vec<StreamEntries> = Vec::new();
+fn push(request: PushRequest) -> Result<Vec<DecodedStream>, DecodeError> {
+    let mut streams: Vec<DecodedStream> = Vec::new();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
     for stream in request.streams {
         let labels = Arc::new(parse_labels(&stream.labels)?);
         let at = *index.entry(labels.clone()).or_insert_with(|| {
-            streams.push(StreamEntries { labels, entries: Vec::new() });
+            streams.push(DecodedStream { labels, entries: Vec::new() });
             streams.len() - 1
         });
-        streams[at].entries.extend(stream.entries.into_iter().map(|e| Entry {
-            timestamp: e.timestamp.map_or(0, |t| t.unix_nanos()),
-            line: e.line,
-            metadata: e.structured_metadata.into_iter().map(|p| (p.name, p.value)).collect(),
+        streams[at].entries.extend(stream.entries.into_iter().map(|e| {
+            let mut metadata = Vec::new();
+            for pair in &e.structured_metadata {
+                encode_pair(&pair.name, &pair.value, &mut metadata);
+            }
+            StoredEntry {
+                timestamp: e.timestamp.map_or(0, |t| t.unix_nanos()),
+                line: e.line.into_boxed_str(),
+                metadata: metadata.into_boxed_slice(),
+            }
         }));
     }
     streams.retain(|s| !s.entries.is_empty());
@@ -317,7 +345,8 @@ mod tests {
                 .unwrap();
         assert_eq!(streams.len(), 1);
         assert_eq!(streams[0].labels.to_string(), r#"{k8s_pod_name="co-1", service_name="checkout"}"#);
-        let first = &streams[0].entries[0];
+        let entries = streams[0].to_entries();
+        let first = &entries[0];
         assert_eq!((first.timestamp, first.line.as_str()), (1_000, "payment failed"));
         let meta: HashMap<&str, &str> =
             first.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -328,7 +357,7 @@ mod tests {
         assert_eq!(meta["severity_number"], "17");
         assert_eq!(meta["trace_id"], "ab".repeat(16));
         assert_eq!(meta["span_id"], "0101010101010101");
-        assert_eq!((streams[0].entries[1].timestamp, streams[0].entries[1].line.as_str()), (2_000, "42"));
+        assert_eq!((entries[1].timestamp, entries[1].line.as_str()), (2_000, "42"));
     }
 
     #[test]
@@ -369,7 +398,7 @@ mod tests {
         assert_eq!(streams.len(), 2, "the same label set in another order is one stream");
         assert_eq!(streams[0].entries.len(), 2);
         assert_eq!(streams[0].entries[1].timestamp, 2_000_000_007);
-        assert_eq!(streams[0].entries[0].metadata, [("trace_id".to_string(), "t1".to_string())]);
+        assert_eq!(streams[0].to_entries()[0].metadata, [("trace_id".to_string(), "t1".to_string())]);
         assert_eq!(streams[1].labels.get("app"), Some("q\"uote"));
         assert!(parse_labels(r#"{app=~"x"}"#).is_err());
         assert!(parse_labels("app").is_err());

@@ -21,12 +21,12 @@ use pharos_core::{Envelope, Tenant};
 use pharos_storage::{Catalog, CatalogError, ObjectStorage, StorageError, new_block_id};
 use tracing::{error, info};
 
-use crate::decode::{self, StreamMapping};
+use crate::decode::{self, DecodedStream, StreamMapping};
 use futures::StreamExt;
 
 use crate::model::{Entry, Labels, LogSource, Matchers, Selected, Selection, SourceError, StreamEntries};
 use crate::query::Matcher;
-use block::{BlockError, LogBlockMeta};
+use block::{BlockError, LogBlockMeta, StoredEntry};
 
 /// The catalog's signal directory.
 pub const SIGNAL_DIR: &str = "logs";
@@ -83,12 +83,12 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 struct HeadPart {
     /// Entries per stream, sorted by time.
-    streams: HashMap<Arc<Labels>, Vec<Entry>>,
+    streams: HashMap<Arc<Labels>, Vec<StoredEntry>>,
     entries: usize,
 }
 
 impl HeadPart {
-    fn insert(&mut self, stream: StreamEntries) {
+    fn insert(&mut self, stream: DecodedStream) {
         let n = stream.entries.len();
         let entries = self.streams.entry(stream.labels).or_default();
         for entry in stream.entries {
@@ -102,14 +102,14 @@ impl HeadPart {
         self.entries += n;
     }
 
-    fn streams(&self) -> impl Iterator<Item = (&Labels, &[Entry])> {
+    fn streams(&self) -> impl Iterator<Item = (&Labels, &[StoredEntry])> {
         self.streams.iter().map(|(labels, entries)| (&**labels, entries.as_slice()))
     }
 
-    fn snapshot(&self) -> Vec<StreamEntries> {
+    fn snapshot(&self) -> Vec<DecodedStream> {
         self.streams
             .iter()
-            .map(|(labels, entries)| StreamEntries { labels: labels.clone(), entries: entries.clone() })
+            .map(|(labels, entries)| DecodedStream { labels: labels.clone(), entries: entries.clone() })
             .collect()
     }
 }
@@ -168,7 +168,7 @@ fn merge(parts: impl IntoIterator<Item = StreamEntries>) -> Vec<StreamEntries> {
         .collect()
 }
 
-fn in_range(entries: &[Entry], start: i64, end: i64) -> &[Entry] {
+fn in_range(entries: &[StoredEntry], start: i64, end: i64) -> &[StoredEntry] {
     let from = entries.partition_point(|e| e.timestamp < start);
     let to = entries.partition_point(|e| e.timestamp < end);
     &entries[from..to.max(from)]
@@ -235,8 +235,11 @@ impl LogStore {
                     for e in in_range(entries, start, end) {
                         lines += 1;
                         bytes += e.line.len() as u64;
-                        if selection.keeps(&e.line) {
-                            kept.push(e.clone());
+                        // A head entry's metadata was encoded by this process: it decodes.
+                        if selection.keeps(&e.line)
+                            && let Ok(entry) = e.to_entry()
+                        {
+                            kept.push(entry);
                         }
                     }
                     (!kept.is_empty()).then(|| StreamEntries { labels: labels.clone(), entries: kept })
@@ -379,7 +382,7 @@ impl LogStore {
             .collect())
     }
 
-    fn insert(&self, tenant: &Tenant, partition: u32, streams: Vec<StreamEntries>) {
+    fn insert(&self, tenant: &Tenant, partition: u32, streams: Vec<DecodedStream>) {
         let mut heads = self.heads.write().expect("log heads lock");
         let slot = heads.entry((tenant.clone(), partition)).or_default();
         for stream in streams {
@@ -491,8 +494,11 @@ impl LogStore {
                 let level = run.iter().map(|b| b.level).max().unwrap_or(0) + 1;
                 let out = self
                     .write_block(&tenant, move |id| {
-                        let streams = merge(parts);
-                        block::encode(id, level, streams.iter().map(|s| (&*s.labels, s.entries.as_slice())))
+                        let streams: Vec<(Arc<Labels>, Vec<StoredEntry>)> = merge(parts)
+                            .into_iter()
+                            .map(|s| (s.labels, s.entries.iter().map(StoredEntry::from_entry).collect()))
+                            .collect();
+                        block::encode(id, level, streams.iter().map(|(l, e)| (&**l, e.as_slice())))
                     })
                     .await?;
                 let ids: Vec<String> = run.iter().map(|b| b.id.clone()).collect();
