@@ -125,11 +125,19 @@ pub struct Selection<'a> {
     pub start: i64,
     pub end: i64,
     pub lines: Option<Arc<dyn LineTest>>,
+    /// When set, only these structured metadata names are needed: a source may leave the
+    /// others out of the entries it returns.
+    pub metadata: Option<Arc<[String]>>,
 }
 
 impl Selection<'_> {
     pub fn keeps(&self, line: &str) -> bool {
         self.lines.as_ref().is_none_or(|t| t.keep(line))
+    }
+
+    /// Whether the metadata `name` is needed.
+    pub fn needs(&self, name: &str) -> bool {
+        self.metadata.as_ref().is_none_or(|names| names.iter().any(|n| n == name))
     }
 }
 

@@ -217,10 +217,15 @@ impl StoredEntry {
 
     /// The entry with its metadata decoded.
     pub fn to_entry(&self) -> Result<Entry, BlockError> {
+        self.to_entry_with(None)
+    }
+
+    /// The entry with its metadata decoded: only the names in `only`, when given.
+    pub fn to_entry_with(&self, only: Option<&[String]>) -> Result<Entry, BlockError> {
         Ok(Entry {
             timestamp: self.timestamp,
             line: self.line.to_string(),
-            metadata: decode_metadata(&self.metadata)?,
+            metadata: decode_metadata_of(&self.metadata, only)?,
         })
     }
 
@@ -289,20 +294,25 @@ fn encode_metadata(pairs: &[(String, String)], out: &mut Vec<u8>) {
     }
 }
 
-fn decode_metadata(buf: &[u8]) -> Result<Vec<(String, String)>, BlockError> {
+/// The pairs of encoded metadata; with `only`, just the pairs with those names (the others
+/// are skipped without being copied).
+fn decode_metadata_of(buf: &[u8], only: Option<&[String]>) -> Result<Vec<(String, String)>, BlockError> {
     let corrupt = || BlockError::Corrupt("undecodable structured metadata".into());
     let mut at = 0;
     let mut pairs = Vec::new();
-    let string = |at: &mut usize| -> Result<String, BlockError> {
+    let field = |at: &mut usize| -> Result<&[u8], BlockError> {
         let len = get_varint(buf, at).ok_or_else(corrupt)?;
         let bytes = buf.get(*at..*at + len).ok_or_else(corrupt)?;
         *at += len;
-        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())
+        Ok(bytes)
     };
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(str::to_string).map_err(|_| corrupt());
     while at < buf.len() {
-        let k = string(&mut at)?;
-        let v = string(&mut at)?;
-        pairs.push((k, v));
+        let k = field(&mut at)?;
+        let v = field(&mut at)?;
+        if only.is_none_or(|names| names.iter().any(|n| n.as_bytes() == k)) {
+            pairs.push((text(k)?, text(v)?));
+        }
     }
     Ok(pairs)
 }
@@ -327,6 +337,7 @@ pub fn read_streams(
     start: i64,
     end: i64,
     lines: Option<Arc<dyn LineTest>>,
+    only_metadata: Option<Arc<[String]>>,
 ) -> Result<Scan, BlockError> {
     if wanted.is_empty() {
         return Ok(Scan::default());
@@ -418,8 +429,11 @@ pub fn read_streams(
                 out.push(StreamEntries { labels: Arc::new(labels.clone()), entries: Vec::new() });
                 current = Some(stream);
             }
-            let metadata =
-                if metadata.is_null(row) { Vec::new() } else { decode_metadata(metadata.value(row))? };
+            let metadata = if metadata.is_null(row) {
+                Vec::new()
+            } else {
+                decode_metadata_of(metadata.value(row), only_metadata.as_deref())?
+            };
             if let Some(last) = out.last_mut() {
                 last.entries.push(Entry {
                     timestamp: times.value(row),
@@ -484,13 +498,13 @@ mod tests {
         assert_eq!((meta.streams[1].first_row, meta.streams[1].rows), (1, 2));
         assert_eq!(meta.size_bytes, data.len() as u64);
 
-        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX, None).unwrap().streams;
+        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX, None, None).unwrap().streams;
         assert_eq!(all[0], streams[1]);
         assert_eq!(all[1], streams[0]);
-        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100, None).unwrap().streams;
+        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100, None, None).unwrap().streams;
         assert_eq!(web_late.len(), 1);
         assert_eq!(web_late[0].entries, [entry(20, "GET /x", &[])]);
-        assert!(read_streams(data, &meta, &[0], 6, 100, None).unwrap().streams.is_empty());
+        assert!(read_streams(data, &meta, &[0], 6, 100, None, None).unwrap().streams.is_empty());
     }
 
     #[test]
@@ -504,7 +518,7 @@ mod tests {
             })
             .collect();
         let (data, meta) = encode("b2", &streams).unwrap();
-        let b = read_streams(data, &meta, &[1], 0, i64::MAX, None).unwrap().streams;
+        let b = read_streams(data, &meta, &[1], 0, i64::MAX, None, None).unwrap().streams;
         assert_eq!(b, [streams[1].clone()]);
     }
 
@@ -523,7 +537,7 @@ mod tests {
             .collect();
         let streams = vec![StreamEntries { labels: labels("a"), entries: entries.clone() }];
         let (data, meta) = encode("b3", &streams).unwrap();
-        let scan = read_streams(data, &meta, &[0], 20, 60, Some(Arc::new(Contains("error")))).unwrap();
+        let scan = read_streams(data, &meta, &[0], 20, 60, Some(Arc::new(Contains("error"))), None).unwrap();
         let want: Vec<Entry> = entries
             .into_iter()
             .filter(|e| (20..60).contains(&e.timestamp) && e.line.starts_with("error"))
@@ -541,8 +555,13 @@ mod tests {
         let pairs = vec![("a".to_string(), "x".repeat(300)), ("".to_string(), "".to_string())];
         let mut buf = Vec::new();
         encode_metadata(&pairs, &mut buf);
-        assert_eq!(decode_metadata(&buf).unwrap(), pairs);
-        assert!(decode_metadata(&[5, b'a']).is_err());
-        assert!(decode_metadata(&[0xff]).is_err());
+        assert_eq!(decode_metadata_of(&buf, None).unwrap(), pairs);
+        assert!(decode_metadata_of(&[5, b'a'], None).is_err());
+        assert!(decode_metadata_of(&[0xff], None).is_err());
+        let only = ["b".to_string()];
+        let mut buf = Vec::new();
+        encode_pair("a", "1", &mut buf);
+        encode_pair("b", "2", &mut buf);
+        assert_eq!(decode_metadata_of(&buf, Some(&only)).unwrap(), [("b".to_string(), "2".to_string())]);
     }
 }

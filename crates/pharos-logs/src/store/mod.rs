@@ -237,7 +237,7 @@ impl LogStore {
                         bytes += e.line.len() as u64;
                         // A head entry's metadata was encoded by this process: it decodes.
                         if selection.keeps(&e.line)
-                            && let Ok(entry) = e.to_entry()
+                            && let Ok(entry) = e.to_entry_with(selection.metadata.as_deref())
                         {
                             kept.push(entry);
                         }
@@ -276,6 +276,7 @@ impl LogStore {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut scans = futures::stream::iter(reads.into_iter().map(|(meta, wanted)| {
             let lines = selection.lines.clone();
+            let only = selection.metadata.clone();
             async move {
                 let path = self.catalog.object_path(tenant, &meta.id, block::DATA_FILE);
                 let data = match self.catalog.storage().get(&path).await {
@@ -287,7 +288,7 @@ impl LogStore {
                 };
                 let read_meta = meta.clone();
                 tokio::task::spawn_blocking(move || {
-                    block::read_streams(data, &read_meta, &wanted, start, end, lines)
+                    block::read_streams(data, &read_meta, &wanted, start, end, lines, only)
                 })
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
@@ -483,7 +484,7 @@ impl LogStore {
                     let all: Vec<usize> = (0..meta.streams.len()).collect();
                     let read = meta.clone();
                     let streams = tokio::task::spawn_blocking(move || {
-                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX, None)
+                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX, None, None)
                             .map(|scan| scan.streams)
                     })
                     .await

@@ -57,7 +57,7 @@ async fn select(
     end: i64,
     max_bytes: u64,
 ) -> Result<Vec<StreamEntries>, StoreError> {
-    let selection = Selection { matchers, start, end, lines: None };
+    let selection = Selection { matchers, start, end, lines: None, metadata: None };
     store.select(tenant, &selection, max_bytes).await.map(|s| s.streams)
 }
 
@@ -233,4 +233,33 @@ async fn a_failed_block_write_keeps_entries_in_the_head_and_the_offset_behind_th
     std::fs::remove_file(&logs).unwrap();
     writer.flush().await.unwrap();
     assert_eq!(writer.durable_below(8), 8);
+}
+
+#[tokio::test]
+async fn a_selection_of_metadata_names_leaves_the_others_out_in_head_and_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreOptions::default()).await;
+    let tenant = Tenant::default();
+    let t = now_nanos();
+    let mut request = PushRequest::decode(push(&[(r#"{app="api"}"#, &[(t, "x")])]).payload).unwrap();
+    request.streams[0].entries[0].structured_metadata = vec![
+        loki::LabelPair { name: "keep".into(), value: "1".into() },
+        loki::LabelPair { name: "skip".into(), value: "2".into() },
+    ];
+    let mut envelope = push(&[]);
+    envelope.payload = request.encode_to_vec().into();
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    writer.write(0, &envelope);
+    let names: Arc<[String]> = vec!["keep".to_string()].into();
+    let matchers = [eq("app", "api")];
+    let selection =
+        Selection { matchers: &matchers, start: t, end: t + 1, lines: None, metadata: Some(names) };
+    let want = vec![("keep".to_string(), "1".to_string())];
+    let head = store.select(&tenant, &selection, MAX).await.unwrap();
+    assert_eq!(head.streams[0].entries[0].metadata, want, "from the head");
+    writer.flush().await.unwrap();
+    let blocks = store.select(&tenant, &selection, MAX).await.unwrap();
+    assert_eq!(blocks.streams[0].entries[0].metadata, want, "from a block");
+    let all = select(&store, &tenant, &matchers, t, t + 1, MAX).await.unwrap();
+    assert_eq!(all[0].entries[0].metadata.len(), 2, "without a selection of names: all of it");
 }

@@ -217,11 +217,48 @@ fn eval_range(
     // Windows are (t - range - offset, t - offset]; the source reads [from, to).
     let from = first.saturating_sub(offset_ns).saturating_sub(range_ns).saturating_add(1);
     let to = last.saturating_sub(offset_ns).saturating_add(1);
-    let streams = read(ctx.source, &agg.range.query, from, to, &mut ctx.stats, ctx.limits)?;
     let grouping = range::extraction_grouping(agg, pushed);
+    let need = metadata_needed(agg, &grouping);
+    let streams = read(ctx.source, &agg.range.query, from, to, need, &mut ctx.stats, ctx.limits)?;
     let extracted = range::extract(agg, &grouping, &streams, &mut ctx.budget)?;
     drop(streams);
     range::aggregate(agg, extracted, &ctx.steps, &mut ctx.budget)
+}
+
+/// The structured metadata a range aggregation can use, when that is known to be a few names:
+/// its samples are grouped `by` some labels and its pipeline only filters (no parser or
+/// formatter, which could read or clash with any name), so the series see only the grouping
+/// names, the unwrapped label and the names its label filters test. `None`: all of it.
+fn metadata_needed(agg: &RangeAggregation, grouping: &Grouping) -> Option<std::sync::Arc<[String]>> {
+    let Grouping::By(names) = grouping else { return None };
+    let mut need: Vec<String> = names.clone();
+    let mut filter_names = |filter: &crate::query::LabelFilter| {
+        filter.for_each_comparison(&mut |leaf| {
+            use crate::query::LabelFilter as F;
+            match leaf {
+                F::String(m) => need.push(m.name.clone()),
+                F::Number { name, .. }
+                | F::Duration { name, .. }
+                | F::Bytes { name, .. }
+                | F::Ip { name, .. } => need.push(name.clone()),
+                F::And(..) | F::Or(..) => {}
+            }
+        })
+    };
+    for stage in &agg.range.query.pipeline {
+        match stage {
+            crate::query::Stage::LineFilter(_) => {}
+            crate::query::Stage::LabelFilter(filter) => filter_names(filter),
+            _ => return None,
+        }
+    }
+    if let Some(unwrap) = &agg.range.unwrap {
+        for filter in &unwrap.post_filters {
+            filter_names(filter);
+        }
+        need.push(unwrap.label.clone());
+    }
+    Some(need.into())
 }
 
 /// The `by`/`without` of an aggregation as a grouping (none: everything in one group).

@@ -386,6 +386,7 @@ pub(crate) fn read(
     query: &crate::query::LogQuery,
     start: i64,
     end: i64,
+    metadata: Option<std::sync::Arc<[String]>>,
     stats: &mut Stats,
     limits: &Limits,
 ) -> Result<Vec<crate::model::StreamEntries>, EvalError> {
@@ -394,6 +395,7 @@ pub(crate) fn read(
         matchers: &query.selector.matchers,
         start,
         end,
+        metadata,
         lines: prefilter.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn crate::model::LineTest>),
     };
     let selected = source.select(&selection)?;
