@@ -105,13 +105,41 @@ impl pharos_storage::BlockMeta for LogBlockMeta {
     }
 }
 
+/// Structured metadata names with a column of their own (nullable utf8, dictionary-encoded
+/// where that pays): a query that needs only these does not decode the `metadata` column.
+pub const DEDICATED_METADATA: &[&str] = &["severity_text", "trace_id"];
+
 fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("stream", DataType::UInt32, false),
         Field::new("timestamp", DataType::Int64, false),
         Field::new("line", DataType::Utf8, false),
         Field::new("metadata", DataType::Binary, true),
-    ]))
+    ];
+    fields.extend(DEDICATED_METADATA.iter().map(|name| Field::new(*name, DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
+}
+
+/// Iterates the (name, value) byte slices of encoded metadata.
+fn pairs(buf: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), BlockError>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= buf.len() {
+            return None;
+        }
+        let corrupt = || BlockError::Corrupt("undecodable structured metadata".into());
+        let mut field = || -> Result<&[u8], BlockError> {
+            let len = get_varint(buf, &mut at).ok_or_else(corrupt)?;
+            let bytes = buf.get(at..at + len).ok_or_else(corrupt)?;
+            at += len;
+            Ok(bytes)
+        };
+        let pair = field().and_then(|k| Ok((k, field()?)));
+        if pair.is_err() {
+            at = buf.len();
+        }
+        Some(pair)
+    })
 }
 
 fn properties() -> Result<WriterProperties, BlockError> {
@@ -152,6 +180,7 @@ pub fn encode<'a>(
         streams: Vec::with_capacity(order.len()),
     };
     let mut batch = Batch::default();
+    let mut rest = Vec::new();
     let mut row = 0u64;
     for (index, (labels, entries)) in order.iter().enumerate() {
         let mut info = BlockStream {
@@ -171,10 +200,34 @@ pub fn encode<'a>(
             batch.stream.append_value(index as u32);
             batch.timestamp.append_value(entry.timestamp);
             batch.line.append_value(&entry.line);
-            if entry.metadata.is_empty() {
+            // Dedicated names go to their columns, the rest stays in the blob.
+            let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
+            rest.clear();
+            for pair in pairs(&entry.metadata) {
+                let (k, v) = pair?;
+                match DEDICATED_METADATA.iter().position(|d| d.as_bytes() == k) {
+                    Some(i) if dedicated[i].is_none() => dedicated[i] = Some(v),
+                    _ => {
+                        put_varint(k.len(), &mut rest);
+                        rest.extend_from_slice(k);
+                        put_varint(v.len(), &mut rest);
+                        rest.extend_from_slice(v);
+                    }
+                }
+            }
+            if rest.is_empty() {
                 batch.metadata.append_null();
             } else {
-                batch.metadata.append_value(&entry.metadata);
+                batch.metadata.append_value(&rest);
+            }
+            for (column, value) in batch.dedicated.iter_mut().zip(dedicated) {
+                match value.map(std::str::from_utf8) {
+                    Some(Ok(v)) => column.append_value(v),
+                    Some(Err(_)) => {
+                        return Err(BlockError::Corrupt("structured metadata is not UTF-8".into()));
+                    }
+                    None => column.append_null(),
+                }
             }
             batch.rows += 1;
             if batch.rows == ROW_GROUP_ROWS {
@@ -243,27 +296,39 @@ pub fn encode_pair(name: &str, value: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(value.as_bytes());
 }
 
-#[derive(Default)]
 struct Batch {
     stream: UInt32Builder,
     timestamp: Int64Builder,
     line: StringBuilder,
     metadata: BinaryBuilder,
+    dedicated: Vec<StringBuilder>,
     rows: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            stream: UInt32Builder::new(),
+            timestamp: Int64Builder::new(),
+            line: StringBuilder::new(),
+            metadata: BinaryBuilder::new(),
+            dedicated: DEDICATED_METADATA.iter().map(|_| StringBuilder::new()).collect(),
+            rows: 0,
+        }
+    }
 }
 
 impl Batch {
     fn finish(&mut self) -> Result<RecordBatch, BlockError> {
         self.rows = 0;
-        Ok(RecordBatch::try_new(
-            schema(),
-            vec![
-                Arc::new(self.stream.finish()),
-                Arc::new(self.timestamp.finish()),
-                Arc::new(self.line.finish()),
-                Arc::new(self.metadata.finish()),
-            ],
-        )?)
+        let mut columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(self.stream.finish()),
+            Arc::new(self.timestamp.finish()),
+            Arc::new(self.line.finish()),
+            Arc::new(self.metadata.finish()),
+        ];
+        columns.extend(self.dedicated.iter_mut().map(|b| Arc::new(b.finish()) as arrow_array::ArrayRef));
+        Ok(RecordBatch::try_new(schema(), columns)?)
     }
 }
 
@@ -390,7 +455,14 @@ pub fn read_streams(
         seen.1.fetch_add(bytes, Ordering::Relaxed);
         Ok(keep)
     });
+    // Without a name outside the dedicated columns to find, the metadata blob is not read.
+    let blob_needed = only_metadata
+        .as_ref()
+        .is_none_or(|names| names.iter().any(|n| !DEDICATED_METADATA.contains(&n.as_str())));
+    let columns: Vec<usize> = (0..4 + DEDICATED_METADATA.len()).filter(|&c| c != 3 || blob_needed).collect();
+    let projection = ProjectionMask::roots(builder.parquet_schema(), columns);
     let reader = builder
+        .with_projection(projection)
         .with_row_selection(RowSelection::from(selectors))
         .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
         .with_batch_size(8192)
@@ -414,10 +486,24 @@ pub fn read_streams(
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?;
-        let metadata = column("metadata")?
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| BlockError::Corrupt("metadata is not binary".into()))?;
+        let blob = match batch.column_by_name("metadata") {
+            Some(c) => Some(
+                c.as_any()
+                    .downcast_ref::<BinaryArray>()
+                    .ok_or_else(|| BlockError::Corrupt("metadata is not binary".into()))?,
+            ),
+            None => None,
+        };
+        let dedicated = DEDICATED_METADATA
+            .iter()
+            .map(|name| {
+                column(name)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| BlockError::Corrupt(format!("{name} is not utf8")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = |name: &str| only_metadata.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
         for row in 0..batch.num_rows() {
             let stream = streams.value(row);
             if current != Some(stream) {
@@ -429,11 +515,17 @@ pub fn read_streams(
                 out.push(StreamEntries { labels: Arc::new(labels.clone()), entries: Vec::new() });
                 current = Some(stream);
             }
-            let metadata = if metadata.is_null(row) {
-                Vec::new()
-            } else {
-                decode_metadata_of(metadata.value(row), only_metadata.as_deref())?
+            let mut metadata = match blob {
+                Some(blob) if !blob.is_null(row) => {
+                    decode_metadata_of(blob.value(row), only_metadata.as_deref())?
+                }
+                _ => Vec::new(),
             };
+            for (name, values) in DEDICATED_METADATA.iter().zip(&dedicated) {
+                if !values.is_null(row) && wanted(name) {
+                    metadata.push((name.to_string(), values.value(row).to_string()));
+                }
+            }
             if let Some(last) = out.last_mut() {
                 last.entries.push(Entry {
                     timestamp: times.value(row),
@@ -548,6 +640,29 @@ mod tests {
             .map(|i: i64| format!("{} {i}", if i % 10 == 0 { "error" } else { "ok" }).len() as u64)
             .sum();
         assert_eq!(scan.bytes, bytes);
+    }
+
+    #[test]
+    fn dedicated_metadata_columns_hold_their_names_and_a_query_of_only_them_skips_the_rest() {
+        let md = [("host", "n1"), ("severity_text", "ERROR"), ("trace_id", "abc"), ("user", "u7")];
+        let streams = vec![StreamEntries {
+            labels: labels("a"),
+            entries: vec![entry(1, "x", &md), entry(2, "y", &[])],
+        }];
+        let (data, meta) = encode("b4", &streams).unwrap();
+        let sorted = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        let all = read_streams(data.clone(), &meta, &[0], 0, 10, None, None).unwrap().streams;
+        assert_eq!(
+            sorted(all[0].entries[0].metadata.clone()),
+            sorted(streams[0].entries[0].metadata.clone())
+        );
+        assert!(all[0].entries[1].metadata.is_empty());
+        let only: Arc<[String]> = vec!["severity_text".to_string()].into();
+        let some = read_streams(data, &meta, &[0], 0, 10, None, Some(only)).unwrap().streams;
+        assert_eq!(some[0].entries[0].metadata, [("severity_text".to_string(), "ERROR".to_string())]);
     }
 
     #[test]
