@@ -108,6 +108,9 @@ async fn shop_pharos() -> (tempfile::TempDir, Pharos, Shop) {
     loki.push(shop.streams(0..20)).await;
     pharos.wait_for_metric("pharos_logs_blocks_flushed_total", 1.0).await;
     loki.push(shop.streams(20..40)).await;
+    // Acknowledged means durable in the queue; the processors put it in the store just after.
+    let stored = pharos.wait_for_metric("pharos_logs_entries_stored_total{tenant=\"default\"}", 40.0).await;
+    assert_eq!(stored, 40.0, "every pushed line in the store within 30 s");
     (dir, pharos, shop)
 }
 
@@ -390,6 +393,7 @@ async fn one_tenants_logs_are_invisible_to_another() {
     other
         .push(json!([{ "stream": { "app": "mine" }, "values": [[now_ns().to_string(), "only mine"]] }]))
         .await;
+    pharos.wait_for_metric("pharos_logs_entries_stored_total{tenant=\"other\"}", 1.0).await;
     let body = other.json("/loki/api/v1/label/app/values", &shop.range()).await;
     assert_eq!(body["data"], json!(["mine"]));
     let default = Loki::new(&pharos, None);
