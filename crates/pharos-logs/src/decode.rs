@@ -206,8 +206,11 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Decod
                 push_attributes(&mut scope_metadata, &scope.attributes);
             }
             streams[at].entries.reserve(scope_logs.log_records.len());
+            // Each record's metadata is built in one scratch buffer, then copied out once at
+            // its exact size.
+            let mut metadata: Vec<u8> = Vec::with_capacity(scope_metadata.len() + 1024);
             for record in scope_logs.log_records {
-                let mut metadata = Vec::with_capacity(scope_metadata.len() + 256);
+                metadata.clear();
                 metadata.extend_from_slice(&scope_metadata);
                 push_attributes(&mut metadata, &record.attributes);
                 if !record.severity_text.is_empty() {
@@ -235,7 +238,7 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Decod
                 streams[at].entries.push(StoredEntry {
                     timestamp: i64::try_from(time).unwrap_or(i64::MAX),
                     line: line.into_boxed_str(),
-                    metadata: metadata.into_boxed_slice(),
+                    metadata: Box::from(metadata.as_slice()),
                 });
             }
         }

@@ -48,6 +48,8 @@ pub const VERSION: u32 = 1;
 pub const DATA_FILE: &str = "data.parquet";
 /// Rows per row group.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Rows per record batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 4096;
 
 /// A block failure.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +232,10 @@ pub fn encode<'a>(
                 }
             }
             batch.rows += 1;
-            if batch.rows == ROW_GROUP_ROWS {
+            // Small batches: the builders' buffers stay small and are reused by the allocator
+            // (one batch per row group would regrow tens of MB of fresh memory each time); the
+            // writer still cuts row groups of ROW_GROUP_ROWS.
+            if batch.rows == BATCH_ROWS {
                 writer.write(&batch.finish()?)?;
             }
         }

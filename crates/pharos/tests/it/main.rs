@@ -10,6 +10,7 @@ mod conformance;
 mod crash;
 mod harness;
 mod load;
+mod logs_diff;
 mod loki_contract;
 mod loki_push;
 mod metrics_store;
