@@ -87,13 +87,16 @@ pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<Decode
 }
 
 /// `service.name` → `service_name`; a leading digit gets a `_` before it.
-pub fn sanitize_label_name(name: &str) -> String {
-    let mut out: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+pub fn sanitize_label_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if name.chars().all(valid) && !name.starts_with(|c: char| c.is_ascii_digit()) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out: String = name.chars().map(|c| if valid(c) { c } else { '_' }).collect();
     if out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// An attribute value as text: strings as they are, other scalars printed, bytes in hex,
@@ -139,16 +142,24 @@ fn any_value_json(value: &Value) -> serde_json::Value {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     s
 }
 
 fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     for kv in attributes {
+        // Strings, the common case, without a copy.
+        if let Some(AnyValue { value: Some(Value::StringValue(value)) }) = &kv.value {
+            if !value.is_empty() {
+                encode_pair(&sanitize_label_name(&kv.key), value, out);
+            }
+            continue;
+        }
         let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
         if !value.is_empty() {
             encode_pair(&sanitize_label_name(&kv.key), &value, out);
@@ -184,7 +195,7 @@ fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<Decod
                 continue;
             }
             if mapping.resource_labels.contains(&kv.key) {
-                labels.push((sanitize_label_name(&kv.key), value));
+                labels.push((sanitize_label_name(&kv.key).into_owned(), value));
             } else {
                 encode_pair(&sanitize_label_name(&kv.key), &value, &mut resource_metadata);
             }
@@ -361,6 +372,14 @@ mod tests {
         assert_eq!(meta["trace_id"], "ab".repeat(16));
         assert_eq!(meta["span_id"], "0101010101010101");
         assert_eq!((entries[1].timestamp, entries[1].line.as_str()), (2_000, "42"));
+    }
+
+    #[test]
+    fn label_names_are_sanitised_as_loki_does_and_valid_ones_are_not_copied() {
+        assert_eq!(sanitize_label_name("k8s.pod.name"), "k8s_pod_name");
+        assert_eq!(sanitize_label_name("1st-try"), "_1st_try");
+        assert!(matches!(sanitize_label_name("service_name"), std::borrow::Cow::Borrowed("service_name")));
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
     }
 
     #[test]

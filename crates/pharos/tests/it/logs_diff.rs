@@ -576,7 +576,10 @@ impl M {
                 for (k, v) in inner.eval(data, t) {
                     let key: Labels = match by {
                         None => Labels::new(),
-                        Some(names) => k.into_iter().filter(|(n, v)| names.contains(&n.as_str()) && !v.is_empty()).collect(),
+                        Some(names) => k
+                            .into_iter()
+                            .filter(|(n, v)| names.contains(&n.as_str()) && !v.is_empty())
+                            .collect(),
                     };
                     groups.entry(key).or_default().push(v);
                 }
@@ -709,12 +712,18 @@ fn queries() -> Vec<Query> {
         log(r#"{pod=~"checkout-[02]"}"#, sel(|s| matches!(l(s, "pod"), "checkout-0" | "checkout-2"))),
         log(r#"{app!="db", env="staging"}"#, sel(move |s| l(s, "app") != "db" && staging(s))),
         log(r#"{pod=~".*-3"}"#, sel(|s| l(s, "pod").ends_with("-3"))),
-        log(r#"{app=~"c.*", pod!="checkout-1"}"#, sel(|s| l(s, "app") == "checkout" && l(s, "pod") != "checkout-1")),
+        log(
+            r#"{app=~"c.*", pod!="checkout-1"}"#,
+            sel(|s| l(s, "app") == "checkout" && l(s, "pod") != "checkout-1"),
+        ),
         // Line filters.
         log(r#"{env=~".+"} |= "timeout""#, sel(any).has("timeout")),
         log(r#"{app="db"} |= "trace_id=""#, sel(app("db")).has("trace_id=")),
         log(r#"{app="api"} != "request""#, sel(app("api")).lacks("request")),
-        log(r#"{app="worker"} |~ `status=5\d\d`"#, sel(app("worker")).line(|x| digits_after(x, "status=5", 2))),
+        log(
+            r#"{app="worker"} |~ `status=5\d\d`"#,
+            sel(app("worker")).line(|x| digits_after(x, "status=5", 2)),
+        ),
         log(
             r#"{app="db"} !~ "^(ERROR|slow)""#,
             sel(app("db")).line(|x| !x.starts_with("ERROR") && !x.starts_with("slow")),
@@ -732,7 +741,10 @@ fn queries() -> Vec<Query> {
         log(r#"{app="web"} != "debug" != "info""#, sel(app("web")).lacks("debug").lacks("info")),
         // Parsers and label filters.
         log(r#"{app="api"} | json | __error__="""#, json_ok(sel(app("api")))),
-        log(r#"{app="web"} | logfmt | status >= 500"#, sel(app("web")).logfmt().filter(move |x| status(x) >= 500.0)),
+        log(
+            r#"{app="web"} | logfmt | status >= 500"#,
+            sel(app("web")).logfmt().filter(move |x| status(x) >= 500.0),
+        ),
         log(
             r#"{app=~"api|checkout"} | json | __error__="" | level="error""#,
             json_ok(sel(jsonish)).filter(|x| l(x, "level") == "error"),
@@ -747,9 +759,13 @@ fn queries() -> Vec<Query> {
         ),
         log(
             r#"{app=~"api|checkout"} | json | __error__="" | level=~"warn|error" | status != 200"#,
-            json_ok(sel(jsonish)).filter(move |x| matches!(l(x, "level"), "warn" | "error") && status(x) != 200.0),
+            json_ok(sel(jsonish))
+                .filter(move |x| matches!(l(x, "level"), "warn" | "error") && status(x) != 200.0),
         ),
-        log(r#"{app="worker"} | logfmt | took > 50ms"#, sel(app("worker")).logfmt().filter(move |x| took(x) > 0.05)),
+        log(
+            r#"{app="worker"} | logfmt | took > 50ms"#,
+            sel(app("worker")).logfmt().filter(move |x| took(x) > 0.05),
+        ),
         log(
             r#"{app=~"web|worker"} | logfmt | took >= 1s or status == 404"#,
             sel(logfmtish).logfmt().filter(move |x| took(x) >= 1.0 || status(x) == 404.0),
@@ -781,16 +797,21 @@ fn queries() -> Vec<Query> {
                 .filter(|x| num(x, "code").unwrap() >= 500.0),
         ),
         // Formatting and label sets.
-        log(r#"{app="api"} | json | __error__="" | line_format "{{.msg}}""#, json_ok(sel(app("api"))).format(|x| l(x, "msg").to_string())),
+        log(
+            r#"{app="api"} | json | __error__="" | line_format "{{.msg}}""#,
+            json_ok(sel(app("api"))).format(|x| l(x, "msg").to_string()),
+        ),
         log(
             r#"{app="web"} | logfmt | line_format "{{.level}} {{.status}}: {{.msg}}""#,
-            sel(app("web")).logfmt().format(|x| format!("{} {}: {}", l(x, "level"), l(x, "status"), l(x, "msg"))),
+            sel(app("web"))
+                .logfmt()
+                .format(|x| format!("{} {}: {}", l(x, "level"), l(x, "status"), l(x, "msg"))),
         ),
         log(
             r#"{app="checkout"} | json | __error__="" | http_method!="" | line_format "{{.http_method}} {{.http_path}} {{.latency_ms}}""#,
-            json_ok(sel(app("checkout"))).filter(|x| !l(x, "http_method").is_empty()).format(|x| {
-                format!("{} {} {}", l(x, "http_method"), l(x, "http_path"), l(x, "latency_ms"))
-            }),
+            json_ok(sel(app("checkout")))
+                .filter(|x| !l(x, "http_method").is_empty())
+                .format(|x| format!("{} {} {}", l(x, "http_method"), l(x, "http_path"), l(x, "latency_ms"))),
         ),
         log(
             r#"{app=~"api|checkout"} | json | __error__="" | keep level, status"#,
@@ -814,9 +835,16 @@ fn queries() -> Vec<Query> {
         ),
         // Range aggregations.
         metric(r#"count_over_time({app="api"}[1m])"#, range(R::Count, sel(app("api")), 60)),
-        metric_step(r#"count_over_time({app="web"} |= "error" [30s])"#, range(R::Count, sel(app("web")).has("error"), 30), 15),
+        metric_step(
+            r#"count_over_time({app="web"} |= "error" [30s])"#,
+            range(R::Count, sel(app("web")).has("error"), 30),
+            15,
+        ),
         metric(r#"rate({app="db"} |= "deadlock" [5m])"#, range(R::Rate, sel(app("db")).has("deadlock"), 300)),
-        metric(r#"bytes_over_time({pod="web-1"}[90s])"#, range(R::Bytes, sel(|s| l(s, "pod") == "web-1"), 90)),
+        metric(
+            r#"bytes_over_time({pod="web-1"}[90s])"#,
+            range(R::Bytes, sel(|s| l(s, "pod") == "web-1"), 90),
+        ),
         metric(r#"bytes_rate({app="db"}[1m])"#, range(R::BytesRate, sel(app("db")), 60)),
         metric(
             r#"count_over_time({app="checkout"} | json | __error__="" | status >= 500 [5m])"#,
@@ -853,7 +881,10 @@ fn queries() -> Vec<Query> {
             range(R::Count, json_ok(sel(app("api"))).format(|x| l(x, "msg").to_string()), 180),
         ),
         // Vector aggregations.
-        metric(r#"sum by (app) (rate({env="prod"}[5m]))"#, agg(A::Sum, Some(&["app"]), range(R::Rate, sel(prod), 300))),
+        metric(
+            r#"sum by (app) (rate({env="prod"}[5m]))"#,
+            agg(A::Sum, Some(&["app"]), range(R::Rate, sel(prod), 300)),
+        ),
         metric(
             r#"sum(bytes_over_time({app="db"}[2m])) * 2"#,
             scalar(Op::Mul, agg(A::Sum, None, range(R::Bytes, sel(app("db")), 120)), 2.0),
@@ -862,7 +893,10 @@ fn queries() -> Vec<Query> {
             r#"sum by (app) (sum_over_time({app="worker"} | logfmt | unwrap duration(took) [3m]))"#,
             agg(A::Sum, Some(&["app"]), unwrap(R::Sum, sel(app("worker")).logfmt(), "took", true, 180)),
         ),
-        metric(r#"sum(count_over_time({env="staging"}[1m]))"#, agg(A::Sum, None, range(R::Count, sel(staging), 60))),
+        metric(
+            r#"sum(count_over_time({env="staging"}[1m]))"#,
+            agg(A::Sum, None, range(R::Count, sel(staging), 60)),
+        ),
         metric(
             r#"sum by (env) (count_over_time({app=~".+"} |~ "timeout|timed out" [2m]))"#,
             agg(
@@ -886,18 +920,28 @@ fn queries() -> Vec<Query> {
                 Some(&["pod"]),
                 range(
                     R::Count,
-                    sel(jsonish).json().filter(|x| x.contains_key("__error__")).drop_labels(&["__error__", "__error_details__"]),
+                    sel(jsonish)
+                        .json()
+                        .filter(|x| x.contains_key("__error__"))
+                        .drop_labels(&["__error__", "__error_details__"]),
                     1200,
                 ),
             ),
         ),
-        metric(r#"count by (app) (count_over_time({env="prod"}[1m]))"#, agg(A::Count, Some(&["app"]), range(R::Count, sel(prod), 60))),
+        metric(
+            r#"count by (app) (count_over_time({env="prod"}[1m]))"#,
+            agg(A::Count, Some(&["app"]), range(R::Count, sel(prod), 60)),
+        ),
         metric(
             r#"count(sum by (pod) (count_over_time({app="worker"} | logfmt | status >= 500 [5m])))"#,
             agg(
                 A::Count,
                 None,
-                agg(A::Sum, Some(&["pod"]), range(R::Count, sel(app("worker")).logfmt().filter(move |x| status(x) >= 500.0), 300)),
+                agg(
+                    A::Sum,
+                    Some(&["pod"]),
+                    range(R::Count, sel(app("worker")).logfmt().filter(move |x| status(x) >= 500.0), 300),
+                ),
             ),
         ),
         metric(
@@ -906,7 +950,14 @@ fn queries() -> Vec<Query> {
         ),
         metric(
             r#"topk(1, sum by (app) (sum_over_time({app=~"api|checkout"} | json | __error__="" | unwrap latency_ms [5m])))"#,
-            M::TopK(1, Box::new(agg(A::Sum, Some(&["app"]), unwrap(R::Sum, json_ok(sel(jsonish)), "latency_ms", false, 300)))),
+            M::TopK(
+                1,
+                Box::new(agg(
+                    A::Sum,
+                    Some(&["app"]),
+                    unwrap(R::Sum, json_ok(sel(jsonish)), "latency_ms", false, 300),
+                )),
+            ),
         ),
         metric(
             r#"max by (app) (max_over_time({app=~"api|checkout"} | json | __error__="" | unwrap latency_ms [2m]))"#,
@@ -917,7 +968,13 @@ fn queries() -> Vec<Query> {
             agg(
                 A::Avg,
                 Some(&["pod"]),
-                unwrap(R::Avg, json_ok(sel(app("api"))).keep(&["pod", "latency_ms"]), "latency_ms", false, 300),
+                unwrap(
+                    R::Avg,
+                    json_ok(sel(app("api"))).keep(&["pod", "latency_ms"]),
+                    "latency_ms",
+                    false,
+                    300,
+                ),
             ),
         ),
         metric(
@@ -928,27 +985,52 @@ fn queries() -> Vec<Query> {
             r#"max(sum by (pod) (count_over_time({env="prod"}[5m])))"#,
             agg(A::Max, None, agg(A::Sum, Some(&["pod"]), range(R::Count, sel(prod), 300))),
         ),
-        metric(r#"min by (env) (count_over_time({app="checkout"}[5m]))"#, agg(A::Min, Some(&["env"]), range(R::Count, sel(app("checkout")), 300))),
-        metric(r#"avg by (app) (count_over_time({env="prod"}[5m]))"#, agg(A::Avg, Some(&["app"]), range(R::Count, sel(prod), 300))),
+        metric(
+            r#"min by (env) (count_over_time({app="checkout"}[5m]))"#,
+            agg(A::Min, Some(&["env"]), range(R::Count, sel(app("checkout")), 300)),
+        ),
+        metric(
+            r#"avg by (app) (count_over_time({env="prod"}[5m]))"#,
+            agg(A::Avg, Some(&["app"]), range(R::Count, sel(prod), 300)),
+        ),
         metric(
             r#"sum by (status) (count_over_time({app="web"} | logfmt | status >= 400 [3m]))"#,
-            agg(A::Sum, Some(&["status"]), range(R::Count, sel(app("web")).logfmt().filter(move |x| status(x) >= 400.0), 180)),
+            agg(
+                A::Sum,
+                Some(&["status"]),
+                range(R::Count, sel(app("web")).logfmt().filter(move |x| status(x) >= 400.0), 180),
+            ),
         ),
         metric(
             r#"sum by (trace_id) (count_over_time({app="worker"} | logfmt | trace_id!="" [20m]))"#,
-            agg(A::Sum, Some(&["trace_id"]), range(R::Count, sel(app("worker")).logfmt().filter(|x| !l(x, "trace_id").is_empty()), 1200)),
+            agg(
+                A::Sum,
+                Some(&["trace_id"]),
+                range(R::Count, sel(app("worker")).logfmt().filter(|x| !l(x, "trace_id").is_empty()), 1200),
+            ),
         ),
         metric(
             r#"sum by (app) (bytes_over_time({app="web"} | logfmt | line_format "{{.msg}}" [5m]))"#,
-            agg(A::Sum, Some(&["app"]), range(R::Bytes, sel(app("web")).logfmt().format(|x| l(x, "msg").to_string()), 300)),
+            agg(
+                A::Sum,
+                Some(&["app"]),
+                range(R::Bytes, sel(app("web")).logfmt().format(|x| l(x, "msg").to_string()), 300),
+            ),
         ),
         metric(
             r#"sum(rate({app=~"web|worker"} | logfmt | took > 100ms [5m]))"#,
             agg(A::Sum, None, range(R::Rate, sel(logfmtish).logfmt().filter(move |x| took(x) > 0.1), 300)),
         ),
-        metric_step(r#"sum by (app) (count_over_time({app=~".+"}[20s]))"#, agg(A::Sum, Some(&["app"]), range(R::Count, sel(any), 20)), 10),
+        metric_step(
+            r#"sum by (app) (count_over_time({app=~".+"}[20s]))"#,
+            agg(A::Sum, Some(&["app"]), range(R::Count, sel(any), 20)),
+            10,
+        ),
         // Binary operations.
-        metric(r#"sum(count_over_time({app="api"}[1m])) / 60"#, scalar(Op::Div, agg(A::Sum, None, range(R::Count, sel(app("api")), 60)), 60.0)),
+        metric(
+            r#"sum(count_over_time({app="api"}[1m])) / 60"#,
+            scalar(Op::Div, agg(A::Sum, None, range(R::Count, sel(app("api")), 60)), 60.0),
+        ),
         metric(
             r#"sum by (app) (count_over_time({app=~"api|checkout"} |= "error" [5m])) / sum by (app) (count_over_time({app=~"api|checkout"}[5m]))"#,
             bin(
@@ -965,12 +1047,18 @@ fn queries() -> Vec<Query> {
                 agg(A::Sum, Some(&["env"]), range(R::Count, sel(app("worker")), 120)),
             ),
         ),
-        metric(r#"sum by (app) (count_over_time({env="prod"}[1m])) > 10"#, scalar(Op::Gt, agg(A::Sum, Some(&["app"]), range(R::Count, sel(prod), 60)), 10.0)),
+        metric(
+            r#"sum by (app) (count_over_time({env="prod"}[1m])) > 10"#,
+            scalar(Op::Gt, agg(A::Sum, Some(&["app"]), range(R::Count, sel(prod), 60)), 10.0),
+        ),
         metric(
             r#"sum by (app) (count_over_time({env="prod"}[1m])) > bool 10"#,
             scalar(Op::GtBool, agg(A::Sum, Some(&["app"]), range(R::Count, sel(prod), 60)), 10.0),
         ),
-        metric(r#"sum by (pod) (rate({app="db"}[2m])) < 0.05"#, scalar(Op::Lt, agg(A::Sum, Some(&["pod"]), range(R::Rate, sel(app("db")), 120)), 0.05)),
+        metric(
+            r#"sum by (pod) (rate({app="db"}[2m])) < 0.05"#,
+            scalar(Op::Lt, agg(A::Sum, Some(&["pod"]), range(R::Rate, sel(app("db")), 120)), 0.05),
+        ),
         metric(
             r#"sum(bytes_over_time({env="prod"}[1m])) - 1000"#,
             scalar(Op::Sub, agg(A::Sum, None, range(R::Bytes, sel(prod), 60)), 1000.0),
@@ -986,14 +1074,22 @@ fn queries() -> Vec<Query> {
         ),
         metric(
             r#"sum by (app) (bytes_over_time({env="staging"}[3m] offset 2m))"#,
-            agg(A::Sum, Some(&["app"]), M::Range { f: R::Bytes, pipe: sel(staging), unwrap: None, range: 3 * MIN, offset: 2 * MIN }),
+            agg(
+                A::Sum,
+                Some(&["app"]),
+                M::Range { f: R::Bytes, pipe: sel(staging), unwrap: None, range: 3 * MIN, offset: 2 * MIN },
+            ),
         ),
         metric(
             r#"sum(count_over_time({app="web"}[1m])) - sum(count_over_time({app="web"}[1m] offset 1m))"#,
             bin(
                 Op::Sub,
                 agg(A::Sum, None, range(R::Count, sel(app("web")), 60)),
-                agg(A::Sum, None, M::Range { f: R::Count, pipe: sel(app("web")), unwrap: None, range: MIN, offset: MIN }),
+                agg(
+                    A::Sum,
+                    None,
+                    M::Range { f: R::Count, pipe: sel(app("web")), unwrap: None, range: MIN, offset: MIN },
+                ),
             ),
         ),
     ]
@@ -1053,7 +1149,11 @@ fn compare_matrix(want: &Matrix, got: &Matrix) -> Result<(), String> {
         };
         let same = w.len() == g.len() && w.iter().zip(g).all(|(a, b)| a.0 == b.0 && close(a.1, b.1));
         if !same {
-            let i = w.iter().zip(g).position(|(a, b)| a.0 != b.0 || !close(a.1, b.1)).unwrap_or(w.len().min(g.len()));
+            let i = w
+                .iter()
+                .zip(g)
+                .position(|(a, b)| a.0 != b.0 || !close(a.1, b.1))
+                .unwrap_or(w.len().min(g.len()));
             return Err(format!(
                 "series {}: {} points expected, {} got; first difference at #{i}: expected {:?}, got {:?}",
                 show(k),
@@ -1106,9 +1206,12 @@ impl Run<'_> {
         // Bounds at +500ns: never an entry's time, so inclusive or exclusive ends do not matter.
         let full = (t0 - MIN + 500, t0 + 22 * MIN + 500);
         let window = (t0 + 7 * MIN + 500, t0 + 9 * MIN + 500);
-        for ((start, end), direction, limit) in
-            [(full, "forward", 5000), (full, "backward", 37), (window, "forward", 25), (window, "backward", 9)]
-        {
+        for ((start, end), direction, limit) in [
+            (full, "forward", 5000),
+            (full, "backward", 37),
+            (window, "forward", 25),
+            (window, "backward", 9),
+        ] {
             let mut want: Vec<LogLine> = self
                 .data
                 .entries
@@ -1143,8 +1246,10 @@ impl Run<'_> {
             for s in body["data"]["result"].as_array().unwrap() {
                 let labels = labels_of(&s["stream"]);
                 let values = s["values"].as_array().unwrap();
-                let times: Vec<i64> = values.iter().map(|v| v[0].as_str().unwrap().parse().unwrap()).collect();
-                ordered &= times.windows(2).all(|w| if direction == "forward" { w[0] < w[1] } else { w[0] > w[1] });
+                let times: Vec<i64> =
+                    values.iter().map(|v| v[0].as_str().unwrap().parse().unwrap()).collect();
+                ordered &=
+                    times.windows(2).all(|w| if direction == "forward" { w[0] < w[1] } else { w[0] > w[1] });
                 for (t, v) in times.into_iter().zip(values) {
                     got.push((t, labels.clone(), v[1].as_str().unwrap().to_string()));
                 }
@@ -1196,7 +1301,10 @@ impl Run<'_> {
                     .iter()
                     .map(|s| {
                         let points = s["values"].as_array().unwrap();
-                        (labels_of(&s["metric"]), points.iter().map(|p| (point_time(&p[0]), point_value(&p[1]))).collect())
+                        (
+                            labels_of(&s["metric"]),
+                            points.iter().map(|p| (point_time(&p[0]), point_value(&p[1]))).collect(),
+                        )
                     })
                     .collect();
                 if let Err(e) = compare_matrix(&want, &got) {
@@ -1219,7 +1327,12 @@ impl Run<'_> {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|s| (labels_of(&s["metric"]), vec![(point_time(&s["value"][0]), point_value(&s["value"][1]))]))
+                    .map(|s| {
+                        (
+                            labels_of(&s["metric"]),
+                            vec![(point_time(&s["value"][0]), point_value(&s["value"][1]))],
+                        )
+                    })
                     .collect();
                 if let Err(e) = compare_matrix(&want, &got) {
                     self.fail(q, "instant", e);
@@ -1277,7 +1390,11 @@ async fn logql_answers_match_a_brute_force_oracle() {
     let mut run = Run { loki: &loki, data: &data, phase: "blocks + head", failures: Vec::new(), requests: 0 };
     run.all(&queries).await;
     let (mut failures, mut requests) = (run.failures, run.requests);
-    assert_eq!(pharos.metric("pharos_logs_blocks_flushed_total").await, 0.0, "the newer half stays in the head");
+    assert_eq!(
+        pharos.metric("pharos_logs_blocks_flushed_total").await,
+        0.0,
+        "the newer half stays in the head"
+    );
     let (status, log) = pharos.terminate();
     assert!(status.success(), "{log}");
 
@@ -1297,5 +1414,10 @@ async fn logql_answers_match_a_brute_force_oracle() {
         data.entries.len(),
         began.elapsed().as_secs_f64()
     );
-    assert!(failures.is_empty(), "{} disagreements with the oracle:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} disagreements with the oracle:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
