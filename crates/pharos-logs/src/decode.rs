@@ -14,10 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+#[cfg(test)]
+use opentelemetry_proto::tonic::{collector::logs::v1::ExportLogsServiceRequest, common::v1::KeyValue};
 use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
 use prost::Message;
 
@@ -69,6 +68,8 @@ pub enum DecodeError {
     Format(PayloadFormat),
     #[error("invalid stream labels `{labels}`: {reason}")]
     Labels { labels: String, reason: String },
+    #[error("malformed protobuf: {0}")]
+    Malformed(&'static str),
 }
 
 /// The streams of a logs envelope (other signals: none). Entries of one stream stay in the
@@ -78,9 +79,7 @@ pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<Decode
         return Ok(Vec::new());
     }
     match envelope.format {
-        PayloadFormat::Otlp => {
-            Ok(otlp(ExportLogsServiceRequest::decode(envelope.payload.as_ref())?, mapping))
-        }
+        PayloadFormat::Otlp => crate::wire::otlp_logs(envelope.payload.as_ref(), mapping),
         PayloadFormat::LokiPush => push(PushRequest::decode(envelope.payload.as_ref())?),
         other => Err(DecodeError::Format(other)),
     }
@@ -141,7 +140,7 @@ fn any_value_json(value: &Value) -> serde_json::Value {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -151,6 +150,7 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+#[cfg(test)]
 fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     for kv in attributes {
         // Strings, the common case, without a copy.
@@ -181,7 +181,10 @@ impl DecodedStream {
     }
 }
 
-fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<DecodedStream> {
+/// The mapping over a request decoded with prost: what the wire reader (`crate::wire`) must
+/// give, kept as its oracle.
+#[cfg(test)]
+pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<DecodedStream> {
     let mut streams: Vec<DecodedStream> = Vec::new();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
     for resource_logs in request.resource_logs {

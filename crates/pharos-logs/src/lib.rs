@@ -12,3 +12,4 @@ pub mod decode;
 pub mod model;
 pub mod query;
 pub mod store;
+mod wire;
