@@ -447,6 +447,12 @@ enum RangeFn {
     Max,
     Min,
     Avg,
+    /// `rate` over an unwrapped range: the sum per second.
+    SumRate,
+    First,
+    Last,
+    /// Population standard deviation.
+    Stddev,
 }
 
 #[derive(Clone, Copy)]
@@ -481,6 +487,8 @@ enum M {
         unwrap: Option<(&'static str, bool)>,
         range: i64,
         offset: i64,
+        /// `<range aggregation> by (...)` (unwrapped ranges only).
+        by: Option<&'static [&'static str]>,
     },
     Agg {
         op: Agg,
@@ -516,11 +524,20 @@ fn apply(op: Op, a: f64, b: f64) -> Option<f64> {
 }
 
 fn range(f: RangeFn, pipe: Pipe, range_s: i64) -> M {
-    M::Range { f, pipe, unwrap: None, range: range_s * SEC, offset: 0 }
+    M::Range { f, pipe, unwrap: None, range: range_s * SEC, offset: 0, by: None }
+}
+
+/// `[range] offset x`, both in nanoseconds.
+fn offset_ns(f: RangeFn, pipe: Pipe, range: i64, offset: i64) -> M {
+    M::Range { f, pipe, unwrap: None, range, offset, by: None }
 }
 
 fn unwrap(f: RangeFn, pipe: Pipe, label: &'static str, dur: bool, range_s: i64) -> M {
-    M::Range { f, pipe, unwrap: Some((label, dur)), range: range_s * SEC, offset: 0 }
+    M::Range { f, pipe, unwrap: Some((label, dur)), range: range_s * SEC, offset: 0, by: None }
+}
+
+fn unwrap_by(f: RangeFn, pipe: Pipe, label: &'static str, range_s: i64, by: &'static [&'static str]) -> M {
+    M::Range { f, pipe, unwrap: Some((label, false)), range: range_s * SEC, offset: 0, by: Some(by) }
 }
 
 fn agg(op: Agg, by: Option<&'static [&'static str]>, inner: M) -> M {
@@ -538,7 +555,7 @@ fn bin(op: Op, l: M, r: M) -> M {
 impl M {
     fn eval(&self, data: &Data, t: i64) -> Vector {
         match self {
-            M::Range { f, pipe, unwrap, range, offset } => {
+            M::Range { f, pipe, unwrap, range, offset, by } => {
                 let (lo, hi) = (t - offset - range, t - offset);
                 let mut groups: BTreeMap<Labels, Vec<f64>> = BTreeMap::new();
                 for e in data.entries.iter().filter(|e| e.ts > lo && e.ts <= hi) {
@@ -551,6 +568,9 @@ impl M {
                             v.unwrap_or_else(|| panic!("oracle: cannot unwrap {name}={raw:?}"))
                         }
                     };
+                    if let Some(names) = by {
+                        row.labels.retain(|k, _| names.contains(&k.as_str()));
+                    }
                     groups.entry(row.labels).or_default().push(v);
                 }
                 let secs = (*range / SEC) as f64;
@@ -566,6 +586,13 @@ impl M {
                             RangeFn::Max => vs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                             RangeFn::Min => vs.iter().copied().fold(f64::INFINITY, f64::min),
                             RangeFn::Avg => vs.iter().sum::<f64>() / n,
+                            RangeFn::SumRate => vs.iter().sum::<f64>() / secs,
+                            RangeFn::First => vs[0],
+                            RangeFn::Last => vs[vs.len() - 1],
+                            RangeFn::Stddev => {
+                                let mean = vs.iter().sum::<f64>() / n;
+                                (vs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt()
+                            }
                         };
                         (k, v)
                     })
@@ -676,14 +703,14 @@ fn json_fields(p: Pipe, fields: &'static [(&'static str, &'static str)]) -> Pipe
 /// `prefix` followed by `n` digits somewhere in `line`.
 fn digits_after(line: &str, prefix: &str, n: usize) -> bool {
     line.match_indices(prefix).any(|(i, _)| {
-        let rest = line[i + prefix.len()..].as_bytes();
+        let rest = &line.as_bytes()[i + prefix.len()..];
         rest.len() >= n && rest[..n].iter().all(u8::is_ascii_digit)
     })
 }
 
 fn is_hex32_after(line: &str, prefix: &str) -> bool {
     line.match_indices(prefix).any(|(i, _)| {
-        let rest = line[i + prefix.len()..].as_bytes();
+        let rest = &line.as_bytes()[i + prefix.len()..];
         rest.len() >= 32 && rest[..32].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
     })
 }
@@ -1067,29 +1094,61 @@ fn queries() -> Vec<Query> {
             r#"sum by (app) (count_over_time({app=~"web|worker"}[1m])) + 0.5"#,
             scalar(Op::Add, agg(A::Sum, Some(&["app"]), range(R::Count, sel(logfmtish), 60)), 0.5),
         ),
+        metric(
+            r#"max_over_time({app=~"api|checkout"} | json | __error__="" | unwrap latency_ms [5m]) by (app)"#,
+            unwrap_by(R::Max, json_ok(sel(jsonish)), "latency_ms", 300, &["app"]),
+        ),
+        metric(
+            r#"avg_over_time({env="prod"} | json | __error__="" | unwrap latency_ms [10m]) by (level)"#,
+            unwrap_by(R::Avg, json_ok(sel(prod)), "latency_ms", 600, &["level"]),
+        ),
+        metric(
+            r#"sum(rate({app="checkout"} | json | __error__="" | unwrap latency_ms [2m]))"#,
+            agg(A::Sum, None, unwrap(R::SumRate, json_ok(sel(app("checkout"))), "latency_ms", false, 120)),
+        ),
+        metric(
+            r#"last_over_time({app="api"} | json | __error__="" | keep pod, latency_ms | unwrap latency_ms [1m])"#,
+            unwrap(R::Last, json_ok(sel(app("api"))).keep(&["pod", "latency_ms"]), "latency_ms", false, 60),
+        ),
+        metric(
+            r#"first_over_time({app="worker"} | logfmt | keep pod, took | unwrap duration(took) [2m])"#,
+            unwrap(R::First, sel(app("worker")).logfmt().keep(&["pod", "took"]), "took", true, 120),
+        ),
+        metric(
+            r#"stddev_over_time({app="checkout"} | json | __error__="" | keep env, latency_ms | unwrap latency_ms [5m])"#,
+            unwrap(
+                R::Stddev,
+                json_ok(sel(app("checkout"))).keep(&["env", "latency_ms"]),
+                "latency_ms",
+                false,
+                300,
+            ),
+        ),
+        log(
+            r#"{app="api"} | json | __error__="" | drop http_method="GET", latency_ms"#,
+            json_ok(sel(app("api"))).stage(|r| {
+                if l(&r.labels, "http_method") == "GET" {
+                    r.labels.remove("http_method");
+                }
+                r.labels.remove("latency_ms");
+                true
+            }),
+        ),
         // Offsets.
         metric(
             r#"count_over_time({app="api"}[1m] offset 5m)"#,
-            M::Range { f: R::Count, pipe: sel(app("api")), unwrap: None, range: MIN, offset: 5 * MIN },
+            offset_ns(R::Count, sel(app("api")), MIN, 5 * MIN),
         ),
         metric(
             r#"sum by (app) (bytes_over_time({env="staging"}[3m] offset 2m))"#,
-            agg(
-                A::Sum,
-                Some(&["app"]),
-                M::Range { f: R::Bytes, pipe: sel(staging), unwrap: None, range: 3 * MIN, offset: 2 * MIN },
-            ),
+            agg(A::Sum, Some(&["app"]), offset_ns(R::Bytes, sel(staging), 3 * MIN, 2 * MIN)),
         ),
         metric(
             r#"sum(count_over_time({app="web"}[1m])) - sum(count_over_time({app="web"}[1m] offset 1m))"#,
             bin(
                 Op::Sub,
                 agg(A::Sum, None, range(R::Count, sel(app("web")), 60)),
-                agg(
-                    A::Sum,
-                    None,
-                    M::Range { f: R::Count, pipe: sel(app("web")), unwrap: None, range: MIN, offset: MIN },
-                ),
+                agg(A::Sum, None, offset_ns(R::Count, sel(app("web")), MIN, MIN)),
             ),
         ),
     ]
@@ -1205,7 +1264,8 @@ impl Run<'_> {
         let t0 = self.data.t0;
         // Bounds at +500ns: never an entry's time, so inclusive or exclusive ends do not matter.
         let full = (t0 - MIN + 500, t0 + 22 * MIN + 500);
-        let window = (t0 + 7 * MIN + 500, t0 + 9 * MIN + 500);
+        // Across the end of the older half (in blocks) and the start of the newer (in the head).
+        let window = (t0 + 9 * MIN + 500, t0 + 11 * MIN + 500);
         for ((start, end), direction, limit) in [
             (full, "forward", 5000),
             (full, "backward", 37),
