@@ -12,7 +12,7 @@
 pub mod block;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -84,22 +84,37 @@ pub enum StoreError {
 struct HeadPart {
     /// Entries per stream, sorted by time.
     streams: HashMap<Arc<Labels>, Vec<StoredEntry>>,
+    /// Streams that took an entry older than their newest: sorted before they are read.
+    unsorted: HashSet<Arc<Labels>>,
     entries: usize,
 }
 
 impl HeadPart {
     fn insert(&mut self, stream: DecodedStream) {
         let n = stream.entries.len();
-        let entries = self.streams.entry(stream.labels).or_default();
+        let entries = self.streams.entry(stream.labels.clone()).or_default();
+        // Appended as they come (an insert in place moves the stream's tail each time);
+        // sorted once, when the stream is next read.
+        let mut newest = entries.last().map_or(i64::MIN, |e| e.timestamp);
+        let mut in_order = true;
         for entry in stream.entries {
-            if entries.last().is_none_or(|last| last.timestamp <= entry.timestamp) {
-                entries.push(entry);
-            } else {
-                let at = entries.partition_point(|e| e.timestamp <= entry.timestamp);
-                entries.insert(at, entry);
-            }
+            in_order &= entry.timestamp >= newest;
+            newest = newest.max(entry.timestamp);
+            entries.push(entry);
+        }
+        if !in_order {
+            self.unsorted.insert(stream.labels);
         }
         self.entries += n;
+    }
+
+    /// Sorts the streams that need it by time (stable: equal times keep their arrival order).
+    fn sort(&mut self) {
+        for labels in self.unsorted.drain() {
+            if let Some(entries) = self.streams.get_mut(&labels) {
+                entries.sort_by_key(|e| e.timestamp);
+            }
+        }
     }
 
     fn streams(&self) -> impl Iterator<Item = (&Labels, &[StoredEntry])> {
@@ -182,14 +197,27 @@ impl LogStore {
     }
 
     fn with_heads<R>(&self, tenant: &Tenant, mut f: impl FnMut(&HeadPart) -> R) -> Vec<R> {
-        let heads = self.heads.read().expect("log heads lock");
         let mut out = Vec::new();
-        for ((t, _), slot) in heads.iter() {
+        let mut read = |slot: &Slot| {
+            out.push(f(&slot.live));
+            if let Some(flushing) = &slot.flushing {
+                out.push(f(flushing));
+            }
+        };
+        {
+            let heads = self.heads.read().expect("log heads lock");
+            if !heads.iter().any(|((t, _), slot)| t == tenant && !slot.live.unsorted.is_empty()) {
+                heads.iter().filter(|((t, _), _)| t == tenant).for_each(|(_, slot)| read(slot));
+                return out;
+            }
+        }
+        // Something arrived out of order: sort it, and read under the same (write) lock so
+        // that no writer unsorts it in between.
+        let mut heads = self.heads.write().expect("log heads lock");
+        for ((t, _), slot) in heads.iter_mut() {
             if t == tenant {
-                out.push(f(&slot.live));
-                if let Some(flushing) = &slot.flushing {
-                    out.push(f(flushing));
-                }
+                slot.live.sort();
+                read(slot);
             }
         }
         out
@@ -398,7 +426,9 @@ impl LogStore {
         if slot.live.entries == 0 {
             return None;
         }
-        let part = Arc::new(std::mem::take(&mut slot.live));
+        let mut part = std::mem::take(&mut slot.live);
+        part.sort();
+        let part = Arc::new(part);
         slot.flushing = Some(part.clone());
         Some(part)
     }
