@@ -69,6 +69,20 @@ pub enum AppendError {
         /// The window, ms.
         window_ms: i64,
     },
+    /// A sample older than the head's lower bound: that time is already in blocks.
+    #[error(
+        "out of bounds: timestamp {timestamp} is before {min_valid}, the oldest time the head still accepts (older data is already in blocks)"
+    )]
+    OutOfBounds {
+        /// The sample's timestamp, ms.
+        timestamp: i64,
+        /// The oldest timestamp the head accepts, ms.
+        min_valid: i64,
+    },
+    /// Internal: the series was dropped from the head while being appended to; the head
+    /// looks it up again (never returned by the head).
+    #[error("series removed from the head")]
+    Removed,
     /// A sample for a timestamp the series already has, with another value.
     #[error("duplicate sample for timestamp {timestamp}")]
     DuplicateSample {

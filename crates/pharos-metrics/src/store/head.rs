@@ -75,6 +75,8 @@ pub struct Head {
     metadata: RwLock<BTreeMap<String, Metadata>>,
     min_t: AtomicI64,
     max_t: AtomicI64,
+    /// Samples older than this are refused: that time is in blocks already.
+    min_valid: AtomicI64,
 }
 
 impl Default for Head {
@@ -94,6 +96,7 @@ impl Head {
             metadata: RwLock::new(BTreeMap::new()),
             min_t: AtomicI64::new(i64::MAX),
             max_t: AtomicI64::new(i64::MIN),
+            min_valid: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -187,15 +190,47 @@ impl Head {
     /// Appends one sample (`t` in ms). A repeat of a stored sample (same timestamp, same
     /// value bits) is accepted and changes nothing, so retried writes are idempotent.
     pub fn append(&self, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
-        let s = self.series(labels)?;
-        self.append_to(&s, t, v)
+        let out = self.append_samples(labels, &[Sample { t, v }]);
+        out.first_error.map_or(Ok(()), Err)
     }
 
-    fn append_to(&self, s: &MemSeries, t: i64, v: f64) -> Result<(), AppendError> {
-        s.append(t, v, self.window_ms)?;
-        self.min_t.fetch_min(t, Ordering::Relaxed);
-        self.max_t.fetch_max(t, Ordering::Relaxed);
-        Ok(())
+    /// The oldest timestamp the head accepts (`i64::MIN` until a block is cut).
+    pub fn min_valid_time(&self) -> i64 {
+        self.min_valid.load(Ordering::Acquire)
+    }
+
+    /// Raises the oldest timestamp the head accepts to `t` (never lowers it).
+    pub fn set_min_valid_time(&self, t: i64) {
+        self.min_valid.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Drops every sample older than `t` (now in blocks), refuses older samples from now on,
+    /// and removes the series left without samples. Returns the number of series removed.
+    pub fn truncate_below(&self, t: i64) -> usize {
+        self.set_min_valid_time(t);
+        let all = self.read_index().all();
+        let mut emptied = 0usize;
+        for s in &all {
+            emptied += usize::from(s.truncate_below(t));
+        }
+        self.min_t.fetch_max(t, Ordering::Relaxed);
+        if emptied == 0 {
+            return 0;
+        }
+        // Series are marked removed under the write lock, so an append that found one before
+        // sees the mark and looks the series up (creating it) again.
+        let mut idx = self.write_index();
+        let before = idx.len();
+        let keep: Vec<Arc<MemSeries>> = idx.all().into_iter().filter(|s| !s.remove_if_empty()).collect();
+        *idx = Index::rebuild(keep);
+        before - idx.len()
+    }
+
+    /// Every series, sorted by labels (for writing blocks).
+    pub(crate) fn series_sorted(&self) -> Vec<Arc<MemSeries>> {
+        let mut all = self.read_index().all();
+        all.sort_unstable_by(|a, b| a.labels.cmp(&b.labels));
+        all
     }
 
     /// Appends one series' samples, keeping the valid ones (as remote write expects).
@@ -215,8 +250,14 @@ impl Head {
 
     /// Puts back samples the head had accepted before (read from a part on start): the
     /// out-of-order window was applied when they first arrived, so any age is taken now.
+    /// Samples older than the head's lower bound are in blocks already and are skipped.
     pub fn restore_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
-        self.append_each(labels, samples, i64::MAX, |_| {})
+        let min_valid = self.min_valid_time();
+        let from = samples.partition_point(|s| s.t < min_valid);
+        if from == samples.len() {
+            return AppendOutcome::default();
+        }
+        self.append_each(labels, &samples[from..], i64::MAX, |_| {})
     }
 
     fn append_each(
@@ -227,7 +268,7 @@ impl Head {
         mut kept: impl FnMut(&Sample),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
-        let s = match self.series(labels) {
+        let mut s = match self.series(labels) {
             Ok(s) => s,
             Err(e) => {
                 out.rejected = samples.len();
@@ -235,13 +276,27 @@ impl Head {
                 return out;
             }
         };
+        let min_valid = self.min_valid_time();
         for sample in samples {
-            let appended = s.append(sample.t, sample.v, window_ms).map(|()| {
-                self.min_t.fetch_min(sample.t, Ordering::Relaxed);
-                self.max_t.fetch_max(sample.t, Ordering::Relaxed);
-            });
+            let mut appended = if sample.t < min_valid {
+                Err(AppendError::OutOfBounds { timestamp: sample.t, min_valid })
+            } else {
+                s.append(sample.t, sample.v, window_ms)
+            };
+            if appended == Err(AppendError::Removed) {
+                // Truncation dropped the series between the lookup and this append.
+                match self.series(labels) {
+                    Ok(fresh) => {
+                        s = fresh;
+                        appended = s.append(sample.t, sample.v, window_ms);
+                    }
+                    Err(e) => appended = Err(e),
+                }
+            }
             match appended {
                 Ok(()) => {
+                    self.min_t.fetch_min(sample.t, Ordering::Relaxed);
+                    self.max_t.fetch_max(sample.t, Ordering::Relaxed);
                     out.accepted += 1;
                     kept(sample);
                 }

@@ -11,7 +11,7 @@ use super::series::MemSeries;
 
 /// Position of a series in [`Index::series`]; postings hold these, in increasing order
 /// because slots are handed out in creation order and never reused.
-type Slot = u32;
+pub(crate) type Slot = u32;
 
 /// Stable series id: 64-bit FNV-1a over `name 0xff value 0xff` of each label in order.
 /// (Colliding label sets get the next free id, see [`Index::find`].)
@@ -38,8 +38,105 @@ pub fn series_hash(labels: &Labels) -> u64 {
 pub(crate) struct Index {
     by_id: HashMap<u64, Slot>,
     series: Vec<Arc<MemSeries>>,
-    postings: HashMap<Arc<str>, HashMap<Arc<str>, Vec<Slot>>>,
+    postings: Postings,
     symbols: HashSet<Arc<str>>,
+}
+
+/// Label name → value → sorted series slots: the inverted index of the head and of each
+/// block, and the matcher evaluation over it.
+#[derive(Debug, Default)]
+pub(crate) struct Postings {
+    map: HashMap<Arc<str>, HashMap<Arc<str>, Vec<Slot>>>,
+}
+
+impl Postings {
+    /// Records that series `slot` has `name=value`; slots must be added in increasing order.
+    pub(crate) fn add(&mut self, slot: Slot, name: &Arc<str>, value: &Arc<str>) {
+        self.map.entry(name.clone()).or_default().entry(value.clone()).or_default().push(slot);
+    }
+
+    /// Every label name, sorted.
+    pub(crate) fn label_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.map.keys().map(|k| k.to_string()).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Every value of label `name`, sorted.
+    pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.map.get(name).map(|vals| vals.keys().map(|k| k.to_string()).collect()).unwrap_or_default();
+        out.sort_unstable();
+        out
+    }
+
+    /// Approximate heap bytes held (for cache accounting).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.map.values().flat_map(|v| v.values()).map(|p| p.capacity() * 4 + 48).sum()
+    }
+
+    /// The series a matcher selects through the postings, for matchers that do not match
+    /// the empty value (those can select series without the label, so they filter instead).
+    fn postings_for(&self, m: &Matcher) -> Vec<Slot> {
+        let Some(values) = self.map.get(m.name.as_str()) else { return Vec::new() };
+        if let MatchKind::Equal = m.kind {
+            return values.get(m.value.as_str()).cloned().unwrap_or_default();
+        }
+        let mut lists: Vec<&Vec<Slot>> =
+            values.iter().filter(|(v, _)| m.matches(v)).map(|(_, p)| p).collect();
+        match lists.len() {
+            0 => Vec::new(),
+            1 => lists.pop().cloned().unwrap_or_default(),
+            _ => {
+                let mut out: Vec<Slot> = lists.into_iter().flatten().copied().collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    /// The slots (of `0..total`) matching every matcher: postings of the matchers that need
+    /// the label are intersected (smallest first), the others filter the candidates through
+    /// `label(slot, name)`.
+    pub(crate) fn select<'a>(
+        &self,
+        matchers: &[Matcher],
+        total: usize,
+        label: impl Fn(Slot, &str) -> &'a str,
+    ) -> Vec<Slot> {
+        let (indexed, filters): (Vec<&Matcher>, Vec<&Matcher>) =
+            matchers.iter().partition(|m| !m.matches_empty());
+        // Equality first: a single lookup, usually the most selective.
+        let mut lists: Vec<Vec<Slot>> = Vec::with_capacity(indexed.len());
+        let (eq, other): (Vec<&Matcher>, Vec<&Matcher>) =
+            indexed.into_iter().partition(|m| matches!(m.kind, MatchKind::Equal));
+        for m in eq.into_iter().chain(other) {
+            let p = self.postings_for(m);
+            if p.is_empty() {
+                return Vec::new();
+            }
+            lists.push(p);
+        }
+        lists.sort_by_key(Vec::len);
+        let slots: Vec<Slot> = match lists.split_first() {
+            None => (0..total as Slot).collect(),
+            Some((first, rest)) => {
+                let mut acc = first.clone();
+                for l in rest {
+                    acc = intersect(&acc, l);
+                    if acc.is_empty() {
+                        return Vec::new();
+                    }
+                }
+                acc
+            }
+        };
+        if filters.is_empty() {
+            return slots;
+        }
+        slots.into_iter().filter(|&slot| filters.iter().all(|m| m.matches(label(slot, &m.name)))).collect()
+    }
 }
 
 impl Index {
@@ -72,20 +169,38 @@ impl Index {
 
     /// Adds a series under a free `id` (from [`find`](Self::find)).
     pub(crate) fn insert(&mut self, id: u64, labels: &Labels) -> Arc<MemSeries> {
-        let slot = self.series.len() as Slot;
         let mut interned = Vec::with_capacity(labels.len());
         for l in labels.iter() {
             let n = self.intern(&l.name);
             let v = self.intern(&l.value);
             interned.push((n, v));
         }
-        for (n, v) in &interned {
-            self.postings.entry(n.clone()).or_default().entry(v.clone()).or_default().push(slot);
-        }
         let s = Arc::new(MemSeries::new(id, interned.into_boxed_slice()));
-        self.series.push(s.clone());
-        self.by_id.insert(id, slot);
+        self.push(s.clone());
         s
+    }
+
+    fn push(&mut self, s: Arc<MemSeries>) {
+        let slot = self.series.len() as Slot;
+        for (n, v) in s.labels.iter() {
+            self.postings.add(slot, n, v);
+        }
+        self.by_id.insert(s.id, slot);
+        self.series.push(s);
+    }
+
+    /// An index of `series` (which keep their ids and interned labels), e.g. the survivors
+    /// of a truncation.
+    pub(crate) fn rebuild(series: Vec<Arc<MemSeries>>) -> Index {
+        let mut idx = Index::default();
+        for s in series {
+            for (n, v) in s.labels.iter() {
+                idx.symbols.insert(n.clone());
+                idx.symbols.insert(v.clone());
+            }
+            idx.push(s);
+        }
+        idx
     }
 
     /// The series with this id.
@@ -100,78 +215,20 @@ impl Index {
 
     /// Every label name, sorted.
     pub(crate) fn label_names(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.postings.keys().map(|k| k.to_string()).collect();
-        out.sort_unstable();
-        out
+        self.postings.label_names()
     }
 
     /// Every value of label `name`, sorted.
     pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .postings
-            .get(name)
-            .map(|vals| vals.keys().map(|k| k.to_string()).collect())
-            .unwrap_or_default();
-        out.sort_unstable();
-        out
+        self.postings.label_values(name)
     }
 
-    /// The series a matcher selects through the postings, for matchers that do not match
-    /// the empty value (those can select series without the label, so they filter instead).
-    fn postings_for(&self, m: &Matcher) -> Vec<Slot> {
-        let Some(values) = self.postings.get(m.name.as_str()) else { return Vec::new() };
-        if let MatchKind::Equal = m.kind {
-            return values.get(m.value.as_str()).cloned().unwrap_or_default();
-        }
-        let mut lists: Vec<&Vec<Slot>> =
-            values.iter().filter(|(v, _)| m.matches(v)).map(|(_, p)| p).collect();
-        match lists.len() {
-            0 => Vec::new(),
-            1 => lists.pop().cloned().unwrap_or_default(),
-            _ => {
-                let mut out: Vec<Slot> = lists.into_iter().flatten().copied().collect();
-                out.sort_unstable();
-                out.dedup();
-                out
-            }
-        }
-    }
-
-    /// The series matching every matcher: postings of the matchers that need the label
-    /// are intersected (smallest first), the others filter the candidates.
+    /// The series matching every matcher.
     pub(crate) fn select(&self, matchers: &[Matcher]) -> Vec<Arc<MemSeries>> {
-        let (indexed, filters): (Vec<&Matcher>, Vec<&Matcher>) =
-            matchers.iter().partition(|m| !m.matches_empty());
-        // Equality first: a single lookup, usually the most selective.
-        let mut lists: Vec<Vec<Slot>> = Vec::with_capacity(indexed.len());
-        let (eq, other): (Vec<&Matcher>, Vec<&Matcher>) =
-            indexed.into_iter().partition(|m| matches!(m.kind, MatchKind::Equal));
-        for m in eq.into_iter().chain(other) {
-            let p = self.postings_for(m);
-            if p.is_empty() {
-                return Vec::new();
-            }
-            lists.push(p);
-        }
-        lists.sort_by_key(Vec::len);
-        let slots: Vec<Slot> = match lists.split_first() {
-            None => (0..self.series.len() as Slot).collect(),
-            Some((first, rest)) => {
-                let mut acc = first.clone();
-                for l in rest {
-                    acc = intersect(&acc, l);
-                    if acc.is_empty() {
-                        return Vec::new();
-                    }
-                }
-                acc
-            }
-        };
-        slots
+        self.postings
+            .select(matchers, self.series.len(), |slot, name| self.series[slot as usize].label(name))
             .into_iter()
-            .map(|slot| &self.series[slot as usize])
-            .filter(|s| filters.iter().all(|m| m.matches(s.label(&m.name))))
-            .cloned()
+            .map(|slot| self.series[slot as usize].clone())
             .collect()
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::model::{Labels, Sample};
 
 use super::chunk::{ChunkIter, XorChunk};
+use super::codec::{Malformed, Reader, put_str, put_varint};
 use super::metadata::{Metadata, MetricType};
 
 /// The first 8 bytes of every part file: `PHMPART` and the format version.
@@ -40,6 +41,12 @@ pub enum PartError {
     Checksum,
     #[error("part is truncated or malformed at byte {0}")]
     Malformed(usize),
+}
+
+impl From<Malformed> for PartError {
+    fn from(m: Malformed) -> Self {
+        PartError::Malformed(m.0)
+    }
 }
 
 impl Part {
@@ -117,7 +124,7 @@ impl Part {
         if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(PartError::Checksum);
         }
-        let mut r = Reader { buf: body, pos: 8 };
+        let mut r = Reader::new(body, 8);
         let partition = u32::from_le_bytes(r.array()?);
         let covers_below = u64::from_le_bytes(r.array()?);
         let mut part = Part { partition, covers_below, ..Part::default() };
@@ -150,56 +157,6 @@ impl Part {
             return Err(PartError::Malformed(r.pos));
         }
         Ok(part)
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], PartError> {
-        let end =
-            self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or(PartError::Malformed(self.pos))?;
-        let b = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(b)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], PartError> {
-        Ok(self.bytes(N)?.try_into().expect("N bytes"))
-    }
-
-    fn varint(&mut self) -> Result<u64, PartError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.bytes(1)?[0];
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(PartError::Malformed(self.pos))
-    }
-
-    fn string(&mut self) -> Result<String, PartError> {
-        let len = self.varint()? as usize;
-        let at = self.pos;
-        String::from_utf8(self.bytes(len)?.to_vec()).map_err(|_| PartError::Malformed(at))
     }
 }
 

@@ -16,6 +16,19 @@ pub(crate) const OOO_BUFFER_SAMPLES: usize = 32;
 /// A label pair whose strings are shared with the head's symbol table.
 pub(crate) type InternedLabel = (Arc<str>, Arc<str>);
 
+/// Interned labels (sorted by name) as a [`Labels`] value.
+pub(crate) fn interned_to_labels(labels: &[InternedLabel]) -> Labels {
+    Labels::from_sorted(labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }))
+}
+
+/// Value of label `name` among interned labels sorted by name, `""` if absent.
+pub(crate) fn interned_label<'a>(labels: &'a [InternedLabel], name: &str) -> &'a str {
+    match labels.binary_search_by(|(n, _)| (**n).cmp(name)) {
+        Ok(i) => &labels[i].1,
+        Err(_) => "",
+    }
+}
+
 /// A series held in the head.
 #[derive(Debug)]
 pub(crate) struct MemSeries {
@@ -71,6 +84,8 @@ struct SeriesData {
     /// Out-of-order samples, sorted, none sharing a timestamp with the chunks.
     ooo: Vec<Sample>,
     exemplars: VecDeque<Exemplar>,
+    /// Taken out of the head's index (it had no samples left); appends must look it up anew.
+    removed: bool,
 }
 
 impl SeriesData {
@@ -147,17 +162,12 @@ impl MemSeries {
 
     /// The labels as a [`Labels`] value.
     pub(crate) fn to_labels(&self) -> Labels {
-        Labels::from_sorted(
-            self.labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }),
-        )
+        interned_to_labels(&self.labels)
     }
 
     /// Value of label `name`, `""` if absent.
     pub(crate) fn label(&self, name: &str) -> &str {
-        match self.labels.binary_search_by(|(n, _)| (**n).cmp(name)) {
-            Ok(i) => &self.labels[i].1,
-            Err(_) => "",
-        }
+        interned_label(&self.labels, name)
     }
 
     /// Whether the labels equal `labels`.
@@ -166,9 +176,13 @@ impl MemSeries {
             && self.labels.iter().zip(labels.iter()).all(|((n, v), l)| **n == *l.name && **v == *l.value)
     }
 
-    /// Appends a sample; `window_ms` is the out-of-order window (0: none).
+    /// Appends a sample; `window_ms` is the out-of-order window (0: none). Fails with
+    /// [`AppendError::Removed`] if the head dropped the series meanwhile.
     pub(crate) fn append(&self, t: i64, v: f64, window_ms: i64) -> Result<(), AppendError> {
         let mut d = self.lock();
+        if d.removed {
+            return Err(AppendError::Removed);
+        }
         let bits = v.to_bits();
         match d.last {
             None => {
@@ -228,6 +242,63 @@ impl MemSeries {
     /// Whether the series has a sample in `[mint, maxt]`, judged by its time range.
     pub(crate) fn overlaps(&self, mint: i64, maxt: i64) -> bool {
         self.time_range().is_some_and(|(lo, hi)| lo <= maxt && hi >= mint)
+    }
+
+    /// Drops every sample older than `t`; returns whether no sample is left.
+    pub(crate) fn truncate_below(&self, t: i64) -> bool {
+        let mut d = self.lock();
+        let from = d.chunks.partition_point(|c| c.max_t() < t);
+        d.chunks.drain(..from);
+        let keep = |c: &XorChunk| {
+            let mut kept = XorChunk::new();
+            for s in c.iter().filter(|s| s.t >= t) {
+                // A subset of a chunk fits in a chunk.
+                let _ = kept.append(s.t, s.v);
+            }
+            kept
+        };
+        match d.chunks.first() {
+            Some(first) if first.min_t() < t => {
+                let kept = keep(first);
+                if kept.is_empty() {
+                    d.chunks.remove(0);
+                } else {
+                    d.chunks[0] = Arc::new(kept);
+                }
+            }
+            Some(_) => {}
+            None if !d.open.is_empty() && d.open.min_t() < t => d.open = keep(&d.open),
+            None => {}
+        }
+        d.ooo.retain(|s| s.t >= t);
+        d.chunks.is_empty() && d.open.is_empty() && d.ooo.is_empty()
+    }
+
+    /// The timestamp of the oldest sample at or after `t`.
+    pub(crate) fn first_at_or_after(&self, t: i64) -> Option<i64> {
+        let d = self.lock();
+        let from = d.chunks.partition_point(|c| c.max_t() < t);
+        let in_chunks = d.chunks[from..]
+            .iter()
+            .map(|c| &**c)
+            .chain(std::iter::once(&d.open))
+            .filter(|c| !c.is_empty() && c.max_t() >= t)
+            .find_map(|c| c.iter().find(|s| s.t >= t).map(|s| s.t));
+        let in_buffer = d.ooo.iter().find(|s| s.t >= t).map(|s| s.t);
+        match (in_chunks, in_buffer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Marks the series removed if it has no samples (the caller holds the index's write
+    /// lock and drops it from the index); returns whether it did.
+    pub(crate) fn remove_if_empty(&self) -> bool {
+        let mut d = self.lock();
+        if d.chunks.is_empty() && d.open.is_empty() && d.ooo.is_empty() {
+            d.removed = true;
+        }
+        d.removed
     }
 
     /// Adds an exemplar to the ring of at most `cap`; a repeat of the newest is ignored.
@@ -308,6 +379,28 @@ mod tests {
         assert!(buffered < OOO_BUFFER_SAMPLES);
         let window: Vec<i64> = s.snapshot(1000, 1050).samples(1000, 1050).iter().map(|s| s.t).collect();
         assert_eq!(window, vec![1000, 1010, 1020, 1030, 1040, 1050]);
+    }
+
+    #[test]
+    fn series_truncate_keeps_exactly_the_samples_from_the_cut_on() {
+        let s = series();
+        for i in 0..300 {
+            s.append(i * 10, i as f64, 0).expect("in order");
+        }
+        // An out-of-order sample on each side of the cut.
+        s.append(1005, -1.0, 10_000).expect("within window");
+        s.append(2505, -2.0, 10_000).expect("within window");
+        assert!(!s.truncate_below(2000));
+        let got = all(&s);
+        assert_eq!(got.first().map(|p| p.0), Some(2000));
+        assert_eq!(got.len(), 101, "2000..=2990 and the sample at 2505");
+        assert!(got.iter().all(|p| p.0 >= 2000));
+        // Appending continues after the cut; the newest sample still orders appends.
+        s.append(3000, 300.0, 0).expect("in order");
+        assert!(matches!(s.append(2995, 1.0, 0), Err(AppendError::OutOfOrder { .. })));
+        assert!(s.truncate_below(10_000), "nothing left");
+        assert!(s.remove_if_empty());
+        assert_eq!(s.append(20_000, 1.0, 0), Err(AppendError::Removed));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     fs, io,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -97,13 +97,78 @@ pub struct LoadReport {
 #[derive(Debug)]
 pub struct PartStore {
     dir: PathBuf,
+    /// Every part on disk, with what deciding its removal needs.
+    files: Mutex<Vec<PartFile>>,
+}
+
+#[derive(Debug)]
+struct PartFile {
+    tenant: Tenant,
+    partition: u32,
+    covers_below: u64,
+    /// Newest sample timestamp in the part (`i64::MIN` without samples).
+    max_t: i64,
+    path: PathBuf,
+}
+
+fn part_max_t(part: &Part) -> i64 {
+    part.series.values().filter_map(|s| s.last().map(|s| s.t)).max().unwrap_or(i64::MIN)
 }
 
 impl PartStore {
     /// Opens (creating) the part directory.
     pub fn open(dir: &Path) -> Result<PartStore, PartStoreError> {
         fs::create_dir_all(dir).map_err(io_error("create part directory", dir))?;
-        Ok(PartStore { dir: dir.to_owned() })
+        Ok(PartStore { dir: dir.to_owned(), files: Mutex::new(Vec::new()) })
+    }
+
+    fn files_lock(&self) -> std::sync::MutexGuard<'_, Vec<PartFile>> {
+        self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Number of parts on disk.
+    pub fn len(&self) -> usize {
+        self.files_lock().len()
+    }
+
+    /// Whether no part is on disk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Deletes `tenant`'s parts whose samples are all older than `t` (they are in blocks),
+    /// except each partition's newest part: its offset coverage keeps a replay after a crash
+    /// from applying records twice. Returns the number of parts deleted.
+    pub fn remove_below(&self, tenant: &Tenant, t: i64) -> Result<usize, PartStoreError> {
+        let mut files = self.files_lock();
+        let newest: HashMap<u32, u64> = files.iter().filter(|f| &f.tenant == tenant).fold(
+            HashMap::new(),
+            |mut m, f| {
+                let e = m.entry(f.partition).or_insert(f.covers_below);
+                *e = (*e).max(f.covers_below);
+                m
+            },
+        );
+        let mut removed = 0;
+        let mut error = None;
+        files.retain(|f| {
+            let obsolete = &f.tenant == tenant && f.max_t < t && newest.get(&f.partition) != Some(&f.covers_below);
+            if !obsolete || error.is_some() {
+                return true;
+            }
+            match fs::remove_file(&f.path) {
+                Ok(()) => {
+                    removed += 1;
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    error = Some(PartStoreError::Io { op: "remove part", path: f.path.clone(), source: e });
+                    true
+                }
+            }
+        });
+        error.map_or(Ok(removed), Err)
     }
 
     /// The tenants' part files, in load order (partition, then offset).
@@ -157,6 +222,13 @@ impl PartStore {
                     continue;
                 }
             };
+            self.files_lock().push(PartFile {
+                tenant: tenant.clone(),
+                partition: part.partition,
+                covers_below: part.covers_below,
+                max_t: part_max_t(&part),
+                path: path.clone(),
+            });
             let head = heads.head(&tenant);
             for (labels, samples) in &part.series {
                 let outcome = head.restore_samples(labels, samples);
@@ -205,6 +277,15 @@ impl PartStore {
             fs::File::open(&dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io_error("fsync part directory", &dir))?;
+            let mut files = self.files_lock();
+            files.retain(|f| f.path != path);
+            files.push(PartFile {
+                tenant: tenant.clone(),
+                partition: part.partition,
+                covers_below: part.covers_below,
+                max_t: part_max_t(part),
+                path,
+            });
         }
         Ok(())
     }
@@ -402,6 +483,7 @@ fn append_reason(e: &super::AppendError) -> &'static str {
         E::SeriesLimit { .. } => "series_limit",
         E::OutOfOrder { .. } => "out_of_order",
         E::TooOld { .. } => "too_old",
+        E::OutOfBounds { .. } | E::Removed => "out_of_bounds",
         E::DuplicateSample { .. } => "duplicate_sample",
         E::MetadataLimit { .. } => "metadata_limit",
         E::OutOfOrderExemplar { .. } | E::ExemplarLabelsTooLong { .. } => "exemplar",
