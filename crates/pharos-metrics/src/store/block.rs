@@ -436,7 +436,6 @@ mod tests {
         }
         let md = vec![("up".to_owned(), Metadata { kind: MetricType::Gauge, help: "Up.".into(), unit: String::new() })];
         let (index, stats) = b.finish(&md).unwrap();
-        drop(b);
         (segments, index, stats)
     }
 

@@ -773,3 +773,7 @@ impl TenantReaders for Arc<MetricsStore> {
         Arc::new(self.view(tenant))
     }
 }
+
+#[cfg(test)]
+#[path = "tsdb_tests.rs"]
+mod tests;
