@@ -1,6 +1,7 @@
 //! `pharos serve`: every role in one process.
 //!
-//! Start: open the queue, load the metrics parts back into the heads, start the processors
+//! Start: open the queue and the object store, open the metrics blocks and load the parts back
+//! into the heads, start the compactors and the processors
 //! (which replay what they had not committed), bind the listeners, report ready. Stop (Ctrl-C or SIGTERM), in stages, each bounded: the
 //! receivers stop accepting and finish in-flight requests; the processors drain the queue and
 //! commit; the queue fsyncs and closes; the API goes last.
@@ -26,7 +27,7 @@ use pharos_metrics::{
     api::{ApiOptions, TenantReaders},
     otlp::{Converter, OtlpOptions},
     query::EngineOptions,
-    store::{HeadOptions, Heads, PartStore, PartitionWriter},
+    store::{HeadOptions, Heads, MetricsStore, PartitionWriter},
 };
 use pharos_pipeline::{CountingSink, PipelineMetrics, Runner, RunnerOptions};
 use pharos_queue::{
@@ -41,7 +42,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{Config, FsyncMode},
     server::serve_http,
-    stores::{MetricsStoreMetrics, StoresSink},
+    stores::{MetricsBlockMetrics, MetricsStoreMetrics, StoresSink},
     telemetry::SelfMetrics,
 };
 
@@ -83,22 +84,17 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         out_of_order_window: config.metrics.out_of_order_window.0,
         ..HeadOptions::default()
     }));
-    let parts_dir = config.data_dir.join("metrics").join("parts");
-    let (parts, load_report) = {
-        let heads = heads.clone();
-        tokio::task::spawn_blocking(move || {
-            let store = PartStore::open(&parts_dir)?;
-            let report = store.load(&heads)?;
-            Ok::<_, pharos_metrics::store::PartStoreError>((Arc::new(store), report))
-        })
-        .await
-        .context("load the metrics parts")?
-        .context("load the metrics parts")?
-    };
-
-    // The trace store: its block catalog on the object store.
+    // The object store, and the metrics blocks on it; the parts written before this start
+    // are put back into the heads (what blocks hold already is skipped).
     let storage = pharos_storage::ObjectStorage::open(&config.storage, &config.data_dir)
         .context("open the object store")?;
+    let parts_dir = config.data_dir.join("metrics").join("parts");
+    let (metrics_store, load_report) =
+        MetricsStore::open(storage.clone(), heads.clone(), &parts_dir, config.metrics_store_options())
+            .await
+            .context("open the metrics store")?;
+    let parts = metrics_store.parts().clone();
+
     let log_store = pharos_logs::store::LogStore::open(storage.clone(), config.log_store_options())
         .await
         .context("open the log store")?;
@@ -124,6 +120,15 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let log_compactor = tokio::spawn(run_log_compactor(
         log_store.clone(),
         config.logs.compaction_interval.0,
+        compactor_stop.clone(),
+    ));
+    let block_metrics = MetricsBlockMetrics::default();
+    block_metrics.register(&mut registry);
+    block_metrics.observe(&metrics_store);
+    let metrics_compactor = tokio::spawn(run_metrics_compactor(
+        metrics_store.clone(),
+        config.metrics.compaction_interval.0,
+        block_metrics,
         compactor_stop.clone(),
     ));
 
@@ -204,7 +209,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .merge(pharos_traces::jaeger::router(trace_store.clone(), config.traces.query_timeout.0))
         .merge(pharos_logs::api::router(log_store.clone(), config.log_api_options()))
         .merge(pharos_metrics::api::router(
-            heads.clone() as Arc<dyn TenantReaders>,
+            Arc::new(metrics_store.clone()) as Arc<dyn TenantReaders>,
             ApiOptions {
                 engine: EngineOptions {
                     timeout: Some(config.metrics.query_timeout.0),
@@ -292,6 +297,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     compactor_stop.cancel();
     let _ = compactor.await;
     let _ = log_compactor.await;
+    let _ = metrics_compactor.await;
 
     info!("shutting down: closing the write-ahead log");
     let closed = queue.close().await;
@@ -328,6 +334,46 @@ async fn run_compactor(
             Ok(_) => {}
             Err(e) => error!(error = %e, "trace compaction failed; retrying at the next round"),
         }
+    }
+}
+
+/// Every `interval` until stopped: cuts the complete head windows into blocks, deletes
+/// expired blocks and merges small ones.
+async fn run_metrics_compactor(
+    store: Arc<MetricsStore>,
+    interval: Duration,
+    telemetry: MetricsBlockMetrics,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match store.cut().await {
+            Ok(report) => telemetry.cut(&report),
+            Err(e) => {
+                error!(error = %e, "cutting metrics blocks failed; the samples stay in the head, retrying at the next round")
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match store.compact(now).await {
+            Ok(report) => {
+                if report != Default::default() {
+                    info!(
+                        expired = report.expired,
+                        merged = report.merged,
+                        written = report.written,
+                        "metrics compaction round"
+                    );
+                }
+                telemetry.compacted(&report);
+            }
+            Err(e) => error!(error = %e, "metrics compaction failed; retrying at the next round"),
+        }
+        telemetry.observe(&store);
     }
 }
 

@@ -10,7 +10,7 @@ use pharos_metrics::store::{PartStore, PartitionWriter};
 use pharos_pipeline::{CountingSink, PipelineError, Sink};
 use pharos_queue::Offset;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -87,6 +87,114 @@ impl MetricsStoreMetrics {
             "Bytes of log blocks written from the processors' pending entries",
             self.log_block_bytes.clone(),
         );
+    }
+}
+
+/// Pharos's own metrics about metrics blocks: cuts from the head, compaction, what is stored.
+#[derive(Clone, Default)]
+pub(crate) struct MetricsBlockMetrics {
+    cut_blocks: Counter,
+    cut_samples: Counter,
+    cut_bytes: Counter,
+    series_removed: Counter,
+    parts_removed: Counter,
+    expired: Counter,
+    merged: Counter,
+    compacted_bytes: Counter,
+    blocks: Gauge,
+    block_bytes: Gauge,
+    block_samples: Gauge,
+    parts: Gauge,
+}
+
+impl MetricsBlockMetrics {
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "pharos_metrics_blocks_cut",
+            "Metrics blocks written from the heads",
+            self.cut_blocks.clone(),
+        );
+        r.register(
+            "pharos_metrics_block_samples_cut",
+            "Samples moved from the heads into blocks",
+            self.cut_samples.clone(),
+        );
+        r.register(
+            "pharos_metrics_block_bytes_cut",
+            "Bytes of metrics blocks written from the heads",
+            self.cut_bytes.clone(),
+        );
+        r.register(
+            "pharos_metrics_head_series_removed",
+            "Series dropped from the heads once all their samples were in blocks",
+            self.series_removed.clone(),
+        );
+        r.register(
+            "pharos_metrics_parts_removed",
+            "Metrics part files deleted once all their samples were in blocks",
+            self.parts_removed.clone(),
+        );
+        r.register(
+            "pharos_metrics_blocks_expired",
+            "Metrics blocks deleted for being past the retention",
+            self.expired.clone(),
+        );
+        r.register(
+            "pharos_metrics_blocks_merged",
+            "Metrics blocks merged into larger ones",
+            self.merged.clone(),
+        );
+        r.register(
+            "pharos_metrics_block_bytes_compacted",
+            "Bytes of metrics blocks written by merging",
+            self.compacted_bytes.clone(),
+        );
+        r.register(
+            "pharos_metrics_blocks",
+            "Metrics blocks on the object store, all tenants",
+            self.blocks.clone(),
+        );
+        r.register(
+            "pharos_metrics_block_bytes",
+            "Bytes of the metrics blocks on the object store",
+            self.block_bytes.clone(),
+        );
+        r.register(
+            "pharos_metrics_block_samples",
+            "Samples in the metrics blocks on the object store",
+            self.block_samples.clone(),
+        );
+        r.register("pharos_metrics_parts", "Metrics part files on disk", self.parts.clone());
+    }
+
+    pub(crate) fn cut(&self, r: &pharos_metrics::store::CutReport) {
+        self.cut_blocks.inc_by(r.blocks as u64);
+        self.cut_samples.inc_by(r.samples);
+        self.cut_bytes.inc_by(r.bytes);
+        self.series_removed.inc_by(r.series_removed as u64);
+        self.parts_removed.inc_by(r.parts_removed as u64);
+    }
+
+    pub(crate) fn compacted(&self, r: &pharos_metrics::store::CompactReport) {
+        self.expired.inc_by(r.expired as u64);
+        self.merged.inc_by(r.merged as u64);
+        self.compacted_bytes.inc_by(r.bytes);
+    }
+
+    pub(crate) fn observe(&self, store: &pharos_metrics::store::MetricsStore) {
+        let (mut n, mut bytes, mut samples) = (0i64, 0i64, 0i64);
+        for tenant in store.tenants() {
+            for b in store.blocks(&tenant) {
+                n += 1;
+                bytes += b.size_bytes as i64;
+                samples += b.samples as i64;
+            }
+        }
+        self.blocks.set(n);
+        self.block_bytes.set(bytes);
+        self.block_samples.set(samples);
+        self.parts.set(store.parts().len() as i64);
     }
 }
 

@@ -242,8 +242,12 @@ impl<'a, E> BlockBuilder<'a, E> {
     }
 }
 
-fn encode_index(series: &[(Box<[InternedLabel]>, Vec<ChunkRef>)], metadata: &[(String, Metadata)]) -> Vec<u8> {
-    let mut symbols: Vec<&str> = series.iter().flat_map(|(l, _)| l.iter()).flat_map(|(n, v)| [&**n, &**v]).collect();
+fn encode_index(
+    series: &[(Box<[InternedLabel]>, Vec<ChunkRef>)],
+    metadata: &[(String, Metadata)],
+) -> Vec<u8> {
+    let mut symbols: Vec<&str> =
+        series.iter().flat_map(|(l, _)| l.iter()).flat_map(|(n, v)| [&**n, &**v]).collect();
     symbols.sort_unstable();
     symbols.dedup();
     let id: std::collections::HashMap<&str, u64> =
@@ -434,7 +438,10 @@ mod tests {
                 (0..500).map(|t| Sample { t: 1_000_000 + t * 15_000, v: (t * i) as f64 }).collect();
             b.add(&labels, &samples).unwrap();
         }
-        let md = vec![("up".to_owned(), Metadata { kind: MetricType::Gauge, help: "Up.".into(), unit: String::new() })];
+        let md = vec![(
+            "up".to_owned(),
+            Metadata { kind: MetricType::Gauge, help: "Up.".into(), unit: String::new() },
+        )];
         let (index, stats) = b.finish(&md).unwrap();
         (segments, index, stats)
     }

@@ -106,6 +106,9 @@ pub struct CompactReport {
     pub bytes: u64,
 }
 
+/// A window and the blocks to merge into one block for it.
+type MergePlan = ((i64, i64), Vec<Arc<MetricsBlockMeta>>);
+
 /// Decoded block indexes, least recently used dropped first once over the budget.
 #[derive(Debug)]
 struct IndexCache {
@@ -252,6 +255,11 @@ impl MetricsStore {
         &self.parts
     }
 
+    /// Every tenant with blocks.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.catalog.tenants()
+    }
+
     /// A tenant's blocks, oldest id first.
     pub fn blocks(&self, tenant: &Tenant) -> Vec<Arc<MetricsBlockMeta>> {
         self.catalog.blocks(tenant)
@@ -307,7 +315,12 @@ impl MetricsStore {
         let mut uploaded = Ok(0u64);
         while let Some((n, bytes)) = rx.recv().await {
             let len = bytes.len() as u64;
-            match self.catalog.storage().put(&self.path(tenant, &id, &segment_file(n)), Bytes::from(bytes)).await {
+            match self
+                .catalog
+                .storage()
+                .put(&self.path(tenant, &id, &segment_file(n)), Bytes::from(bytes))
+                .await
+            {
                 Ok(()) => uploaded = uploaded.map(|b| b + len),
                 Err(e) => {
                     uploaded = Err(e);
@@ -353,7 +366,12 @@ impl MetricsStore {
         Ok(report)
     }
 
-    async fn cut_head(&self, tenant: &Tenant, head: &Arc<Head>, report: &mut CutReport) -> Result<(), StoreError> {
+    async fn cut_head(
+        &self,
+        tenant: &Tenant,
+        head: &Arc<Head>,
+        report: &mut CutReport,
+    ) -> Result<(), StoreError> {
         let Some((lo, hi)) = head.time_range() else { return Ok(()) };
         let range = self.range_ms;
         let window_ms = ms(head.options().out_of_order_window);
@@ -405,8 +423,9 @@ impl MetricsStore {
             tokio::task::spawn_blocking(move || head2.truncate_below(cut_end)).await.map_err(task_error)?;
         let parts = self.parts.clone();
         let t = tenant.clone();
-        report.parts_removed +=
-            tokio::task::spawn_blocking(move || parts.remove_below(&t, cut_end)).await.map_err(task_error)??;
+        report.parts_removed += tokio::task::spawn_blocking(move || parts.remove_below(&t, cut_end))
+            .await
+            .map_err(task_error)??;
         info!(%tenant, cut = cut_end, seconds = started.elapsed().as_secs_f64(), "metrics head cut");
         Ok(())
     }
@@ -450,7 +469,7 @@ impl MetricsStore {
     }
 
     /// The first window of some level holding two blocks or more, complete below `limit`.
-    fn plan(&self, tenant: &Tenant, limit: i64) -> Option<((i64, i64), Vec<Arc<MetricsBlockMeta>>)> {
+    fn plan(&self, tenant: &Tenant, limit: i64) -> Option<MergePlan> {
         let blocks = self.catalog.blocks(tenant);
         for r in self.levels() {
             let mut groups: BTreeMap<i64, Vec<Arc<MetricsBlockMeta>>> = BTreeMap::new();
@@ -518,7 +537,8 @@ impl MetricsStore {
 
     /// The blocks of `tenant` with samples in `[mint, maxt]`, oldest window first.
     fn overlapping(&self, tenant: &Tenant, mint: i64, maxt: i64) -> Vec<Arc<MetricsBlockMeta>> {
-        let mut blocks: Vec<_> = self.catalog.blocks(tenant).into_iter().filter(|b| b.overlaps(mint, maxt)).collect();
+        let mut blocks: Vec<_> =
+            self.catalog.blocks(tenant).into_iter().filter(|b| b.overlaps(mint, maxt)).collect();
         blocks.sort_by_key(|b| (b.window_start, b.window_end));
         blocks
     }
@@ -613,8 +633,11 @@ fn merge_into(
     storage: &ObjectStorage,
     handle: &Handle,
 ) -> Result<(), StoreError> {
-    let mut order: Vec<(usize, usize)> =
-        inputs.iter().enumerate().flat_map(|(i, (idx, _))| (0..idx.series.len()).map(move |s| (i, s))).collect();
+    let mut order: Vec<(usize, usize)> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (idx, _))| (0..idx.series.len()).map(move |s| (i, s)))
+        .collect();
     let labels = |&(i, s): &(usize, usize)| &inputs[i].0.series[s].labels;
     order.sort_by(|a, b| labels(a).cmp(labels(b)).then(a.0.cmp(&b.0)));
     let mut segments: Vec<Option<(u32, Bytes)>> = vec![None; inputs.len()];
@@ -726,7 +749,8 @@ impl MetricsReader for TenantView {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError> {
-        let mut values: BTreeSet<String> = self.head.label_values(name, sets, mint, maxt).into_iter().collect();
+        let mut values: BTreeSet<String> =
+            self.head.label_values(name, sets, mint, maxt).into_iter().collect();
         let blocks = self.store.block_labels(&self.tenant, sets, mint, maxt, |idx, slot| match slot {
             None => values.extend(idx.label_values(name)),
             Some(slot) => {

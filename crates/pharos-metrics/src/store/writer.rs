@@ -141,18 +141,17 @@ impl PartStore {
     /// from applying records twice. Returns the number of parts deleted.
     pub fn remove_below(&self, tenant: &Tenant, t: i64) -> Result<usize, PartStoreError> {
         let mut files = self.files_lock();
-        let newest: HashMap<u32, u64> = files.iter().filter(|f| &f.tenant == tenant).fold(
-            HashMap::new(),
-            |mut m, f| {
+        let newest: HashMap<u32, u64> =
+            files.iter().filter(|f| &f.tenant == tenant).fold(HashMap::new(), |mut m, f| {
                 let e = m.entry(f.partition).or_insert(f.covers_below);
                 *e = (*e).max(f.covers_below);
                 m
-            },
-        );
+            });
         let mut removed = 0;
         let mut error = None;
         files.retain(|f| {
-            let obsolete = &f.tenant == tenant && f.max_t < t && newest.get(&f.partition) != Some(&f.covers_below);
+            let obsolete =
+                &f.tenant == tenant && f.max_t < t && newest.get(&f.partition) != Some(&f.covers_below);
             if !obsolete || error.is_some() {
                 return true;
             }

@@ -122,16 +122,23 @@ pub struct MetricsConfig {
     pub max_series_per_tenant: usize,
     pub query_timeout: HumanDuration,
     pub max_query_samples: usize,
+    pub block_range: HumanDuration,
+    pub retention: HumanDuration,
+    pub compaction_interval: HumanDuration,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
+        let store = pharos_metrics::store::StoreOptions::default();
         MetricsConfig {
             flush_interval: HumanDuration(Duration::from_secs(60)),
             out_of_order_window: HumanDuration(Duration::ZERO),
             max_series_per_tenant: 150_000,
             query_timeout: HumanDuration(Duration::from_secs(120)),
             max_query_samples: 50_000_000,
+            block_range: HumanDuration(store.block_range),
+            retention: HumanDuration(store.retention),
+            compaction_interval: HumanDuration(Duration::from_secs(60)),
         }
     }
 }
@@ -378,6 +385,15 @@ impl Config {
         }
     }
 
+    /// The metrics store's options from the `metrics:` section.
+    pub fn metrics_store_options(&self) -> pharos_metrics::store::StoreOptions {
+        pharos_metrics::store::StoreOptions {
+            block_range: self.metrics.block_range.0,
+            retention: self.metrics.retention.0,
+            ..pharos_metrics::store::StoreOptions::default()
+        }
+    }
+
     /// The trace store's options from the `traces:` section.
     pub fn trace_store_options(&self) -> pharos_traces::store::StoreOptions {
         pharos_traces::store::StoreOptions {
@@ -425,6 +441,22 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     check(!config.metrics.flush_interval.0.is_zero(), "metrics.flush_interval", "must be more than zero");
     check(!config.metrics.query_timeout.0.is_zero(), "metrics.query_timeout", "must be more than zero");
     check(config.metrics.max_query_samples > 0, "metrics.max_query_samples", "must be more than zero");
+    check(
+        config.metrics.block_range.0 >= Duration::from_secs(60)
+            && config.metrics.block_range.0.as_millis().is_multiple_of(60_000),
+        "metrics.block_range",
+        "must be a whole number of minutes, at least 1m",
+    );
+    check(
+        config.metrics.retention.0 >= config.metrics.block_range.0,
+        "metrics.retention",
+        "must be at least metrics.block_range",
+    );
+    check(
+        !config.metrics.compaction_interval.0.is_zero(),
+        "metrics.compaction_interval",
+        "must be more than zero",
+    );
     check(config.processor.batch_size > 0, "processor.batch_size", "must be more than zero");
     check(!config.traces.flush_interval.0.is_zero(), "traces.flush_interval", "must be more than zero");
     check(config.traces.max_block_spans > 0, "traces.max_block_spans", "must be more than zero");
