@@ -160,6 +160,83 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
     assert!(pharos.log().contains("metrics parts loaded"), "{}", pharos.log());
 }
 
+/// `series` counters with `n` samples each, 15 s apart, the last at `end` ms; series `i` at
+/// step `k` is `i * 1000 + k`.
+fn history(metric: &str, series: usize, n: i64, end: i64) -> WriteRequest {
+    WriteRequest {
+        timeseries: (0..series)
+            .map(|i| TimeSeries {
+                labels: vec![
+                    Label { name: "__name__".into(), value: metric.into() },
+                    Label { name: "instance".into(), value: format!("host-{i}") },
+                ],
+                samples: (0..n)
+                    .map(|k| Sample {
+                        value: (i as i64 * 1000 + k) as f64,
+                        timestamp: end - (n - 1 - k) * 15_000,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+        metadata: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_samples_move_to_blocks_and_every_sample_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10-minute blocks so that an hour of history is cut and merged within seconds.
+    let sets = [
+        "queue.partitions=2",
+        "metrics.flush_interval=1s",
+        "metrics.block_range=10m",
+        "metrics.compaction_interval=1s",
+    ];
+    let pharos = Pharos::start(dir.path(), &sets);
+    let end = now_ms() / 1000 * 1000;
+    let (series, n) = (20usize, 240i64);
+    remote_write(&pharos, "team-a", &history("requests_total", series, n, end)).await;
+    let total = (series as i64 * n) as f64;
+    let count = "sum(count_over_time(requests_total[2h]))";
+    assert_eq!(wait_for(&pharos, "team-a", count, end, total).await, Some(total));
+
+    // The head holds at most the last block range and a half: the rest goes into blocks, and
+    // 30-minute windows are merged from three 10-minute blocks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pharos.metric("pharos_metrics_blocks_merged_total").await < 3.0 {
+        assert!(Instant::now() < deadline, "no blocks merged:\n{}", pharos.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let in_blocks = pharos.metric("pharos_metrics_block_samples").await;
+    assert!(in_blocks >= total * 0.6, "{in_blocks} of {total} samples in blocks");
+    let bytes = pharos.metric("pharos_metrics_block_bytes").await;
+    assert!(bytes > 0.0 && bytes / in_blocks < 2.0, "{bytes} bytes for {in_blocks} samples");
+
+    // Every sample still answers, from blocks and head together, at every point.
+    let check = async |pharos: &Pharos| {
+        let sum_at = |k: i64| (0..series as i64).map(|i| (i * 1000 + k) as f64).sum::<f64>();
+        assert_eq!(instant(pharos, "team-a", count, end).await, Some(total), "{}", pharos.log());
+        for k in [0, 1, 59, 60, 120, 200, n - 1] {
+            let at = end - (n - 1 - k) * 15_000;
+            assert_eq!(instant(pharos, "team-a", "sum(requests_total)", at).await, Some(sum_at(k)), "k={k}");
+        }
+        let labels = query(pharos, "team-a", "/api/v1/label/instance/values", &[]).await;
+        assert_eq!(labels.as_array().unwrap().len(), series);
+    };
+    check(&pharos).await;
+
+    // A sample older than the head's lower bound is refused (counted), nothing else changes.
+    remote_write(&pharos, "team-a", &history("requests_total", 1, 1, end - 3_000_000 + 7)).await;
+    let refused = "pharos_metrics_samples_rejected_total{tenant=\"team-a\",reason=\"out_of_bounds\"}";
+    assert_eq!(pharos.wait_for_metric(refused, 1.0).await, 1.0, "{}", pharos.log());
+
+    pharos.kill9();
+    let pharos = Pharos::start(dir.path(), &sets);
+    check(&pharos).await;
+    assert!(pharos.log().contains("metrics blocks opened"), "{}", pharos.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_and_too_big_queries_get_prometheus_errors_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
