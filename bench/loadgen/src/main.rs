@@ -87,6 +87,18 @@ struct Args {
     /// Remote write: active series, each written once per cycle (`--batch` samples per request).
     #[arg(long, default_value_t = 100_000)]
     series: u64,
+    /// Remote write history mode: write this many seconds of past samples (ending now) for
+    /// every series, in time order per series, then stop; `--duration` is only an upper bound
+    /// and there is no warm-up. 0 = the live mode (one sample per series per cycle, as fast as
+    /// it goes, for `--duration`).
+    #[arg(long, default_value_t = 0)]
+    history: u64,
+    /// History mode: seconds between two samples of a series (the scrape interval).
+    #[arg(long, default_value_t = 15)]
+    step: u64,
+    /// History mode: the shape of the values and timestamps.
+    #[arg(long, value_enum, default_value = "counter")]
+    values: remote_write::Values,
     /// Free text copied into the JSON line (e.g. "pharos", "otelcol-nop").
     #[arg(long, default_value = "")]
     label: String,
@@ -142,6 +154,8 @@ struct WorkerStats {
     errors: BTreeMap<String, u64>,
     /// Requests that started later than scheduled by more than one interval.
     late_starts: u64,
+    /// When the last request of this worker finished.
+    last_done: Instant,
 }
 
 impl WorkerStats {
@@ -155,6 +169,7 @@ impl WorkerStats {
             bytes_sent: 0,
             errors: BTreeMap::new(),
             late_starts: 0,
+            last_done: Instant::now(),
         }
     }
     fn merge(&mut self, o: WorkerStats) {
@@ -165,6 +180,7 @@ impl WorkerStats {
         self.rejected_items += o.rejected_items;
         self.bytes_sent += o.bytes_sent;
         self.late_starts += o.late_starts;
+        self.last_done = self.last_done.max(o.last_done);
         for (k, v) in o.errors {
             *self.errors.entry(k).or_default() += v;
         }
@@ -302,6 +318,7 @@ where
 struct Plan {
     signal: Signal,
     remote_write: Option<remote_write::RemoteWriteGen>,
+    history: Option<remote_write::HistoryGen>,
     pool: Arc<Vec<Prebuilt>>,
     seq: Arc<AtomicU64>,
     start: Instant,
@@ -319,6 +336,7 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
     // Stagger the schedules of the workers over one interval.
     let mut next = plan.interval.map(|iv| plan.start + iv.mul_f64(idx as f64 / plan.workers as f64));
     let mut k = idx;
+    let mut local = 0u64;
     loop {
         if let (Some(iv), Some(at)) = (plan.interval, next) {
             let now = Instant::now();
@@ -332,13 +350,25 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
         if scheduled >= plan.stop_at || Instant::now() >= plan.stop_at {
             break;
         }
-        let seq = plan.seq.fetch_add(1, Ordering::Relaxed);
         let pre = &plan.pool[k % n_pool];
-        k += 1;
-        let body = match &plan.remote_write {
-            Some(generator) => generator.request(seq),
-            None => pre.instantiate(seq),
+        let mut items = pre.items;
+        let body = if let Some(history) = &plan.history {
+            // Request number `local` of this worker's shard; it is sent again after an error.
+            match history.request(idx as u64, local) {
+                Some((body, n)) => {
+                    items = n;
+                    body
+                }
+                None => break,
+            }
+        } else {
+            let seq = plan.seq.fetch_add(1, Ordering::Relaxed);
+            match &plan.remote_write {
+                Some(generator) => generator.request(seq),
+                None => pre.instantiate(seq),
+            }
         };
+        k += 1;
         let len = body.len() as u64;
         let sent = Instant::now();
         let outcome = match tokio::time::timeout(plan.timeout, client.send(plan.signal, body)).await {
@@ -351,13 +381,19 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
             }
         };
         let done = Instant::now();
+        st.last_done = st.last_done.max(done);
+        match &outcome {
+            Outcome::Ok { .. } => local += 1,
+            Outcome::Err(_) if plan.history.is_some() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Outcome::Err(_) => {}
+        }
         if done >= plan.measure_from && done <= plan.stop_at {
             st.bytes_sent += len;
             let us = |d: Duration| (d.as_micros() as u64).clamp(1, 120_000_000);
             match outcome {
                 Outcome::Ok { rejected } => {
                     st.ok_requests += 1;
-                    st.accepted_items += pre.items.saturating_sub(rejected);
+                    st.accepted_items += items.saturating_sub(rejected);
                     st.rejected_items += rejected;
                     st.latency.record(us(done - sent)).ok();
                     st.latency_sched.record(us(done.saturating_duration_since(scheduled))).ok();
@@ -529,7 +565,8 @@ async fn run(args: Args) -> Result<()> {
     let interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(args.batch as f64 * args.workers as f64 / args.rate as f64));
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let warmup = if args.history > 0 { 0.0 } else { args.warmup };
+    let measure_from = start + Duration::from_secs_f64(warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
     let remote_write = (args.protocol == Protocol::RemoteWrite).then(|| remote_write::RemoteWriteGen {
         series: args.series.max(1),
@@ -538,9 +575,36 @@ async fn run(args: Args) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     });
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let history = (args.protocol == Protocol::RemoteWrite && args.history > 0).then(|| {
+        let step_ms = args.step.max(1) as i64 * 1000;
+        let steps = args.history * 1000 / step_ms as u64;
+        remote_write::HistoryGen {
+            series: args.series.max(1),
+            batch: args.batch as u64,
+            workers: args.workers as u64,
+            steps,
+            step_ms,
+            // Aligned to the step, the last sample a step before now.
+            start_ms: (now_ms / step_ms - steps as i64) * step_ms,
+            values: args.values,
+        }
+    });
+    if let Some(h) = &history {
+        eprintln!(
+            "pharos-loadgen: history mode, {} series x {} samples {} s apart = {} samples, {:?} values",
+            h.series,
+            h.steps,
+            args.step,
+            h.total(),
+            h.values
+        );
+    }
     let plan = Arc::new(Plan {
         signal: args.signal,
         remote_write,
+        history,
         pool: Arc::new(pool),
         seq: Arc::new(AtomicU64::new(0)),
         start,
@@ -557,7 +621,8 @@ async fn run(args: Args) -> Result<()> {
         total.merge(h.await?);
     }
 
-    let secs = args.duration;
+    // The history mode ends when every sample is sent: its rate is over the time it took.
+    let secs = if plan.history.is_some() { (total.last_done - start).as_secs_f64() } else { args.duration };
     let errs: u64 = total.errors.values().sum();
     let report = Report {
         kind: "pharos-loadgen",
