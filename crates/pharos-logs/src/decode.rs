@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
-#[cfg(test)]
 use opentelemetry_proto::tonic::{collector::logs::v1::ExportLogsServiceRequest, common::v1::KeyValue};
 use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
 use prost::Message;
@@ -150,7 +149,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-#[cfg(test)]
 fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     for kv in attributes {
         // Strings, the common case, without a copy.
@@ -181,9 +179,8 @@ impl DecodedStream {
     }
 }
 
-/// The mapping over a request decoded with prost: what the wire reader (`crate::wire`) must
-/// give, kept as its oracle.
-#[cfg(test)]
+/// The mapping over a request decoded with prost (the processing pipeline's output): what the
+/// wire reader (`crate::wire`) must give, and its oracle in tests.
 pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -> Vec<DecodedStream> {
     let mut streams: Vec<DecodedStream> = Vec::new();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();

@@ -6,10 +6,13 @@
 
 mod counting;
 mod metrics;
+mod pipeline;
+pub mod processor;
 mod runner;
 
 pub use counting::{CountingSink, Counts};
 pub use metrics::PipelineMetrics;
+pub use pipeline::{Output, PipelineSpec, Pipelines, PipelinesConfig, ProcessorMetrics};
 pub use runner::{Runner, RunnerOptions, Sink};
 
 use std::path::PathBuf;

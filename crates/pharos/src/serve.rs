@@ -29,7 +29,7 @@ use pharos_metrics::{
     query::EngineOptions,
     store::{HeadOptions, Heads, MetricsStore, PartitionWriter},
 };
-use pharos_pipeline::{CountingSink, PipelineMetrics, Runner, RunnerOptions};
+use pharos_pipeline::{CountingSink, PipelineMetrics, Pipelines, ProcessorMetrics, Runner, RunnerOptions};
 use pharos_queue::{
     Queue,
     wal::{FsyncPolicy, Wal, WalConfig},
@@ -141,11 +141,27 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let processors_stop = CancellationToken::new();
     let mut processors = JoinSet::new();
     let counts_dir = config.data_dir.join("pipeline").join("counts");
+    let processor_metrics = ProcessorMetrics::default();
+    processor_metrics.register(&mut registry);
+    let pipelines_config = config.pipelines_config();
+    if !pipelines_config.is_empty() {
+        info!(pipelines = ?pipelines_config.pipelines.keys().collect::<Vec<_>>(), "processing pipelines configured");
+    }
     for partition in 0..partitions {
+        // Each partition's runner has its own processors: they keep state (tail sampling).
+        let pipelines = Pipelines::build(&pipelines_config)
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "invalid pipelines: {}",
+                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+                )
+            })?
+            .with_telemetry(processor_metrics.clone());
         let counting = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
             .context("open the counting stage")?;
         let sink = StoresSink {
             counting,
+            pipelines,
             metrics: PartitionWriter::new(
                 heads.clone(),
                 partition,

@@ -5,9 +5,12 @@
 
 use std::sync::Arc;
 
-use pharos_core::{Envelope, Tenant};
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_metrics::store::{PartStore, PartitionWriter};
-use pharos_pipeline::{CountingSink, PipelineError, Sink};
+use pharos_pipeline::{
+    CountingSink, Output, PipelineError, Pipelines, Sink,
+    processor::{Batch, Data},
+};
 use pharos_queue::Offset;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -200,6 +203,8 @@ impl MetricsBlockMetrics {
 
 pub(crate) struct StoresSink {
     pub(crate) counting: CountingSink,
+    /// The tenants' processing pipelines (this partition's instances).
+    pub(crate) pipelines: Pipelines,
     pub(crate) metrics: PartitionWriter,
     pub(crate) parts: Arc<PartStore>,
     pub(crate) traces: pharos_traces::store::PartitionWriter,
@@ -207,7 +212,97 @@ pub(crate) struct StoresSink {
     pub(crate) telemetry: MetricsStoreMetrics,
 }
 
+fn now_unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl StoresSink {
+    /// Runs one OTLP record through its tenant's pipeline and stores what comes out.
+    fn process(&mut self, offset: Offset, envelope: &Envelope) {
+        use opentelemetry_proto::tonic::collector::{
+            logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+            trace::v1::ExportTraceServiceRequest,
+        };
+        use prost::Message;
+        let payload = envelope.payload.as_ref();
+        let data = match envelope.signal {
+            Signal::Traces => ExportTraceServiceRequest::decode(payload).map(Data::Traces),
+            Signal::Logs => ExportLogsServiceRequest::decode(payload).map(Data::Logs),
+            Signal::Metrics => ExportMetricsServiceRequest::decode(payload).map(Data::Metrics),
+        };
+        let data = match data {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(offset, error = %e, "undecodable record, skipping it");
+                return;
+            }
+        };
+        let out = self.pipelines.process(Batch::new(envelope.tenant.clone(), offset, data), now_unix_nanos());
+        self.store_batches(out);
+    }
+
+    /// Hands pipeline output to the stores.
+    fn store_batches(&mut self, outputs: Vec<Output>) {
+        for Output { batch, from_records } in outputs {
+            let Batch { tenant, offset, data, .. } = batch;
+            match data {
+                Data::Traces(request) => {
+                    let stats = self.traces.write_request(offset, &tenant, request);
+                    self.record_spans(&tenant, stats);
+                }
+                Data::Logs(request) => {
+                    let stats = self.logs.write_request(offset, &tenant, request);
+                    self.record_logs(&tenant, stats);
+                }
+                Data::Metrics(request) => {
+                    let stats = self.metrics.write_request(offset, &tenant, &request, from_records);
+                    self.record(&tenant, &stats);
+                }
+            }
+        }
+    }
+
+    /// While a `memory_limiter` pushes back, takes no new records (they wait in the queue) and
+    /// lets the processors release what is due; gives up waiting after a while, so that a
+    /// limit the pipeline cannot get under does not stop processing for good.
+    async fn wait_for_memory(&mut self) {
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        while self.pipelines.pressure() && started.elapsed() < std::time::Duration::from_secs(30) {
+            if !warned {
+                tracing::warn!("processing paused: memory above the memory_limiter's limit");
+                warned = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let released = self.pipelines.tick(now_unix_nanos(), false);
+            self.store_batches(released);
+        }
+    }
+
+    fn record_spans(&self, tenant: &Tenant, stats: pharos_traces::store::WriteStats) {
+        let labels = || vec![("tenant", tenant.to_string())];
+        if stats.spans > 0 {
+            self.telemetry.spans.get_or_create(&labels()).inc_by(stats.spans);
+        }
+        for (reason, n) in stats.rejected {
+            let mut l = labels();
+            l.push(("reason", reason.to_string()));
+            self.telemetry.spans_rejected.get_or_create(&l).inc_by(n);
+        }
+    }
+
+    fn record_logs(&self, tenant: &Tenant, stats: pharos_logs::store::WriteStats) {
+        let labels = || vec![("tenant", tenant.to_string())];
+        if stats.entries > 0 {
+            self.telemetry.log_entries.get_or_create(&labels()).inc_by(stats.entries);
+        }
+        for (reason, n) in stats.rejected {
+            let mut l = labels();
+            l.push(("reason", reason.to_string()));
+            self.telemetry.log_entries_rejected.get_or_create(&l).inc_by(n);
+        }
+    }
+
     fn record(&self, tenant: &Tenant, stats: &pharos_metrics::store::WriteStats) {
         if stats.accepted > 0 {
             self.telemetry
@@ -233,35 +328,30 @@ impl Sink for StoresSink {
     }
 
     async fn write(&mut self, envelopes: Vec<(Offset, Envelope)>) -> Result<(), PipelineError> {
+        self.wait_for_memory().await;
         for (offset, envelope) in &envelopes {
+            if self.pipelines.applies(&envelope.tenant, envelope.signal) && envelope.format == PayloadFormat::Otlp {
+                self.process(*offset, envelope);
+                continue;
+            }
             let stats = self.metrics.write(*offset, envelope);
             self.record(&envelope.tenant, &stats);
             let spans = self.traces.write(*offset, envelope);
-            let tenant = || vec![("tenant", envelope.tenant.to_string())];
-            if spans.spans > 0 {
-                self.telemetry.spans.get_or_create(&tenant()).inc_by(spans.spans);
-            }
-            for (reason, n) in spans.rejected {
-                let mut labels = tenant();
-                labels.push(("reason", reason.to_string()));
-                self.telemetry.spans_rejected.get_or_create(&labels).inc_by(n);
-            }
+            self.record_spans(&envelope.tenant, spans);
             let logs = self.logs.write(*offset, envelope);
-            if logs.entries > 0 {
-                self.telemetry.log_entries.get_or_create(&tenant()).inc_by(logs.entries);
-            }
-            for (reason, n) in logs.rejected {
-                let mut labels = tenant();
-                labels.push(("reason", reason.to_string()));
-                self.telemetry.log_entries_rejected.get_or_create(&labels).inc_by(n);
-            }
+            self.record_logs(&envelope.tenant, logs);
         }
         self.counting.write(envelopes).await
     }
 
     async fn flush(&mut self, next: Offset, closing: bool) -> Result<Offset, PipelineError> {
         let counted = self.counting.flush(next, closing).await?;
-        if let Some(flush) = self.metrics.take_flush(next, closing) {
+        let released = self.pipelines.tick(now_unix_nanos(), closing);
+        self.store_batches(released);
+        // Records whose data a processor still holds (tail sampling waits, batches) are read
+        // again after a crash: nothing at or above the oldest of them is reported durable.
+        let held = self.pipelines.held_offset().unwrap_or(next).min(next);
+        if let Some(flush) = self.metrics.take_flush(held, closing) {
             let parts = self.parts.clone();
             let flush = tokio::task::spawn_blocking(move || parts.write(&flush).map(|()| flush))
                 .await
@@ -297,6 +387,7 @@ impl Sink for StoresSink {
             }
         }
         Ok(counted
+            .min(held)
             .min(self.metrics.durable_below())
             .min(self.traces.durable_below(next))
             .min(self.logs.durable_below(next)))

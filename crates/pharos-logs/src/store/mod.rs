@@ -625,15 +625,32 @@ impl PartitionWriter {
                 return stats;
             }
         };
+        self.insert(offset, &envelope.tenant, streams, stats)
+    }
+
+    /// Puts the records of a decoded OTLP request (the processing pipeline's output) in the
+    /// head. `offset` is the queue offset of the oldest record they came from.
+    pub fn write_request(
+        &mut self,
+        offset: u64,
+        tenant: &Tenant,
+        request: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    ) -> WriteStats {
+        let streams = decode::otlp(request, &self.store.options.mapping);
+        self.insert(offset, tenant, streams, WriteStats::default())
+    }
+
+    fn insert(&mut self, offset: u64, tenant: &Tenant, streams: Vec<DecodedStream>, mut stats: WriteStats) -> WriteStats {
         let n: usize = streams.iter().map(|s| s.entries.len()).sum();
         if n == 0 {
             return stats;
         }
         stats.entries = n as u64;
-        self.store.insert(&envelope.tenant, self.partition, streams);
+        self.store.insert(tenant, self.partition, streams);
         self.pending += n;
-        self.tenants.insert(envelope.tenant.clone());
-        self.first_pending.get_or_insert(offset);
+        self.tenants.insert(tenant.clone());
+        // Pipelines release held data late: its offset can be below what was written since.
+        self.first_pending = Some(self.first_pending.map_or(offset, |first| first.min(offset)));
         self.pending_since.get_or_insert_with(Instant::now);
         stats
     }

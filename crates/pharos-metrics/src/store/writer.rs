@@ -17,6 +17,7 @@ use std::{
 };
 
 use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tracing::{error, info, warn};
 
 use super::{exemplar::Exemplar, head::Heads, metadata::Metadata, part::Part};
@@ -320,6 +321,9 @@ impl WriteStats {
 pub trait OtlpDecoder: Send {
     /// Decodes and converts one `ExportMetricsServiceRequest`.
     fn decode(&mut self, payload: &[u8]) -> Result<Batch, prost::DecodeError>;
+
+    /// Converts one decoded request (the processing pipeline's output).
+    fn convert_request(&mut self, request: &ExportMetricsServiceRequest) -> Batch;
 }
 
 /// The metrics writer of one queue partition.
@@ -387,22 +391,43 @@ impl PartitionWriter {
                 return stats;
             }
         };
-        let batch = match decoded {
-            Ok(batch) => batch,
+        match decoded {
+            Ok(batch) => self.append(&envelope.tenant, batch, stats),
             Err(e) => {
                 error!(partition = self.partition, offset, error = %e, "undecodable metrics record, skipping it");
                 stats.reject("undecodable", u64::from(envelope.items));
-                return stats;
+                stats
             }
-        };
+        }
+    }
+
+    /// Applies a decoded OTLP metrics request (the processing pipeline's output). A request
+    /// from a queue record (`from_record`) is skipped when a part already covers its offset,
+    /// as [`PartitionWriter::write`] does; one a processor made (span metrics) is not a replay
+    /// of a record and is always applied.
+    pub fn write_request(
+        &mut self,
+        offset: u64,
+        tenant: &Tenant,
+        request: &ExportMetricsServiceRequest,
+        from_record: bool,
+    ) -> WriteStats {
+        if from_record && self.coverage.get(tenant).is_some_and(|&c| offset < c) {
+            return WriteStats { skipped: true, ..WriteStats::default() };
+        }
+        let batch = self.otlp.convert_request(request);
+        self.append(tenant, batch, WriteStats::default())
+    }
+
+    fn append(&mut self, tenant: &Tenant, batch: Batch, mut stats: WriteStats) -> WriteStats {
         for (reason, n) in &batch.dropped {
             stats.reject(reason, *n);
         }
-        let head = self.heads.head(&envelope.tenant);
+        let head = self.heads.head(tenant);
         let partition = self.partition;
         let part = self
             .pending
-            .entry(envelope.tenant.clone())
+            .entry(tenant.clone())
             .or_insert_with(|| Part { partition, ..Part::default() });
         for (labels, samples) in &batch.series {
             self.kept.clear();
@@ -491,9 +516,12 @@ fn append_reason(e: &super::AppendError) -> &'static str {
 
 impl OtlpDecoder for crate::otlp::Converter {
     fn decode(&mut self, payload: &[u8]) -> Result<Batch, prost::DecodeError> {
-        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
         use prost::Message;
         Ok(self.convert(&ExportMetricsServiceRequest::decode(payload)?))
+    }
+
+    fn convert_request(&mut self, request: &ExportMetricsServiceRequest) -> Batch {
+        self.convert(request)
     }
 }
 
@@ -510,6 +538,10 @@ mod tests {
     impl OtlpDecoder for NoOtlp {
         fn decode(&mut self, _: &[u8]) -> Result<Batch, prost::DecodeError> {
             Ok(Batch::default())
+        }
+
+        fn convert_request(&mut self, _: &ExportMetricsServiceRequest) -> Batch {
+            Batch::default()
         }
     }
 

@@ -889,23 +889,30 @@ impl PartitionWriter {
                 return stats;
             }
         };
-        let request = match request {
-            Ok(request) => request,
+        match request {
+            Ok(request) => self.write_request(offset, &envelope.tenant, request),
             Err(e) => {
                 error!(partition = self.partition, offset, error = %e, "undecodable traces record, skipping it");
                 stats.rejected.push(("undecodable", u64::from(envelope.items)));
-                return stats;
+                stats
             }
-        };
+        }
+    }
+
+    /// Puts the spans of a decoded request (the processing pipeline's output) in the head.
+    /// `offset` is the queue offset of the oldest record the spans came from.
+    pub fn write_request(&mut self, offset: u64, tenant: &Tenant, request: ExportTraceServiceRequest) -> WriteStats {
+        let mut stats = WriteStats::default();
         let spans: Vec<Arc<SpanData>> = spans_of_request(request).into_iter().map(Arc::new).collect();
         if spans.is_empty() {
             return stats;
         }
         stats.spans = spans.len() as u64;
-        self.store.head_insert(&envelope.tenant, self.partition, &spans);
+        self.store.head_insert(tenant, self.partition, &spans);
         self.pending_spans += spans.len();
-        self.pending.entry(envelope.tenant.clone()).or_default().extend(spans);
-        self.first_pending.get_or_insert(offset);
+        self.pending.entry(tenant.clone()).or_default().extend(spans);
+        // Pipelines release held data late: its offset can be below what was written since.
+        self.first_pending = Some(self.first_pending.map_or(offset, |first| first.min(offset)));
         self.pending_since.get_or_insert_with(Instant::now);
         stats
     }

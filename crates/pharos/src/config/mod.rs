@@ -34,6 +34,10 @@ pub struct Config {
     pub storage: pharos_storage::StorageConfig,
     pub shutdown_timeout: HumanDuration,
     pub log: LogConfig,
+    /// Processor definitions (`kind` or `kind/name` → its configuration), as in the Collector.
+    pub processors: BTreeMap<String, Value>,
+    /// Pipelines (`traces`, `logs/acme`, ...): which processors run, in order, for which tenants.
+    pub pipelines: BTreeMap<String, pharos_pipeline::PipelineSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,6 +240,8 @@ impl Default for Config {
             storage: pharos_storage::StorageConfig::default(),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             log: LogConfig::default(),
+            processors: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
         }
     }
 }
@@ -328,6 +334,11 @@ impl Config {
             max_labels_per_stream: self.limits.max_labels_per_stream,
             max_line_size: self.limits.max_line_size.0 as usize,
         }
+    }
+
+    /// The `processors` and `pipelines` sections.
+    pub fn pipelines_config(&self) -> pharos_pipeline::PipelinesConfig {
+        pharos_pipeline::PipelinesConfig { processors: self.processors.clone(), pipelines: self.pipelines.clone() }
     }
 
     pub fn wal(&self) -> &WalQueueConfig {
@@ -492,6 +503,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         "log.level",
         "is not a log filter such as info, debug or pharos=debug,info",
     );
+    for e in config.pipelines_config().validate() {
+        issues.push(ConfigIssue { path: e.path, reason: e.message });
+    }
     let listens = [
         ("api.listen", config.api.listen),
         ("otlp.grpc.listen", config.otlp.grpc.listen),
@@ -689,6 +703,8 @@ fn unknown_keys(value: &Value) -> Vec<ConfigIssue> {
             let name = key.as_str().map_or_else(|| format!("{key:?}"), str::to_string);
             let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
             match k.get(key) {
+                // A section of free keys (processors, pipelines): checked by its own validation.
+                Some(Value::Mapping(free)) if free.is_empty() => {}
                 Some(kv) => walk(v, kv, &path, out),
                 None => out.push(ConfigIssue { path, reason: "unknown key".into() }),
             }
