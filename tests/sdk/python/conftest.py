@@ -22,11 +22,12 @@ def pharos_factory(tmp_path):
     ERROR line."""
     servers: list[PharosServer] = []
 
-    def make(data_dir=None, settings=()) -> PharosServer:
+    def make(data_dir=None, settings=(), config: str = "") -> PharosServer:
         server = PharosServer(
             data_dir=data_dir or (tmp_path / "data"),
             log_path=tmp_path / f"pharos-{len(servers)}.log",
             settings=list(settings),
+            config=config,
         )
         servers.append(server)
         return server

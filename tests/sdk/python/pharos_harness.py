@@ -85,6 +85,8 @@ class PharosServer:
     partitions: int = 0
     # Extra `--set key=value` configuration.
     settings: list[str] = field(default_factory=list)
+    # A YAML configuration file's text, passed with --config (empty: none).
+    config: str = ""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -99,6 +101,11 @@ class PharosServer:
         # line is searched for only after the offset this run starts at.
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
+        config_args: list[str] = []
+        if self.config:
+            config_path = self.log_path.with_suffix(".yaml")
+            config_path.write_text(self.config)
+            config_args = ["--config", str(config_path)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PHAROS_")}
         env.setdefault("RUST_LOG", "info")
         try:
@@ -106,6 +113,7 @@ class PharosServer:
                 [
                     self.binary,
                     "serve",
+                    *config_args,
                     "--data-dir",
                     str(self.data_dir),
                     "--set",

@@ -1486,6 +1486,24 @@ dimensions:
         }
     }
 
+    /// The YAML block after `## Example` in a processor's doc page, as a configuration.
+    pub(super) fn doc_example(doc: &str, key: &str) -> serde_yaml::Value {
+        let example = doc.split("## Example").nth(1).expect("an example section");
+        let block =
+            example.split("```yaml").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
+        let parsed = yaml(block);
+        parsed["processors"][key].clone()
+    }
+
+    #[test]
+    fn span_metrics_doc_example_builds() {
+        let config = doc_example(include_str!("../../../../docs/processors/span_metrics.md"), "span_metrics");
+        assert!(config.is_mapping());
+        if let Err(e) = build(&config, Signal::Traces) {
+            panic!("doc example rejected: {e}");
+        }
+    }
+
     #[test]
     fn span_metrics_applies_to_traces_only() {
         for signal in [Signal::Logs, Signal::Metrics] {

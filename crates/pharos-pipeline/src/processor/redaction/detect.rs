@@ -99,10 +99,21 @@ impl Gate {
     fn admits(self, s: &str, shape: &Shape) -> bool {
         match self {
             Gate::At => shape.ats > 0,
-            Gate::Literal(any) => any.iter().any(|lit| s.contains(lit)),
+            Gate::Literal(any) => {
+                any.iter().any(|lit| lit.bytes().all(|b| shape.has(b)) && s.contains(lit))
+            }
             Gate::AsciiCaseless(word) => {
                 let word = word.as_bytes();
-                s.as_bytes().windows(word.len()).any(|w| w.eq_ignore_ascii_case(word))
+                let present = |b: u8| shape.has(b.to_ascii_lowercase()) || shape.has(b.to_ascii_uppercase());
+                if !word.iter().all(|&b| present(b)) {
+                    return false;
+                }
+                let bytes = s.as_bytes();
+                let first = word.first().map_or(0, u8::to_ascii_lowercase);
+                (0..bytes.len()).any(|i| {
+                    bytes[i].to_ascii_lowercase() == first
+                        && bytes.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+                })
             }
         }
     }
@@ -232,7 +243,8 @@ impl Pattern {
     fn find(&self, s: &str, out: &mut Vec<Range<usize>>) {
         if self.group == 0 {
             out.extend(self.regex.find_iter(s).map(|m| m.range()).filter(|r| !r.is_empty()));
-        } else {
+        } else if self.regex.is_match(s) {
+            // Captures are slow: only asked for once the fast search found something.
             out.extend(
                 self.regex
                     .captures_iter(s)
@@ -275,24 +287,32 @@ fn merge(ranges: &mut Vec<Range<usize>>) {
     *ranges = merged;
 }
 
-/// Cheap counts deciding which hand-written scanners can find anything.
+/// What one pass over a string learns: counts deciding which hand-written scanners can find
+/// anything, and which bytes occur (so a gate rejects most strings without searching them).
 struct Shape {
     digits: usize,
     dots: usize,
     colons: usize,
     ats: usize,
+    seen: [u64; 4],
 }
 
 impl Shape {
     fn of(s: &str) -> Shape {
         let (mut digits, mut dots, mut colons, mut ats) = (0, 0, 0, 0);
+        let mut seen = [0u64; 4];
         for &b in s.as_bytes() {
             digits += b.is_ascii_digit() as usize;
             dots += (b == b'.') as usize;
             colons += (b == b':') as usize;
             ats += (b == b'@') as usize;
+            seen[usize::from(b >> 6)] |= 1 << (b & 63);
         }
-        Shape { digits, dots, colons, ats }
+        Shape { digits, dots, colons, ats, seen }
+    }
+
+    fn has(&self, b: u8) -> bool {
+        self.seen[usize::from(b >> 6)] & (1 << (b & 63)) != 0
     }
 }
 

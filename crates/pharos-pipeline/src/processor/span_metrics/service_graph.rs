@@ -576,8 +576,8 @@ mod tests {
 
     use super::*;
     use crate::processor::span_metrics::tests::{
-        MS, NOW, SECOND, count, histogram, metrics_request, resource_spans, s, shop_trace, span, sum_points,
-        tenant, text, traces_batch, with_attrs, with_status, yaml,
+        MS, NOW, SECOND, count, doc_example, histogram, metrics_request, resource_spans, s, shop_trace, span,
+        sum_points, tenant, text, traces_batch, with_attrs, with_status, yaml,
     };
 
     fn processor(config: &str) -> Box<dyn Processor> {
@@ -1003,6 +1003,16 @@ mod tests {
         let (_, point) = sum_points(r, REQUEST_TOTAL)[0];
         assert_eq!(point.start_time_unix_nano, NOW + 5 * MS);
         assert_eq!(point.time_unix_nano, NOW + 35 * SECOND);
+    }
+
+    #[test]
+    fn service_graph_doc_example_builds() {
+        let doc = include_str!("../../../../../docs/processors/service_graph.md");
+        let config = doc_example(doc, "service_graph");
+        assert!(config.is_mapping());
+        if let Err(e) = build(&config, Signal::Traces) {
+            panic!("doc example rejected: {e}");
+        }
     }
 
     #[test]
