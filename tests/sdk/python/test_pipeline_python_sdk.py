@@ -86,6 +86,7 @@ class Shop:
                 OTLPSpanExporter(endpoint=f"http://{server.grpc}", insecure=True, headers={"x-scope-orgid": TENANT}),
                 schedule_delay_millis=60_000,
                 max_export_batch_size=256,
+                max_queue_size=20_000,
             )
         )
         self.tracer = self.provider.get_tracer("shop.checkout")
@@ -95,6 +96,7 @@ class Shop:
                 OTLPLogExporter(endpoint=f"http://{server.grpc}", insecure=True, headers={"x-scope-orgid": TENANT}),
                 schedule_delay_millis=60_000,
                 max_export_batch_size=256,
+                max_queue_size=20_000,
             )
         )
         with warnings.catch_warnings():

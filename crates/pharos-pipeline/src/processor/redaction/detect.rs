@@ -77,7 +77,11 @@ impl Detector {
                 // Slack tokens.
                 (Gate::Literal(&["xox"]), r"(?-u:\b)xox[abprs]-[A-Za-z0-9\-]{10,}", 0),
                 // api_key=…, api-key: …, "apiKey": "…", x-api-key: …
-                (Gate::AsciiCaseless("api"), r#"(?i-u:\bapi[_\-]?key\b)["']?[ \t]*[:=][ \t]*["']?([^\s"'&,;]+)"#, 1),
+                (
+                    Gate::AsciiCaseless("api"),
+                    r#"(?i-u:\bapi[_\-]?key\b)["']?[ \t]*[:=][ \t]*["']?([^\s"'&,;]+)"#,
+                    1,
+                ),
             ],
         }
     }
@@ -99,9 +103,7 @@ impl Gate {
     fn admits(self, s: &str, shape: &Shape) -> bool {
         match self {
             Gate::At => shape.ats > 0,
-            Gate::Literal(any) => {
-                any.iter().any(|lit| lit.bytes().all(|b| shape.has(b)) && s.contains(lit))
-            }
+            Gate::Literal(any) => any.iter().any(|lit| lit.bytes().all(|b| shape.has(b)) && s.contains(lit)),
             Gate::AsciiCaseless(word) => {
                 let word = word.as_bytes();
                 let present = |b: u8| shape.has(b.to_ascii_lowercase()) || shape.has(b.to_ascii_uppercase());
@@ -174,8 +176,10 @@ impl Scanner {
                 ConfigError::new("blocked_values", format!("the patterns together are too large: {e}"))
             })?)
         };
-        let allowed =
-            allowed_values.iter().map(|(path, pattern)| compile_regex(path, pattern)).collect::<Result<_, _>>()?;
+        let allowed = allowed_values
+            .iter()
+            .map(|(path, pattern)| compile_regex(path, pattern))
+            .collect::<Result<_, _>>()?;
         Ok(Scanner {
             cards: detectors.contains(&Detector::CreditCard),
             ipv4: detectors.contains(&Detector::Ipv4),
@@ -328,9 +332,11 @@ const CARD_MIN_DIGITS: usize = 13;
 const CARD_MAX_DIGITS: usize = 19;
 
 /// Finds card numbers: a run of digit groups separated by single spaces or dashes, in which a
-/// window of whole groups holds 13 to 19 digits and passes the Luhn check. A window of several
-/// groups needs groups of 3 to 6 digits (as cards are printed: 4-4-4-4, 4-6-5); a single group
-/// is a contiguous number of 13 to 19 digits (a longer one is an id, not a card).
+/// window of whole groups holds 13 to 19 digits, starts with 2 to 6 (the major issuers: Visa,
+/// Mastercard, Amex, Discover, JCB, UnionPay, Diners; this keeps millisecond and nanosecond
+/// timestamps, which start with 1, out) and passes the Luhn check. A window of several groups
+/// needs groups of 3 to 6 digits (as cards are printed: 4-4-4-4, 4-6-5); a single group is a
+/// contiguous number of 13 to 19 digits (a longer one is an id, not a card).
 fn find_cards(s: &str, out: &mut Vec<Range<usize>>) {
     let b = s.as_bytes();
     let mut i = 0;
@@ -387,7 +393,9 @@ fn find_cards(s: &str, out: &mut Vec<Range<usize>>) {
                 }
                 let window = &groups[a..=z];
                 let shaped = window.len() == 1 || window.iter().all(|g| (3..=6).contains(&g.len()));
-                if count >= CARD_MIN_DIGITS && shaped && luhn(&b[window[0].start..window[window.len() - 1].end]) {
+                let issuer = (b'2'..=b'6').contains(&b[window[0].start]);
+                let text = &b[window[0].start..window[window.len() - 1].end];
+                if count >= CARD_MIN_DIGITS && shaped && issuer && luhn(text) {
                     best = Some(z);
                 }
             }
@@ -417,7 +425,7 @@ fn luhn(text: &[u8]) -> bool {
         sum += d;
         double = !double;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 // ---- IP addresses ----
@@ -429,8 +437,11 @@ fn find_ipv4(s: &str, out: &mut Vec<Range<usize>>) {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        // A run starts at a digit after neither a word nor a dot (`v1.2.3.4`, `x.1.2.3.4`).
-        let starts = b[i].is_ascii_digit() && (i == 0 || !(b[i - 1] == b'.' || is_word(b[i - 1])));
+        // A run starts at a digit after neither a word nor a dot (`v1.2.3.4`, `x.1.2.3.4`), nor
+        // a single slash (`Chrome/120.0.0.0` is a version; `http://10.0.0.1` an address).
+        let after_slash = i > 0 && b[i - 1] == b'/' && (i < 2 || b[i - 2] != b'/');
+        let starts =
+            b[i].is_ascii_digit() && (i == 0 || !(b[i - 1] == b'.' || is_word(b[i - 1]) || after_slash));
         if !starts {
             i += 1;
             continue;
@@ -478,7 +489,9 @@ fn find_ipv6(s: &str, out: &mut Vec<Range<usize>>) {
             end -= 1;
         }
         let Some(text) = s.get(start..end) else { continue };
-        if glued || text.bytes().filter(|&c| c == b':').count() < 2 || !text.bytes().any(|c| c.is_ascii_hexdigit())
+        if glued
+            || text.bytes().filter(|&c| c == b':').count() < 2
+            || !text.bytes().any(|c| c.is_ascii_hexdigit())
         {
             continue;
         }
@@ -511,6 +524,7 @@ mod tests {
         assert!(luhn(b"4111111111111111"));
         assert!(luhn(b"5500-0000-0000-0004"));
         assert!(luhn(b"378282246310005"));
+        assert!(luhn(b"1700000000004") && luhn(b"1700000000000000004") && luhn(b"7992739871300"));
         assert!(!luhn(b"4111111111111112"));
         assert!(!luhn(b"1234567812345678"));
     }
@@ -537,6 +551,10 @@ mod tests {
             "ratio 0.4111111111111111",
             "big 41111111111111111111111",
             "list 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+            // Luhn-valid, but timestamps (ms, ns) and numbers starting 1, 7, 8, 9 are not cards.
+            "at 1700000000004",
+            "at 1700000000000000004",
+            "id 7992739871300",
         ] {
             assert_eq!(masked(&s, text), text, "{text}");
         }
@@ -558,7 +576,17 @@ mod tests {
         assert_eq!(masked(&s, "from 10.0.0.1:8080"), "from ****:8080");
         assert_eq!(masked(&s, "client 192.168.1.20."), "client ****.");
         assert_eq!(masked(&s, "a=1.1.1.1,b=8.8.8.8"), "a=****,b=****");
-        for text in ["version 1.2.3", "v1.2.3.4", "1.2.3.4.5", "256.1.1.1", "999.1.2.3.4", "01.2.3.4", "x.1.2.3.4"] {
+        assert_eq!(masked(&s, "GET http://10.0.0.1/health"), "GET http://****/health");
+        for text in [
+            "version 1.2.3",
+            "v1.2.3.4",
+            "Mozilla/5.0 Chrome/120.0.0.0 Safari/537.36",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "999.1.2.3.4",
+            "01.2.3.4",
+            "x.1.2.3.4",
+        ] {
             assert_eq!(masked(&s, text), text, "{text}");
         }
     }
@@ -569,7 +597,9 @@ mod tests {
         assert_eq!(masked(&s, "peer [2001:db8::8a2e:370:7334]:443"), "peer [****]:443");
         assert_eq!(masked(&s, "from ::ffff:192.0.2.1 at"), "from **** at");
         assert_eq!(masked(&s, "lo ::1"), "lo ****");
-        for text in ["at 12:30:45", "2024-01-01T12:30:45Z", "std::fmt::Debug", "a :: b", "mac 00:1a:2b:3c:4d:5e"] {
+        for text in
+            ["at 12:30:45", "2024-01-01T12:30:45Z", "std::fmt::Debug", "a :: b", "mac 00:1a:2b:3c:4d:5e"]
+        {
             assert_eq!(masked(&s, text), text, "{text}");
         }
     }
@@ -577,7 +607,8 @@ mod tests {
     #[test]
     fn jwt_and_bearer_are_masked_keeping_the_scheme() {
         let s = all();
-        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let jwt =
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         assert_eq!(masked(&s, jwt), "****");
         assert_eq!(masked(&s, &format!("Bearer {jwt}")), "Bearer ****");
         assert_eq!(masked(&s, "bearer abcdEFGH1234ijkl"), "bearer ****");
@@ -623,8 +654,17 @@ mod tests {
     #[test]
     fn scanner_handles_unicode_and_odd_input_without_panicking() {
         let s = all();
-        for text in ["", "é", "::", ".", "-", "1-", "4111 ", "日本 4111 1111 1111 1111 日本", "\u{0}\u{ffff}1.2.3.4\u{10ffff}"]
-        {
+        for text in [
+            "",
+            "é",
+            "::",
+            ".",
+            "-",
+            "1-",
+            "4111 ",
+            "日本 4111 1111 1111 1111 日本",
+            "\u{0}\u{ffff}1.2.3.4\u{10ffff}",
+        ] {
             let _ = masked(&s, text);
         }
         assert_eq!(masked(&s, "日本 4111 1111 1111 1111 日本"), "日本 **** 日本");

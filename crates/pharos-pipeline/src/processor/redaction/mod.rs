@@ -300,7 +300,10 @@ impl Redaction {
             Some(Value::ArrayValue(a)) => a.values.is_empty(),
             Some(Value::KvlistValue(m)) => m.values.is_empty(),
             Some(
-                Value::BoolValue(_) | Value::IntValue(_) | Value::DoubleValue(_) | Value::StringValueStrindex(_),
+                Value::BoolValue(_)
+                | Value::IntValue(_)
+                | Value::DoubleValue(_)
+                | Value::StringValueStrindex(_),
             ) => false,
         };
         if nothing {
@@ -664,11 +667,17 @@ mod tests {
         let data = only_batch(out);
         let span = first_span(&data);
         assert_eq!(span.events[0].name, "payment declined for bob@example.org");
-        assert_eq!(otlp::get_str(&span.events[0].attributes, "exception.message"), Some("card **** declined for ****"));
+        assert_eq!(
+            otlp::get_str(&span.events[0].attributes, "exception.message"),
+            Some("card **** declined for ****")
+        );
         assert_eq!(otlp::get_str(&span.links[0].attributes, "peer.ip"), Some("****"));
         // The span's summary covers its events and links.
         assert_eq!(otlp::get(&span.attributes, "redaction.masked.count"), Some(&int(2)));
-        assert_eq!(otlp::get_str(&span.attributes, "redaction.masked.keys"), Some("exception.message,peer.ip"));
+        assert_eq!(
+            otlp::get_str(&span.attributes, "redaction.masked.keys"),
+            Some("exception.message,peer.ip")
+        );
         assert_eq!(ctx.counted_for("redacted"), 3);
     }
 
@@ -854,7 +863,8 @@ mod tests {
         let mut long = "x".repeat(1 << 20);
         long.push_str(" contact mia@example.com");
         let clean = "y ".repeat(1 << 19);
-        let data = traces(vec![checkout_span(vec![kv("app.dump", text(&long)), kv("app.clean", text(&clean))])]);
+        let data =
+            traces(vec![checkout_span(vec![kv("app.dump", text(&long)), kv("app.clean", text(&clean))])]);
         let (out, ctx) = run("resource: false", data);
         let data = only_batch(out);
         let attrs = &first_span(&data).attributes;
@@ -940,7 +950,10 @@ mod tests {
     fn log_body_string_is_masked_even_with_drop_action() {
         let body = map(vec![kv("client", text("203.0.113.9")), kv("path", text("/health"))]);
         let data = logs(vec![
-            log(text("token for olivia@example.com rejected"), vec![kv("enduser.id", text("olivia@example.com"))]),
+            log(
+                text("token for olivia@example.com rejected"),
+                vec![kv("enduser.id", text("olivia@example.com"))],
+            ),
             log(body, vec![]),
         ]);
         let (out, ctx) = run("action: drop\nresource: false", data);
@@ -1055,7 +1068,8 @@ mod tests {
         };
         let mut ctx = Context::default();
         let mut out = Vec::new();
-        let data = traces(vec![checkout_span(vec![kv("k", text("AKIAIOSFODNN7EXAMPLE ::1 quinn@example.com"))])]);
+        let data =
+            traces(vec![checkout_span(vec![kv("k", text("AKIAIOSFODNN7EXAMPLE ::1 quinn@example.com"))])]);
         p.process(Batch::new(Tenant::default_tenant(), 1, data), &mut ctx, &mut out);
         let data = only_batch(out);
         assert_eq!(otlp::get_str(&first_span(&data).attributes, "k"), Some("**** **** ****"));
