@@ -181,7 +181,10 @@ impl Pipelines {
                         } else {
                             e.message.clone()
                         };
-                        errors.push(ConfigError::new(join_path(&format!("processors.{key}"), &e.path), message));
+                        errors.push(ConfigError::new(
+                            join_path(&format!("processors.{key}"), &e.path),
+                            message,
+                        ));
                     }
                 }
             }
@@ -208,7 +211,10 @@ impl Pipelines {
 
     /// The pipeline a tenant's data of `signal` goes through, if any.
     fn pipeline_for(&self, tenant: &Tenant, signal: Signal) -> Option<usize> {
-        self.by_tenant.get(&(tenant.as_str().to_string(), signal)).or_else(|| self.defaults.get(&signal)).copied()
+        self.by_tenant
+            .get(&(tenant.as_str().to_string(), signal))
+            .or_else(|| self.defaults.get(&signal))
+            .copied()
     }
 
     /// Whether data of `tenant` and `signal` goes through a pipeline.
@@ -267,7 +273,15 @@ impl Pipelines {
     /// Runs `batches` through pipeline `p` from step `from`; what leaves the pipeline lands in
     /// `done`. A batch of another signal (made by a processor) leaves at once; a routed batch
     /// starts over in its pipeline.
-    fn run(&mut self, p: usize, from: usize, mut batches: Vec<Batch>, now: u64, done: &mut Vec<Output>, hops: usize) {
+    fn run(
+        &mut self,
+        p: usize,
+        from: usize,
+        mut batches: Vec<Batch>,
+        now: u64,
+        done: &mut Vec<Output>,
+        hops: usize,
+    ) {
         let signal = self.pipelines[p].signal;
         for i in from..self.pipelines[p].steps.len() {
             let mut next = Vec::new();
@@ -322,7 +336,8 @@ impl Pipelines {
     fn observe(&self, p: usize, i: usize, items_in: u64, out: &[Batch], ctx: &Context, started: Instant) {
         let Some(t) = &self.telemetry else { return };
         let pipeline = &self.pipelines[p];
-        let labels = || vec![("pipeline", pipeline.name.clone()), ("processor", pipeline.steps[i].key.clone())];
+        let labels =
+            || vec![("pipeline", pipeline.name.clone()), ("processor", pipeline.steps[i].key.clone())];
         let signal = pipeline.signal;
         let items_out: u64 = out.iter().filter(|b| b.data.signal() == signal).map(|b| b.data.items()).sum();
         t.items_in.get_or_create(&labels()).inc_by(items_in);
@@ -388,11 +403,7 @@ impl ProcessorMetrics {
             "Other things processors count (values redacted, traces evicted, ...), by what",
             self.counted.clone(),
         );
-        registry.register(
-            "pharos_processor_seconds",
-            "Time spent in a processor",
-            self.seconds.clone(),
-        );
+        registry.register("pharos_processor_seconds", "Time spent in a processor", self.seconds.clone());
         registry.register(
             "pharos_processor_held_bytes",
             "Bytes of telemetry a processor holds (tail sampling, batching)",
@@ -451,8 +462,14 @@ mod tests {
         .expect("valid");
         let acme = Tenant::parse("acme").expect("tenant");
         let other = Tenant::parse("other").expect("tenant");
-        assert_eq!(p.pipeline_for(&acme, Signal::Traces).map(|i| p.pipelines[i].name.as_str()), Some("traces/acme"));
-        assert_eq!(p.pipeline_for(&other, Signal::Traces).map(|i| p.pipelines[i].name.as_str()), Some("traces"));
+        assert_eq!(
+            p.pipeline_for(&acme, Signal::Traces).map(|i| p.pipelines[i].name.as_str()),
+            Some("traces/acme")
+        );
+        assert_eq!(
+            p.pipeline_for(&other, Signal::Traces).map(|i| p.pipelines[i].name.as_str()),
+            Some("traces")
+        );
         assert!(!p.applies(&acme, Signal::Logs));
     }
 }

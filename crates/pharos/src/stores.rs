@@ -330,7 +330,9 @@ impl Sink for StoresSink {
     async fn write(&mut self, envelopes: Vec<(Offset, Envelope)>) -> Result<(), PipelineError> {
         self.wait_for_memory().await;
         for (offset, envelope) in &envelopes {
-            if self.pipelines.applies(&envelope.tenant, envelope.signal) && envelope.format == PayloadFormat::Otlp {
+            if self.pipelines.applies(&envelope.tenant, envelope.signal)
+                && envelope.format == PayloadFormat::Otlp
+            {
                 self.process(*offset, envelope);
                 continue;
             }

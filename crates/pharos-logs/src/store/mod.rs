@@ -640,7 +640,13 @@ impl PartitionWriter {
         self.insert(offset, tenant, streams, WriteStats::default())
     }
 
-    fn insert(&mut self, offset: u64, tenant: &Tenant, streams: Vec<DecodedStream>, mut stats: WriteStats) -> WriteStats {
+    fn insert(
+        &mut self,
+        offset: u64,
+        tenant: &Tenant,
+        streams: Vec<DecodedStream>,
+        mut stats: WriteStats,
+    ) -> WriteStats {
         let n: usize = streams.iter().map(|s| s.entries.len()).sum();
         if n == 0 {
             return stats;

@@ -16,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use tracing::{error, info, warn};
 
 use super::{exemplar::Exemplar, head::Heads, metadata::Metadata, part::Part};
@@ -425,10 +425,8 @@ impl PartitionWriter {
         }
         let head = self.heads.head(tenant);
         let partition = self.partition;
-        let part = self
-            .pending
-            .entry(tenant.clone())
-            .or_insert_with(|| Part { partition, ..Part::default() });
+        let part =
+            self.pending.entry(tenant.clone()).or_insert_with(|| Part { partition, ..Part::default() });
         for (labels, samples) in &batch.series {
             self.kept.clear();
             let outcome = head.append_samples_into(labels, samples, &mut self.kept);

@@ -272,7 +272,10 @@ fn compile_action(a: &ActionConfig) -> Result<Action, ConfigError> {
                     ));
                 }
                 None => {
-                    return Err(ConfigError::new("converted_type", "the convert action needs converted_type"));
+                    return Err(ConfigError::new(
+                        "converted_type",
+                        "the convert action needs converted_type",
+                    ));
                 }
             };
             Ok(Action::Convert { key, to })

@@ -128,7 +128,10 @@ mod tests {
     fn logs(n: usize) -> Data {
         Data::Logs(ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs { log_records: vec![LogRecord::default(); n], ..Default::default() }],
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord::default(); n],
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         })

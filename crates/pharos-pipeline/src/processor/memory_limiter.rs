@@ -79,7 +79,11 @@ impl MemoryLimiter {
         self.limited = if self.limited { rss > self.low } else { rss > self.high };
         if self.limited && !was {
             ctx.count("memory_limited", 1);
-            tracing::warn!(resident_bytes = rss, limit_bytes = self.high, "memory above the limit, pausing the pipeline");
+            tracing::warn!(
+                resident_bytes = rss,
+                limit_bytes = self.high,
+                "memory above the limit, pausing the pipeline"
+            );
         } else if was && !self.limited {
             tracing::info!(resident_bytes = rss, "memory below the limit again, resuming the pipeline");
         }
@@ -106,7 +110,14 @@ mod tests {
     use super::*;
 
     fn limiter(read: fn() -> Option<u64>) -> MemoryLimiter {
-        MemoryLimiter { check_every: 1_000, high: 100 << 20, low: 80 << 20, last_check: None, limited: false, read }
+        MemoryLimiter {
+            check_every: 1_000,
+            high: 100 << 20,
+            low: 80 << 20,
+            last_check: None,
+            limited: false,
+            read,
+        }
     }
 
     #[test]
@@ -134,8 +145,11 @@ mod tests {
 
     #[test]
     fn memory_limiter_spike_not_below_limit_is_refused() {
-        let err = build(&serde_yaml::from_str("limit_mib: 100\nspike_limit_mib: 100").expect("yaml"), Signal::Traces)
-            .err();
+        let err = build(
+            &serde_yaml::from_str("limit_mib: 100\nspike_limit_mib: 100").expect("yaml"),
+            Signal::Traces,
+        )
+        .err();
         assert_eq!(err.map(|e| e.path), Some("spike_limit_mib".into()));
     }
 }

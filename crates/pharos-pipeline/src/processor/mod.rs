@@ -187,7 +187,11 @@ pub(crate) fn join_path(parent: &str, child: &str) -> String {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -220,8 +224,9 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map_err(|e| de::Error::custom(format!("{text:?} is not a duration such as 500ms, 30s or 5m: {e}")))
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            de::Error::custom(format!("{text:?} is not a duration such as 500ms, 30s or 5m: {e}"))
+        })
     }
 }
 
@@ -248,7 +253,11 @@ pub fn kind_of(key: &str) -> &str {
 }
 
 /// Builds one processor of `kind` for a pipeline of `signal` from its configuration.
-pub fn build(kind: &str, config: &serde_yaml::Value, signal: Signal) -> Result<Box<dyn Processor>, ConfigError> {
+pub fn build(
+    kind: &str,
+    config: &serde_yaml::Value,
+    signal: Signal,
+) -> Result<Box<dyn Processor>, ConfigError> {
     match kind {
         "attributes" => attributes::build(config, signal),
         "resource" => attributes::build_resource(config, signal),
@@ -262,11 +271,17 @@ pub fn build(kind: &str, config: &serde_yaml::Value, signal: Signal) -> Result<B
         "service_graph" => span_metrics::build_service_graph(config, signal),
         "tail_sampling" => tail_sampling::build(config, signal),
         "transform" => transform::build(config, signal),
-        other => Err(ConfigError::new("", format!("unknown processor kind {other:?} (known: {})", KINDS.join(", ")))),
+        other => Err(ConfigError::new(
+            "",
+            format!("unknown processor kind {other:?} (known: {})", KINDS.join(", ")),
+        )),
     }
 }
 
 /// The error for a processor used in a pipeline of a signal it does not apply to.
 pub fn wrong_signal(kind: &str, signal: Signal, applies_to: &str) -> ConfigError {
-    ConfigError::new("", format!("the {kind} processor applies to {applies_to} pipelines, not {}", signal.as_str()))
+    ConfigError::new(
+        "",
+        format!("the {kind} processor applies to {applies_to} pipelines, not {}", signal.as_str()),
+    )
 }

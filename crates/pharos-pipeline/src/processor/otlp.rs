@@ -83,7 +83,10 @@ fn to_json(v: &AnyValue) -> serde_json::Value {
         Some(Value::BytesValue(b)) => J::String(hex(b)),
         Some(Value::ArrayValue(a)) => J::Array(a.values.iter().map(to_json).collect()),
         Some(Value::KvlistValue(kv)) => J::Object(
-            kv.values.iter().map(|p| (p.key.clone(), p.value.as_ref().map(to_json).unwrap_or(J::Null))).collect(),
+            kv.values
+                .iter()
+                .map(|p| (p.key.clone(), p.value.as_ref().map(to_json).unwrap_or(J::Null)))
+                .collect(),
         ),
         Some(Value::StringValueStrindex(_)) | None => J::Null,
     }
@@ -189,7 +192,10 @@ pub struct Origin<'a> {
 
 /// Keeps the spans `keep` says yes to; drops scopes and resources left empty. Returns how many
 /// spans went.
-pub fn retain_spans(r: &mut ExportTraceServiceRequest, mut keep: impl FnMut(Origin<'_>, &Span) -> bool) -> u64 {
+pub fn retain_spans(
+    r: &mut ExportTraceServiceRequest,
+    mut keep: impl FnMut(Origin<'_>, &Span) -> bool,
+) -> u64 {
     let mut dropped = 0u64;
     for rs in &mut r.resource_spans {
         let resource = resource_attributes(&rs.resource);
@@ -206,7 +212,10 @@ pub fn retain_spans(r: &mut ExportTraceServiceRequest, mut keep: impl FnMut(Orig
 }
 
 /// Calls `f` on every span with its resource's attributes (which `f` may change too).
-pub fn for_each_span_mut(r: &mut ExportTraceServiceRequest, mut f: impl FnMut(&mut Vec<KeyValue>, &mut Span)) {
+pub fn for_each_span_mut(
+    r: &mut ExportTraceServiceRequest,
+    mut f: impl FnMut(&mut Vec<KeyValue>, &mut Span),
+) {
     for rs in &mut r.resource_spans {
         let resource = resource_attributes_mut(&mut rs.resource);
         for ss in &mut rs.scope_spans {
@@ -239,7 +248,10 @@ pub fn retain_logs(
 }
 
 /// Calls `f` on every log record with its resource's attributes.
-pub fn for_each_log_mut(r: &mut ExportLogsServiceRequest, mut f: impl FnMut(&mut Vec<KeyValue>, &mut LogRecord)) {
+pub fn for_each_log_mut(
+    r: &mut ExportLogsServiceRequest,
+    mut f: impl FnMut(&mut Vec<KeyValue>, &mut LogRecord),
+) {
     for rl in &mut r.resource_logs {
         let resource = resource_attributes_mut(&mut rl.resource);
         for sl in &mut rl.scope_logs {
@@ -294,7 +306,9 @@ pub fn retain_points(
                 let before = metric_point_count(m);
                 let mut data = m.data.take();
                 match &mut data {
-                    Some(metric::Data::Gauge(g)) => g.data_points.retain(|p| keep(origin, m, Point::Number(p))),
+                    Some(metric::Data::Gauge(g)) => {
+                        g.data_points.retain(|p| keep(origin, m, Point::Number(p)))
+                    }
                     Some(metric::Data::Sum(s)) => s.data_points.retain(|p| keep(origin, m, Point::Number(p))),
                     Some(metric::Data::Histogram(h)) => {
                         h.data_points.retain(|p| keep(origin, m, Point::Histogram(p)))
@@ -302,7 +316,9 @@ pub fn retain_points(
                     Some(metric::Data::ExponentialHistogram(h)) => {
                         h.data_points.retain(|p| keep(origin, m, Point::ExponentialHistogram(p)))
                     }
-                    Some(metric::Data::Summary(s)) => s.data_points.retain(|p| keep(origin, m, Point::Summary(p))),
+                    Some(metric::Data::Summary(s)) => {
+                        s.data_points.retain(|p| keep(origin, m, Point::Summary(p)))
+                    }
                     None => {}
                 }
                 m.data = data;

@@ -81,10 +81,9 @@ pub fn build(config: &serde_yaml::Value, signal: Signal) -> Result<Box<dyn Proce
             return Err(ConfigError::new(&path, "a route needs `resource` or `attributes` conditions"));
         }
         let target = match (r.tenant, r.pipeline) {
-            (Some(t), None) => Target::Tenant(
-                Tenant::parse(&t)
-                    .map_err(|e| ConfigError::new(format!("{path}.tenant"), format!("invalid tenant {t:?}: {e}")))?,
-            ),
+            (Some(t), None) => Target::Tenant(Tenant::parse(&t).map_err(|e| {
+                ConfigError::new(format!("{path}.tenant"), format!("invalid tenant {t:?}: {e}"))
+            })?),
             (None, Some(p)) => {
                 let prefix = p.split_once('/').map(|(s, _)| s).unwrap_or(&p);
                 if prefix != signal.as_str() {
@@ -144,7 +143,10 @@ impl Processor for Routing {
             Data::Traces(r) => {
                 for rs in &r.resource_spans {
                     let res = otlp::resource_attributes(&rs.resource);
-                    rs.scope_spans.iter().flat_map(|s| &s.spans).for_each(|s| mark(self.route_of(res, &s.attributes)));
+                    rs.scope_spans
+                        .iter()
+                        .flat_map(|s| &s.spans)
+                        .for_each(|s| mark(self.route_of(res, &s.attributes)));
                 }
             }
             Data::Logs(r) => {
@@ -231,7 +233,8 @@ mod tests {
         assert_eq!(pci.data.items(), 2);
         let acme = out.iter().find(|b| b.tenant.as_str() == "acme").expect("acme batch");
         assert_eq!((acme.data.items(), acme.route.is_none(), acme.offset), (3, true, 9));
-        let rest = out.iter().find(|b| b.tenant == Tenant::default_tenant() && b.route.is_none()).expect("rest");
+        let rest =
+            out.iter().find(|b| b.tenant == Tenant::default_tenant() && b.route.is_none()).expect("rest");
         assert_eq!(rest.data.items(), 4);
         assert_eq!(ctx.counted_for("routed"), 5);
     }
@@ -253,7 +256,10 @@ mod tests {
     fn routing_config_errors_name_their_keys() {
         let err = |yaml: &str| routing(yaml).err().map(|e| e.path).unwrap_or_default();
         assert_eq!(err("routes:\n  - resource: {a: '('}\n    tenant: a\n"), "routes[0].resource.a");
-        assert_eq!(err("routes:\n  - resource: {a: b}\n    tenant: a\n    pipeline: traces/x\n"), "routes[0]");
+        assert_eq!(
+            err("routes:\n  - resource: {a: b}\n    tenant: a\n    pipeline: traces/x\n"),
+            "routes[0]"
+        );
         assert_eq!(err("routes:\n  - resource: {a: b}\n    pipeline: logs/x\n"), "routes[0].pipeline");
         assert_eq!(err("routes:\n  - resource: {a: b}\n    tenant: 'bad/tenant'\n"), "routes[0].tenant");
         assert_eq!(err("routes:\n  - tenant: a\n    oops: 1\n"), "routes[0].oops");

@@ -901,7 +901,12 @@ impl PartitionWriter {
 
     /// Puts the spans of a decoded request (the processing pipeline's output) in the head.
     /// `offset` is the queue offset of the oldest record the spans came from.
-    pub fn write_request(&mut self, offset: u64, tenant: &Tenant, request: ExportTraceServiceRequest) -> WriteStats {
+    pub fn write_request(
+        &mut self,
+        offset: u64,
+        tenant: &Tenant,
+        request: ExportTraceServiceRequest,
+    ) -> WriteStats {
         let mut stats = WriteStats::default();
         let spans: Vec<Arc<SpanData>> = spans_of_request(request).into_iter().map(Arc::new).collect();
         if spans.is_empty() {

@@ -338,7 +338,10 @@ impl Config {
 
     /// The `processors` and `pipelines` sections.
     pub fn pipelines_config(&self) -> pharos_pipeline::PipelinesConfig {
-        pharos_pipeline::PipelinesConfig { processors: self.processors.clone(), pipelines: self.pipelines.clone() }
+        pharos_pipeline::PipelinesConfig {
+            processors: self.processors.clone(),
+            pipelines: self.pipelines.clone(),
+        }
     }
 
     pub fn wal(&self) -> &WalQueueConfig {

@@ -85,7 +85,13 @@ fn serve_with_a_bad_pipeline_refuses_to_start_and_names_the_key() {
     let file = dir.path().join("pipelines.yaml");
     std::fs::write(&file, BAD_PIPELINES).unwrap();
     let out = Command::new(BIN)
-        .args(["serve", "--config", file.to_str().unwrap(), "--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
