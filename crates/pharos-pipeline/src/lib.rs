@@ -12,7 +12,7 @@ mod runner;
 
 pub use counting::{CountingSink, Counts};
 pub use metrics::PipelineMetrics;
-pub use pipeline::{Output, PipelineSpec, Pipelines, PipelinesConfig, ProcessorMetrics};
+pub use pipeline::{Output, PARTITION_ATTRIBUTE, PipelineSpec, Pipelines, PipelinesConfig, ProcessorMetrics};
 pub use runner::{Runner, RunnerOptions, Sink};
 
 use std::path::PathBuf;

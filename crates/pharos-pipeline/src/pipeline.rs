@@ -33,7 +33,7 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::processor::{self, Batch, ConfigError, Context, Processor, join_path};
+use crate::processor::{self, Batch, ConfigError, Context, Data, Processor, join_path};
 
 /// The `processors` and `pipelines` sections of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -99,7 +99,11 @@ pub struct Pipelines {
     by_tenant: HashMap<(String, Signal), usize>,
     by_name: HashMap<String, usize>,
     telemetry: Option<ProcessorMetrics>,
+    partition: Option<u32>,
 }
+
+/// The data point attribute that names the queue partition whose processors made a metric.
+pub const PARTITION_ATTRIBUTE: &str = "pharos.partition";
 
 impl std::fmt::Debug for Pipelines {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,12 +199,18 @@ impl Pipelines {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Pipelines { pipelines, defaults, by_tenant, by_name, telemetry: None })
+        Ok(Pipelines { pipelines, defaults, by_tenant, by_name, telemetry: None, partition: None })
     }
 
     /// Counts items in, out and dropped per processor into these metrics.
     pub fn with_telemetry(mut self, telemetry: ProcessorMetrics) -> Self {
         self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The queue partition these pipelines run for: metrics its processors make carry it.
+    pub fn for_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
         self
     }
 
@@ -287,7 +297,7 @@ impl Pipelines {
             let mut next = Vec::new();
             for batch in batches {
                 if batch.data.signal() != signal {
-                    done.push(Output { batch, from_records: false });
+                    self.leave(batch, signal, done);
                     continue;
                 }
                 let items_in = batch.data.items();
@@ -309,7 +319,25 @@ impl Pipelines {
                 return;
             }
         }
-        done.extend(batches.into_iter().map(|batch| Output { batch, from_records: true }));
+        for batch in batches {
+            self.leave(batch, signal, done);
+        }
+    }
+
+    /// A batch leaves its pipeline. Data of another signal was made by a processor (span
+    /// metrics): each partition's processors make their own series, so they carry the
+    /// partition as a label (`pharos_partition`) and never collide in the metrics store.
+    fn leave(&self, mut batch: Batch, signal: Signal, done: &mut Vec<Output>) {
+        let from_records = batch.data.signal() == signal;
+        if !from_records {
+            if let (Some(partition), Data::Metrics(request)) = (self.partition, &mut batch.data) {
+                let value = processor::otlp::string_value(partition.to_string());
+                processor::otlp::for_each_point_attributes_mut(request, |_, _, attrs| {
+                    processor::otlp::upsert(attrs, PARTITION_ATTRIBUTE, value.clone())
+                });
+            }
+        }
+        done.push(Output { batch, from_records });
     }
 
     fn reroute(&mut self, mut batch: Batch, now: u64, done: &mut Vec<Output>, hops: usize) {

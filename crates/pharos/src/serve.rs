@@ -156,7 +156,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
                     errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
                 )
             })?
-            .with_telemetry(processor_metrics.clone());
+            .with_telemetry(processor_metrics.clone())
+            .for_partition(partition);
         let counting = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
             .context("open the counting stage")?;
         let sink = StoresSink {

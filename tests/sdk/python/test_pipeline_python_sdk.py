@@ -321,3 +321,101 @@ def test_sigkill_during_decision_wait_loses_no_trace_that_must_be_kept(pharos_fa
     for trace_id, v in traces.items():
         got = span_ids(stored_trace(restarted, trace_id))
         assert got in (set(), v["spans"]), f"trace {trace_id} is partial after the restart"
+
+
+SPAN_METRICS_CONFIG = """
+processors:
+  span_metrics:
+    metrics_flush_interval: 1s
+    exemplars: {enabled: true}
+  service_graph:
+    metrics_flush_interval: 1s
+pipelines:
+  traces:
+    processors: [span_metrics, service_graph]
+"""
+
+
+def promql(server: PharosServer, query: str) -> list[dict]:
+    status, body = get(server, "/api/v1/query", {"query": query, "time": time.time()})
+    assert status == 200, (query, body[:500])
+    return json.loads(body)["data"]["result"]
+
+
+def test_span_metrics_and_service_graph_reach_promql_with_exemplars(pharos_factory):
+    """Two services (checkout calls payments); span metrics and service-graph edges computed by
+    the traces pipeline are written to the metrics store and answered by PromQL, with exemplars
+    that point to the traces they came from."""
+    server = pharos_factory(config=SPAN_METRICS_CONFIG).start()
+
+    def provider(service: str) -> tuple[TracerProvider, InMemorySpanExporter]:
+        p = TracerProvider(resource=Resource.create({"service.name": service}))
+        memory = InMemorySpanExporter()
+        p.add_span_processor(SimpleSpanProcessor(memory))
+        p.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=f"http://{server.grpc}", insecure=True, headers={"x-scope-orgid": TENANT}),
+                schedule_delay_millis=60_000,
+                max_queue_size=20_000,
+            )
+        )
+        return p, memory
+
+    checkout, checkout_spans = provider("checkout")
+    payments, _ = provider("payments")
+    front = checkout.get_tracer("shop.checkout")
+    back = payments.get_tracer("shop.payments")
+    orders = 50
+    for n in range(1, orders + 1):
+        with front.start_as_current_span("POST /checkout", kind=SpanKind.SERVER):
+            with front.start_as_current_span("call payments", kind=SpanKind.CLIENT):
+                with back.start_as_current_span("POST /pay", kind=SpanKind.SERVER) as pay:
+                    if n % 5 == 0:
+                        pay.set_status(Status(StatusCode.ERROR, "declined"))
+    assert checkout.force_flush(30_000) and payments.force_flush(30_000)
+    trace_ids = {format(s.context.trace_id, "032x") for s in checkout_spans.get_finished_spans()}
+
+    def value(query: str) -> float | None:
+        result = promql(server, query)
+        return float(result[0]["value"][1]) if result else None
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if value('sum(traces_service_graph_request_total{client="checkout",server="payments"})') == orders and value(
+            'sum(traces_span_metrics_calls_total{service_name="payments"})'
+        ) == orders:
+            break
+        time.sleep(0.5)
+
+    by_span = {
+        (r["metric"]["span_name"], r["metric"]["span_kind"], r["metric"]["status_code"]): float(r["value"][1])
+        for r in promql(server, 'sum by (span_name, span_kind, status_code) (traces_span_metrics_calls_total)')
+    }
+    assert by_span == {
+        ("POST /checkout", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET"): orders,
+        ("call payments", "SPAN_KIND_CLIENT", "STATUS_CODE_UNSET"): orders,
+        ("POST /pay", "SPAN_KIND_SERVER", "STATUS_CODE_UNSET"): orders - orders // 5,
+        ("POST /pay", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR"): orders // 5,
+    }, by_span
+    assert value('sum(traces_span_metrics_duration_seconds_count{span_name="POST /pay"})') == orders
+    # Each queue partition's processors count the traces of their partition: their series are
+    # told apart by pharos_partition (sum over it for totals, as above).
+    partitions = {r["metric"].get("pharos_partition") for r in promql(server, "traces_span_metrics_calls_total")}
+    assert partitions == {str(p) for p in range(server.partitions)}, partitions
+    assert value('sum(traces_service_graph_request_total{client="checkout",server="payments"})') == orders
+    assert value('sum(traces_service_graph_request_failed_total{client="checkout",server="payments"})') == orders // 5
+    assert value('sum(traces_service_graph_request_server_seconds_count{server="payments"})') == orders
+
+    now = time.time()
+    status, body = get(
+        server,
+        "/api/v1/query_exemplars",
+        {"query": 'traces_span_metrics_duration_seconds_bucket{span_name="POST /checkout"}', "start": now - 600, "end": now + 60},
+    )
+    assert status == 200, body[:500]
+    exemplars = [e for series in json.loads(body)["data"] for e in series["exemplars"]]
+    assert exemplars, "no exemplars on the span-duration histogram"
+    for e in exemplars:
+        assert e["labels"]["trace_id"] in trace_ids, e
+    checkout.shutdown()
+    payments.shutdown()
