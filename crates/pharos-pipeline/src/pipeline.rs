@@ -195,7 +195,9 @@ impl Pipelines {
             by_name.insert(name.clone(), index);
             pipelines.push(Pipeline { name: name.clone(), signal, steps });
         }
-        errors.dedup();
+        // A processor used in several pipelines reports its problem once.
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|e| seen.insert((e.path.clone(), e.message.clone())));
         if !errors.is_empty() {
             return Err(errors);
         }
