@@ -222,7 +222,10 @@ def attributes(items) -> dict:
 
 
 def test_pipeline_redacts_enriches_and_tail_samples_whole_traces(pharos_factory):
-    server = pharos_factory(config=config()).start()
+    # Two queue partitions: two tail samplers, each deciding the traces of its partition (traces
+    # are partitioned by trace id, so each sees whole traces), as processors scaled out would.
+    server = pharos_factory(config=config(), settings=["queue.partitions=2"]).start()
+    assert server.partitions == 2
     shop = Shop(server)
     orders = 1500
     for n in range(1, orders + 1):
