@@ -484,6 +484,108 @@ mod tests {
         assert!(paths.contains(&"pipelines.logs.tenants"), "{errors:?}");
     }
 
+    fn spans(service: &str, n: usize, trace: u8) -> processor::Data {
+        use opentelemetry_proto::tonic::{
+            collector::trace::v1::ExportTraceServiceRequest,
+            resource::v1::Resource,
+            trace::v1::{ResourceSpans, ScopeSpans, Span},
+        };
+        processor::Data::Traces(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![processor::otlp::key_value(
+                        "service.name",
+                        processor::otlp::string_value(service),
+                    )],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..n)
+                        .map(|i| Span {
+                            trace_id: vec![trace; 16],
+                            span_id: vec![i as u8 + 1; 8],
+                            name: format!("op{i}"),
+                            kind: 2,
+                            start_time_unix_nano: 1_000,
+                            end_time_unix_nano: 2_000_000,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    #[test]
+    fn pipelines_hold_offsets_until_released_and_route_between_pipelines() {
+        let mut p = Pipelines::build(&config(
+            r#"
+processors:
+  routing:
+    routes:
+      - resource: {service.name: '^payments$'}
+        pipeline: traces/pci
+  batch: {send_batch_size: 1000, timeout: 1s}
+  attributes/pci:
+    actions: [{key: pci, value: true, action: upsert}]
+pipelines:
+  traces:
+    processors: [routing, batch]
+  traces/pci:
+    processors: [attributes/pci]
+"#,
+        ))
+        .expect("valid")
+        .with_telemetry(ProcessorMetrics::default());
+        let tenant = Tenant::default_tenant();
+        // payments' spans leave at once through traces/pci; the others wait in the batch.
+        let out = p.process(Batch::new(tenant.clone(), 7, spans("payments", 2, 1)), 0);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].from_records);
+        let processor::Data::Traces(r) = &out[0].batch.data else { panic!("traces") };
+        assert!(
+            r.resource_spans[0].scope_spans[0].spans.iter().all(|s| processor::otlp::get(
+                &s.attributes,
+                "pci"
+            )
+            .is_some())
+        );
+        assert!(p.process(Batch::new(tenant.clone(), 8, spans("checkout", 3, 2)), 0).is_empty());
+        assert!(p.process(Batch::new(tenant, 9, spans("checkout", 3, 3)), 0).is_empty());
+        assert_eq!(p.held_offset(), Some(8));
+        assert!(p.tick(500_000_000, false).is_empty());
+        let released = p.tick(1_000_000_000, false);
+        assert_eq!(released.len(), 1);
+        assert_eq!((released[0].batch.offset, released[0].batch.data.items()), (8, 6));
+        assert_eq!(p.held_offset(), None);
+    }
+
+    #[test]
+    fn pipelines_metrics_made_by_processors_carry_the_partition() {
+        let mut p = Pipelines::build(&config(
+            "processors:\n  span_metrics: {metrics_flush_interval: 1s}\npipelines:\n  traces:\n    processors: [span_metrics]\n",
+        ))
+        .expect("valid")
+        .for_partition(3);
+        let out = p.process(Batch::new(Tenant::default_tenant(), 1, spans("checkout", 2, 1)), 0);
+        assert_eq!(out.len(), 1);
+        let made = p.tick(2_000_000_000, false);
+        assert!(!made.is_empty());
+        for o in made {
+            assert!(!o.from_records);
+            let processor::Data::Metrics(r) = o.batch.data else { panic!("metrics") };
+            let mut points = 0;
+            let mut copy = r.clone();
+            processor::otlp::for_each_point_attributes_mut(&mut copy, |_, _, attrs| {
+                points += 1;
+                assert_eq!(processor::otlp::get_str(attrs, PARTITION_ATTRIBUTE), Some("3"));
+            });
+            assert!(points > 0);
+        }
+    }
+
     #[test]
     fn pipelines_choose_the_tenant_pipeline_then_the_default() {
         let p = Pipelines::build(&config(
