@@ -331,13 +331,13 @@ impl Pipelines {
     /// partition as a label (`pharos_partition`) and never collide in the metrics store.
     fn leave(&self, mut batch: Batch, signal: Signal, done: &mut Vec<Output>) {
         let from_records = batch.data.signal() == signal;
-        if !from_records {
-            if let (Some(partition), Data::Metrics(request)) = (self.partition, &mut batch.data) {
-                let value = processor::otlp::string_value(partition.to_string());
-                processor::otlp::for_each_point_attributes_mut(request, |_, _, attrs| {
-                    processor::otlp::upsert(attrs, PARTITION_ATTRIBUTE, value.clone())
-                });
-            }
+        if let (false, Some(partition), Data::Metrics(request)) =
+            (from_records, self.partition, &mut batch.data)
+        {
+            let value = processor::otlp::string_value(partition.to_string());
+            processor::otlp::for_each_point_attributes_mut(request, |_, _, attrs| {
+                processor::otlp::upsert(attrs, PARTITION_ATTRIBUTE, value.clone())
+            });
         }
         done.push(Output { batch, from_records });
     }
