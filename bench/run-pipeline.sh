@@ -157,8 +157,11 @@ tick = os.sysconf("SC_CLK_TCK")
 LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
+last_text = ""
 def metrics():
+    global last_text
     text = urllib.request.urlopen(f"http://{api}/metrics", timeout=10).read().decode()
+    last_text = text
     out = []
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
@@ -267,6 +270,7 @@ dropped = {f"{l.get('processor')}:{l.get('reason')}": int(v) for n, l, v in ms
 result = {
     "run": name,
     "first_processor": first,
+    "partitions": sum(1 for n, l, v in ms if n == "pharos_queue_depth_records"),
     "acked_spans_per_s": lg["items_per_sec"],
     "acked_spans_measured": lg["items_accepted"],
     "loadgen_errors": lg.get("errors", {}),
@@ -293,6 +297,7 @@ result = {
     "metrics_scrape_errors": errors,
 }
 json.dump(samples, open(f"{run_dir}/samples.json", "w"))
+open(f"{run_dir}/metrics-end.txt", "w").write(last_text)
 json.dump(result, open(f"{run_dir}/run.json", "w"), indent=1)
 PY
 
@@ -393,26 +398,42 @@ if "off" in R and "full" in R:
         "sustained": round(sustained["full"] / sustained["off"], 3),
         "per_core": ratio("spans_per_cpu_s"),
     }
-    held = on["tail_sampling_held_bytes_peak"]
-    # Undecided traces at the held peak, from the intake of the decision_wait before it.
+    # pharos_processor_held_bytes has no partition label and every partition runs its own
+    # tail sampler that sets it: the gauge shows one partition's value (the last one to
+    # process). The partitions get about equal shares of the traces (split by trace id), so the
+    # total held is estimated as gauge x partitions. num_traces also applies per partition.
+    parts = max(on["partitions"], 1)
+    held_gauge = on["tail_sampling_held_bytes_peak"]
+    held = held_gauge * parts
+    # Undecided traces at the held peak: the spans taken in during the decision_wait before it.
     samples = json.load(open(f"{out}/full/samples.json"))
-    wait_s = float(re.sub(r"[a-z]+$", "", decision_wait)) * {"ms": 1e-3, "s": 1, "m": 60}[re.sub(r"^[0-9.]+", "", decision_wait)]
+    num, unit = re.fullmatch(r"([0-9.]+)(ms|s|m)", decision_wait).groups()
+    wait_s = float(num) * {"ms": 1e-3, "s": 1, "m": 60}[unit]
     peak = max(samples, key=lambda s: s["held_bytes"])
     before = [s for s in samples if s["t"] <= peak["t"] - wait_s]
     spans_waiting = peak["processed"] - (before[-1]["processed"] if before else 0)
     traces_waiting = spans_waiting / 8  # pharos-loadgen: 8 spans per trace
     bytes_per_trace = held / traces_waiting if traces_waiting else None
+    # Resident memory per held trace: the RSS the full run has above the off run, per trace
+    # waiting, and a one-point model RSS = C + held traces x b, C = the off run's peak.
+    extra_kib = (on["rss_peak_mib"] - off["rss_peak_mib"]) * 1024
+    rss_per_trace = extra_kib * 1024 / traces_waiting if traces_waiting else None
     memory = {
+        "partitions": parts,
         "rss_peak_off_mib": off["rss_peak_mib"],
         "rss_peak_full_mib": on["rss_peak_mib"],
         "rss_full_minus_off_mib": round(on["rss_peak_mib"] - off["rss_peak_mib"], 1),
-        "tail_sampling_held_bytes_peak": held,
-        "tail_sampling_held_bytes_end": on["tail_sampling_held_bytes_end"],
+        "held_bytes_gauge_peak": held_gauge,
+        "held_bytes_total_est": held,
+        "held_bytes_end": on["tail_sampling_held_bytes_end"],
         "traces_waiting_at_peak_est": round(traces_waiting),
         "held_bytes_per_trace_est": round(bytes_per_trace) if bytes_per_trace else None,
+        "rss_bytes_per_held_trace_est": round(rss_per_trace) if rss_per_trace else None,
         "num_traces": num_traces,
-        "num_traces_budget_mib": round(num_traces * bytes_per_trace / 2**20, 1) if bytes_per_trace else None,
-        "constant_mib": round(on["rss_peak_mib"] - held / 2**20, 1),
+        "max_traces_held": num_traces * parts,
+        "budget_held_bytes_mib": round(num_traces * parts * bytes_per_trace / 2**20, 1) if bytes_per_trace else None,
+        "budget_rss_mib": round(off["rss_peak_mib"] + num_traces * parts * rss_per_trace / 2**20, 1) if rss_per_trace else None,
+        "constant_mib": off["rss_peak_mib"],
         "evicted_traces": sum(v for k, v in on["processor_events"].items() if k.endswith(":evicted")),
     }
     summary["ratio_full_over_off"] = ratios
@@ -425,14 +446,15 @@ if "off" in R and "full" in R:
           f"processed {ratios['processed']:.2f}, drained {ratios['drained']:.2f}")
     print(f"per core (processed spans per pharos CPU-second): off {fmt(off['spans_per_cpu_s'])}, "
           f"full {fmt(on['spans_per_cpu_s'])} ({ratios['per_core']:.2f})")
-    print(f"memory: peak RSS off {off['rss_peak_mib']:.0f} MiB, full {on['rss_peak_mib']:.0f} MiB; tail sampling held "
-          f"{held/2**20:.0f} MiB at peak (~{traces_waiting:.0f} traces waiting, "
-          f"~{(bytes_per_trace or 0)/1024:.1f} KiB each; {memory['evicted_traces']} evicted), "
-          f"{on['tail_sampling_held_bytes_end']} B at the end")
-    if bytes_per_trace:
-        print(f"        num_traces budget {num_traces} x {bytes_per_trace/1024:.1f} KiB = "
-              f"{memory['num_traces_budget_mib']:.0f} MiB per tail_sampling instance; "
-              f"constant (peak RSS - held) {memory['constant_mib']:.0f} MiB")
+    print(f"memory: peak RSS off {off['rss_peak_mib']:.0f} MiB, full {on['rss_peak_mib']:.0f} MiB "
+          f"(+{memory['rss_full_minus_off_mib']:.0f} MiB) with ~{traces_waiting:.0f} traces waiting at the peak "
+          f"({memory['evicted_traces']} evicted); held_bytes gauge peak {held_gauge/2**20:.0f} MiB "
+          f"(one partition of {parts}: ~{held/2**20:.0f} MiB in all), {on['tail_sampling_held_bytes_end']} B at the end")
+    if bytes_per_trace and rss_per_trace:
+        print(f"        per held trace: ~{bytes_per_trace/1024:.1f} KiB counted as held, ~{rss_per_trace/1024:.1f} KiB "
+              f"of RSS; num_traces {num_traces} x {parts} partitions -> held budget "
+              f"{memory['budget_held_bytes_mib']:.0f} MiB, RSS model {off['rss_peak_mib']:.0f} MiB + "
+              f"{num_traces * parts} x {rss_per_trace/1024:.1f} KiB = {memory['budget_rss_mib']:.0f} MiB")
 if "full" in R:
     f = R["full"]
     print()

@@ -634,7 +634,7 @@ impl SpanMetrics {
         for span in spans {
             let kind = span_kind(span);
             let status = status_code(span);
-            let values: Vec<Option<AnyValue>> = settings
+            let mut values: Vec<Option<AnyValue>> = settings
                 .dimensions
                 .iter()
                 .map(|d| {
@@ -644,11 +644,22 @@ impl SpanMetrics {
                         .or_else(|| d.default.as_ref().map(|v| string_value(v.as_str())))
                 })
                 .collect();
+            // A value whose text is empty is no label in Prometheus: the same series as none.
+            let dimensions = values
+                .iter_mut()
+                .map(|v| {
+                    let text = v.as_ref().map(to_text).filter(|t| !t.is_empty());
+                    if text.is_none() {
+                        *v = None;
+                    }
+                    text
+                })
+                .collect();
             let key = SeriesKey {
                 span_name: span.name.clone(),
                 kind: kind as i32,
                 status: status as i32,
-                dimensions: values.iter().map(|v| v.as_ref().map(to_text)).collect(),
+                dimensions,
             };
             let known = state.resources.get(&rkey).is_some_and(|r| r.series.contains_key(&key));
             let series = if known {
@@ -1214,6 +1225,21 @@ dimensions:
             .into_iter()
             .find_map(|(_, p)| get(&p.attributes, "http.response.status_code").cloned());
         assert_eq!(status, Some(AnyValue { value: Some(Value::IntValue(201)) }), "the value keeps its type");
+    }
+
+    #[test]
+    fn span_metrics_empty_dimension_value_and_absent_dimension_make_one_series() {
+        // Prometheus drops labels with empty values: an empty `http.route` and no `http.route`
+        // are one series there, so they must be one series here too (two would emit two
+        // different counts for one series, which reads as a counter going back and forth).
+        let config = "dimensions: [{name: http.route}]";
+        let empty = with_attrs(span(1, 1, 0, "GET", SpanKind::Server, 5), vec![s("http.route", "")]);
+        let absent = span(1, 2, 0, "GET", SpanKind::Server, 5);
+        let batch = traces_batch("shop", 1, vec![resource_spans(Some("api"), vec![], vec![empty, absent])]);
+        let (out, _) = run(config, vec![batch]);
+        let r = metrics_request(&out[0]);
+        assert_eq!(sum_points(r, CALLS).len(), 1);
+        assert_eq!(count(r, CALLS, &[(SPAN_NAME, "GET")]), Some(2));
     }
 
     #[test]

@@ -438,8 +438,9 @@ fn find_ipv4(s: &str, out: &mut Vec<Range<usize>>) {
     let mut i = 0;
     while i < b.len() {
         // A run starts at a digit after neither a word nor a dot (`v1.2.3.4`, `x.1.2.3.4`), nor
-        // a single slash (`Chrome/120.0.0.0` is a version; `http://10.0.0.1` an address).
-        let after_slash = i > 0 && b[i - 1] == b'/' && (i < 2 || b[i - 2] != b'/');
+        // a slash after a word (`Chrome/120.0.0.0` is a version; `http://10.0.0.1` and Java's
+        // `/10.0.0.1:9092` are addresses).
+        let after_slash = i >= 2 && b[i - 1] == b'/' && is_word(b[i - 2]);
         let starts =
             b[i].is_ascii_digit() && (i == 0 || !(b[i - 1] == b'.' || is_word(b[i - 1]) || after_slash));
         if !starts {
@@ -479,20 +480,31 @@ fn find_ipv6(s: &str, out: &mut Vec<Range<usize>>) {
             i += 1;
             continue;
         }
-        let start = i;
+        let mut start = i;
         while i < b.len() && is_ipv6_byte(b[i]) {
             i += 1;
         }
-        let glued = (start > 0 && is_word(b[start - 1])) || (i < b.len() && is_word(b[i]));
+        if i < b.len() && is_word(b[i]) {
+            continue;
+        }
+        if start > 0 && is_word(b[start - 1]) {
+            // Glued to a word: only a `key:` before the address (`addr:2001:db8::1`,
+            // `src:fe80::1`) lets it through; `std::fmt` and `T12:30:45` stay out.
+            match b[start..i].iter().position(|&c| c == b':') {
+                Some(p) if start + p + 1 < i && b[start + p + 1] != b':' => start += p + 1,
+                _ => continue,
+            }
+        }
         let mut end = i;
         while end > start && b[end - 1] == b'.' {
             end -= 1;
         }
+        // A single colon after the address is punctuation (`2001:db8::1: connection refused`).
+        if end - start >= 2 && b[end - 1] == b':' && b[end - 2] != b':' {
+            end -= 1;
+        }
         let Some(text) = s.get(start..end) else { continue };
-        if glued
-            || text.bytes().filter(|&c| c == b':').count() < 2
-            || !text.bytes().any(|c| c.is_ascii_hexdigit())
-        {
+        if text.bytes().filter(|&c| c == b':').count() < 2 || !text.bytes().any(|c| c.is_ascii_hexdigit()) {
             continue;
         }
         if text.parse::<Ipv6Addr>().is_ok() {
@@ -587,6 +599,34 @@ mod tests {
             "01.2.3.4",
             "x.1.2.3.4",
         ] {
+            assert_eq!(masked(&s, text), text, "{text}");
+        }
+    }
+
+    #[test]
+    fn ipv4_after_a_slash_that_follows_no_word_is_masked() {
+        // Java's InetSocketAddress prints `/10.0.0.1:9092` (Kafka, Netty, JDBC logs); only a slash
+        // after a product name (`Chrome/120.0.0.0`) introduces a version.
+        let s = only(Detector::Ipv4);
+        assert_eq!(
+            masked(&s, "Connection to node 1 (/10.0.0.1:9092) could not be established"),
+            "Connection to node 1 (/****:9092) could not be established"
+        );
+        assert_eq!(masked(&s, "L:/10.0.0.1:8080 - R:/10.0.0.2:54321"), "L:/****:8080 - R:/****:54321");
+        assert_eq!(masked(&s, "/192.168.1.20:5432"), "/****:5432");
+        assert_eq!(masked(&s, "Edg/120.0.2210.91 Chrome/120.0.0.0"), "Edg/120.0.2210.91 Chrome/120.0.0.0");
+    }
+
+    #[test]
+    fn ipv6_after_a_key_and_colon_or_before_a_colon_is_masked() {
+        let s = only(Detector::Ipv6);
+        assert_eq!(masked(&s, "addr:2001:db8::1 closed"), "addr:**** closed");
+        assert_eq!(masked(&s, "src:fe80::1 dst:2001:db8::8a2e:370:7334"), "src:**** dst:****");
+        assert_eq!(
+            masked(&s, "connect to 2001:db8::1: connection refused"),
+            "connect to ****: connection refused"
+        );
+        for text in ["std::fmt::Display", "at T12:30:45", "2024-01-01T12:30:45+01:00", "Foo::Bar::baz"] {
             assert_eq!(masked(&s, text), text, "{text}");
         }
     }

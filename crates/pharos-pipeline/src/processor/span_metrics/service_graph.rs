@@ -476,7 +476,8 @@ impl ServiceGraph {
             }
             SpanKind::Server | SpanKind::Consumer => {
                 let half = Half::of(settings, resource, span, kind);
-                if span.parent_span_id.is_empty() {
+                // No parent, or the invalid all-zero id (which OpenTelemetry reads as none).
+                if span.parent_span_id.iter().all(|b| *b == 0) {
                     if !settings.peer_attributes.is_empty() {
                         graph.record(settings, Edge::from_user(half, settings.dimensions.len()), now, ctx);
                     }
@@ -817,6 +818,21 @@ mod tests {
         );
         let (out, _) = run("virtual_node_peer_attributes: []", vec![(NOW, batch())], NOW + 15 * SECOND);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn service_graph_root_server_span_with_all_zero_parent_is_called_by_user() {
+        // An all-zero parent id is the invalid id, which OpenTelemetry (and the Collector's
+        // `ParentSpanID().IsEmpty()`) reads as "no parent".
+        let mut root = span(1, 1, 0, "GET /", SpanKind::Server, 3);
+        root.parent_span_id = vec![0; 8];
+        let batch = traces_batch("shop", 1, vec![resource_spans(Some("frontend"), vec![], vec![root])]);
+        let (out, ctx) = run("{}", vec![(NOW, batch)], NOW + 15 * SECOND);
+        assert_eq!(ctx.counted_for("edges_expired"), 0);
+        assert_eq!(
+            count(metrics_request(&out[0]), REQUEST_TOTAL, &edge("user", "frontend", "virtual_node")),
+            Some(1)
+        );
     }
 
     #[test]

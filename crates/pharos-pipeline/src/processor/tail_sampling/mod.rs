@@ -967,6 +967,28 @@ policies:
     }
 
     #[test]
+    fn and_policy_unmatched_trace_spends_no_rate_limiting_budget() {
+        // As in the Collector, `and` stops at its first unmatched sub-policy: rate limiting a
+        // class of traces only spends budget on traces of that class.
+        let mut p = sampler(
+            "
+decision_wait: 1s
+policies:
+  - type: and
+    and:
+      and_sub_policy:
+        - {type: string_attribute, string_attribute: {key: http.route, values: [/checkout]}}
+        - {type: rate_limiting, rate_limiting: {spans_per_second: 2}}
+",
+        );
+        let two = |t: u64, route: &str| vec![span(t, route, 0, 5), span(t, route, 1, 5)];
+        let req = request("api", [two(1, "/cart"), two(2, "/checkout")].concat());
+        process(p.as_mut(), batch("acme", 1, req), T0);
+        let (out, _) = tick(p.as_mut(), T0 + SECOND, false);
+        assert_eq!(traces_of(&out), HashSet::from([id(2)]), "the /cart trace used no budget");
+    }
+
+    #[test]
     fn span_count_policy_keeps_traces_within_bounds() {
         let mut p = sampler(
             "decision_wait: 1s\npolicies: [{type: span_count, span_count: {min_spans: 2, max_spans: 3}}]",

@@ -253,15 +253,10 @@ impl Policy {
                 }
             }
             Rule::SpanCount { min, max } => trace.spans >= *min && max.is_none_or(|max| trace.spans <= max),
-            // Every sub-policy is evaluated (no short cut), so that stateful ones (rate limiting)
-            // see every trace the same way whatever their position.
-            Rule::And(subs) | Rule::Drop(subs) => {
-                let mut all = true;
-                for p in subs.iter_mut() {
-                    all &= p.evaluate(trace);
-                }
-                all
-            }
+            // As in the Collector, sub-policies run in order and stop at the first that does not
+            // match: a rate limit placed after a condition spends budget only on traces that
+            // meet the condition (a trace the `and` rejects is not kept, so uses no budget).
+            Rule::And(subs) | Rule::Drop(subs) => subs.iter_mut().all(|p| p.evaluate(trace)),
             Rule::Or(subs) => {
                 let mut any = false;
                 for p in subs.iter_mut() {

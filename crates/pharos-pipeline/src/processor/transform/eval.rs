@@ -419,7 +419,13 @@ impl<'a> Item<'a> {
                     log.body = Some(any);
                     Ok(())
                 } else {
-                    set_in_value(log.body.get_or_insert_with(AnyValue::default), &path.keys, any)
+                    let had_body = log.body.is_some();
+                    let result =
+                        set_in_value(log.body.get_or_insert_with(AnyValue::default), &path.keys, any);
+                    if result.is_err() && !had_body {
+                        log.body = None;
+                    }
+                    result
                 }
             }
             field => self.set_scalar(path.level, field, value),
@@ -610,6 +616,7 @@ fn map_in_value<'v>(v: &'v mut AnyValue, keys: &[Key]) -> Result<Option<&'v mut 
 }
 
 /// Sets `keys` inside a map, making missing intermediate maps.
+/// On an error the map is left as it was (no empty entry is left behind).
 fn set_in_map(map: &mut Vec<KeyValue>, keys: &[Key], value: AnyValue) -> Result<(), EvalError> {
     let Some((first, rest)) = keys.split_first() else { return Ok(()) };
     let Key::Str(key) = first else { return Err("a map is indexed with a string key".into()) };
@@ -617,14 +624,18 @@ fn set_in_map(map: &mut Vec<KeyValue>, keys: &[Key], value: AnyValue) -> Result<
         otlp::upsert(map, key, value);
         return Ok(());
     }
-    let index = match map.iter().position(|kv| kv.key == *key) {
-        Some(i) => i,
+    let (index, added) = match map.iter().position(|kv| kv.key == *key) {
+        Some(i) => (i, false),
         None => {
             map.push(otlp::key_value(key.clone(), AnyValue::default()));
-            map.len() - 1
+            (map.len() - 1, true)
         }
     };
-    set_in_value(map[index].value.get_or_insert_with(AnyValue::default), rest, value)
+    let result = set_in_value(map[index].value.get_or_insert_with(AnyValue::default), rest, value);
+    if result.is_err() && added {
+        map.pop();
+    }
+    result
 }
 
 fn set_in_value(slot: &mut AnyValue, keys: &[Key], value: AnyValue) -> Result<(), EvalError> {
@@ -876,6 +887,9 @@ fn run(editor: &Editor, item: &mut Item<'_>) -> Result<(), EvalError> {
                     }
                 }),
                 PatternMode::Key => {
+                    if !map.iter().any(|kv| re.is_match(&kv.key)) {
+                        return Ok(());
+                    }
                     // Renamed keys may collide: the later entry wins, as an upsert would.
                     let old = std::mem::take(map);
                     let mut index: HashMap<String, usize> = HashMap::with_capacity(old.len());
@@ -918,16 +932,21 @@ fn run(editor: &Editor, item: &mut Item<'_>) -> Result<(), EvalError> {
                 }
             };
             let Some(map) = item.target_map(path)? else { return Ok(()) };
+            // Where each key first occurs in the target (what `otlp::insert`/`update`/`upsert`
+            // find), so that a large source map costs one look-up per key, not a scan.
+            let mut index: HashMap<String, usize> = HashMap::with_capacity(map.len());
+            for (i, kv) in map.iter().enumerate() {
+                index.entry(kv.key.clone()).or_insert(i);
+            }
             for kv in source {
                 let value = kv.value.unwrap_or_default();
-                match strategy {
-                    MergeStrategy::Insert => {
-                        otlp::insert(map, &kv.key, value);
+                match (index.get(&kv.key), strategy) {
+                    (Some(_), MergeStrategy::Insert) | (None, MergeStrategy::Update) => {}
+                    (Some(&i), MergeStrategy::Update | MergeStrategy::Upsert) => map[i].value = Some(value),
+                    (None, MergeStrategy::Insert | MergeStrategy::Upsert) => {
+                        index.insert(kv.key.clone(), map.len());
+                        map.push(otlp::key_value(kv.key, value));
                     }
-                    MergeStrategy::Update => {
-                        otlp::update(map, &kv.key, value);
-                    }
-                    MergeStrategy::Upsert => otlp::upsert(map, &kv.key, value),
                 }
             }
             Ok(())

@@ -1235,4 +1235,95 @@ trace_statements:
         let (out, _) = run_with(yaml, traces());
         assert!(spans(&out).iter().all(|s| attr(&s.attributes, "after").is_some()));
     }
+
+    #[test]
+    fn merge_maps_with_a_huge_source_map_runs_in_linear_time() {
+        // A structured log body with many keys (nested kvlist entries are not bounded at ingest
+        // the way attributes are), merged into the attributes: one look-up per key, not a scan.
+        let n = 40_000;
+        let body: Vec<KeyValue> = (0..n).map(|i| kv(&format!("k{i}"), int(i))).collect();
+        let mut attributes = vec![kv("k7", s("old")), kv("keep", s("x"))];
+        attributes.push(kv("k7", s("duplicate")));
+        let data = Data::Logs(ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        body: Some(AnyValue {
+                            value: Some(Value::KvlistValue(KeyValueList { values: body })),
+                        }),
+                        attributes,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        });
+        let started = std::time::Instant::now();
+        let out = run(
+            r#"
+log_statements:
+  - context: log
+    statements:
+      - merge_maps(attributes, body, "upsert")
+      - merge_maps(attributes, body, "insert")
+      - merge_maps(attributes, body, "update")
+"#,
+            data,
+        );
+        // Quadratic merging takes minutes here (debug build); linear takes milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+        let a = &log_records(&out)[0].attributes;
+        assert_eq!(a.len(), n as usize + 2, "every body key once, plus keep and the duplicate k7");
+        assert_eq!(attr(a, "k7"), Some(&int(7)), "the first k7 is the one updated");
+        assert_eq!(a[2], kv("k7", s("duplicate")), "a duplicate key is left where it was");
+        assert_eq!(attr(a, "k39999"), Some(&int(39_999)));
+        assert_eq!(attr_str(a, "keep"), Some("x"));
+    }
+
+    #[test]
+    fn set_into_missing_list_fails_without_adding_an_empty_attribute() {
+        let yaml = r#"
+trace_statements:
+  - context: span
+    statements:
+      - set(attributes["tags"][0], "x")
+      - set(attributes["labels"]["team"][0], "x")
+"#;
+        let before = traces();
+        let (out, ctx) = run_with(yaml, before.clone());
+        assert_eq!(ctx.counted_for("statement_errors"), 6, "both statements fail on each of 3 spans");
+        assert_eq!(out, before, "a failing statement leaves the item as it was");
+    }
+
+    #[test]
+    fn set_into_missing_body_list_fails_without_adding_an_empty_body() {
+        let mut before = logs();
+        if let Data::Logs(r) = &mut before {
+            r.resource_logs[0].scope_logs[0].log_records[0].body = None;
+        }
+        let (out, ctx) = run_with("log_statements: ['set(log.body[0], \"x\")']", before.clone());
+        assert!(ctx.counted_for("statement_errors") >= 1);
+        assert_eq!(log_records(&out)[0].body, None);
+    }
+
+    #[test]
+    fn replace_all_patterns_key_mode_without_a_match_keeps_keys_unallocated() {
+        let mut data = traces();
+        let Data::Traces(r) = &mut data else { unreachable!() };
+        let before: Vec<*const u8> =
+            r.resource_spans[0].scope_spans[0].spans[0].attributes.iter().map(|kv| kv.key.as_ptr()).collect();
+        let mut p = processor(
+            r#"trace_statements: ['replace_all_patterns(span.attributes, "key", "^nomatch$", "x")']"#,
+            Signal::Traces,
+        );
+        let mut ctx = Context::default();
+        let mut out = Vec::new();
+        p.process(Batch::new(Tenant::parse("acme").unwrap(), 1, data), &mut ctx, &mut out);
+        let Data::Traces(r) = &out[0].data else { unreachable!() };
+        let after: Vec<*const u8> =
+            r.resource_spans[0].scope_spans[0].spans[0].attributes.iter().map(|kv| kv.key.as_ptr()).collect();
+        assert_eq!(before, after, "no key was copied");
+        assert_eq!(ctx.counted_for("statement_errors"), 0);
+    }
 }
