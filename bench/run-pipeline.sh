@@ -12,8 +12,9 @@
 #   <processor>    each of the four alone (skipped with ONLY_FULL=1), to see which costs most
 # For each run (see the monitor below for the details):
 #   - acknowledged spans/s: the load generator's figure (durable in the write-ahead log);
-#   - processed spans/s: spans taken in by the first processor (pipeline off: by the pipeline
-#     stage, pharos_pipeline_items_total), from load start until the last of them went in;
+#   - processed spans/s: spans taken in by the first processor (pharos_processor_items_in_total;
+#     pipeline off: spans put in the trace store, pharos_traces_spans_stored_total), from load
+#     start until the last of them went in;
 #   - drained spans/s: the same count over load start .. queue depth 0 (every record committed,
 #     i.e. decided by tail sampling and flushed into blocks);
 #   - pharos CPU seconds (utime+stime from /proc/PID/stat) over load start .. drained, and
@@ -31,7 +32,7 @@
 #   DRAIN_TIMEOUT [180] seconds to wait for the queue to drain after the load,
 #   FLUSH_INTERVAL [5s] traces.flush_interval and metrics.flush_interval of every run,
 #   PHAROS_SET extra `--set k=v` for `pharos serve`, SKIP_BUILD [0], BENCH_WORK, BENCH_OUT,
-#   KEEP_DATA [0] (1: keep the data dirs).
+#   KEEP_DATA [0] (1: keep the data dirs and the binaries' copies in the work dir).
 # Everything listens on 127.0.0.1, every step is bounded in time, and every process the
 # script started is stopped on exit.
 set -euo pipefail
@@ -94,7 +95,7 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$PID" 2>/dev/null || true
   fi
-  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$WORK"/run-*/data; fi
+  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$WORK"/run-* "$WORK/bin"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -201,7 +202,9 @@ def machine_busy():
 def processed(ms):
     if first:
         return total(ms, "pharos_processor_items_in_total", pipeline="traces", processor=first)
-    return total(ms, "pharos_pipeline_items_total", signal="traces")
+    # Pipeline off, every span goes to the trace store. (pharos_pipeline_items_total is
+    # counted only when the counting stage commits, in steps of seconds, so it is not used.)
+    return total(ms, "pharos_traces_spans_stored_total")
 
 start = time.time()
 cpu0, busy0 = proc_cpu(), machine_busy()
@@ -282,6 +285,9 @@ result = {
     "drained_seconds": round(end - start, 2),
     "drained_spans_per_s": round(count / (end - start)),
     "stored_spans": int(total(ms, "pharos_traces_spans_stored_total")),
+    # span_metrics output (emitted every metrics_flush_interval, 15 s by default)
+    "metrics_samples_appended": int(total(ms, "pharos_metrics_samples_appended_total")),
+    "metrics_samples_rejected": by_label(ms, "pharos_metrics_samples_rejected_total", "reason"),
     "pharos_cpu_s": round(cpu_s, 2),
     "pharos_cpu_s_during_load": round(pharos_cpu_load, 2),
     "spans_per_cpu_s": round(count / max(cpu_s, 1e-9)),
@@ -365,7 +371,7 @@ print()
 print(f"traces over OTLP/gRPC, {duration}s + warm-up, rate {rate or 'max'}, {workers} workers, "
       f"batch {batch}; NUM_TRACES={num_traces}, decision_wait={decision_wait}")
 hdr = ["run", "acked/s", "processed/s", "drained/s", "stored", "CPU s", "spans/CPU-s", "peak RSS",
-       "held peak", "other CPU"]
+       "held gauge", "other CPU"]
 rows = []
 for r in runs:
     x = R[r]
@@ -381,8 +387,12 @@ for row in [hdr] + rows:
     print("  ".join(str(c).ljust(n) for c, n in zip(row, w)))
 print("  (stored = spans in the trace store / spans processed; '!' = queue not drained in time;"
       " other CPU = other processes during the load, % of one core)")
+busy = [r for r in runs if R[r]["other_cpu_pct_during_load"] > 30]
+if busy:
+    print(f"  WARNING: other processes used more than 30% of a core during {', '.join(busy)}: "
+          "those figures are not reliable; rerun on a quiet machine")
 
-summary = {"config": {"duration_s": float(duration), "rate": int(rate), "workers": int(workers),
+summary = {"noisy_runs": busy, "config": {"duration_s": float(duration), "rate": int(rate), "workers": int(workers),
                       "batch": int(batch), "num_traces": num_traces, "decision_wait": decision_wait},
            "runs": R}
 if "off" in R and "full" in R:
@@ -458,6 +468,8 @@ if "off" in R and "full" in R:
 if "full" in R:
     f = R["full"]
     print()
+    print(f"span metrics samples written to the metrics store by the end: {f['metrics_samples_appended']}"
+          f", rejected: {f['metrics_samples_rejected'] or 0}")
     print("time in each processor (full run): " + ", ".join(
         f"{k} {v:.2f} s ({f['processor_ns_per_span'].get(k, 0)} ns/span)" for k, v in f["processor_seconds"].items()))
 solo = [r for r in runs if r not in ("off", "full")]

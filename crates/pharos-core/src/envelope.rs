@@ -8,10 +8,11 @@ use crate::{Signal, Tenant, TenantError};
 /// only to split it by partition): an OTLP export request, or a Prometheus remote-write request.
 /// The header carries what a consumer needs before decoding the payload.
 ///
-/// Encoding (version 2), all integers little-endian; see `docs/formats/envelope.md`:
-/// `b"PE"` | version u8 | signal u8 | payload format u8 | tenant length u8 | tenant bytes |
-/// received at (unix ns) u64 | item count u32 | payload. Version 1 had no format byte (always OTLP)
-/// and is still read.
+/// Encoding (version 2, or 3 with request metadata), all integers little-endian; see
+/// `docs/formats/envelope.md`: `b"PE"` | version u8 | signal u8 | payload format u8 | tenant
+/// length u8 | tenant bytes | received at (unix ns) u64 | item count u32 | (version 3: metadata
+/// count u8, then per entry key length u8, key, value length u16, value) | payload. Version 1
+/// had no format byte (always OTLP) and is still read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub tenant: Tenant,
@@ -19,7 +20,33 @@ pub struct Envelope {
     pub format: PayloadFormat,
     pub received_at_unix_nanos: u64,
     pub items: u32,
+    /// Request metadata kept with the data (the request headers named in
+    /// `otlp.include_metadata`, for processors' `from_context: metadata.<name>`); usually empty.
+    pub metadata: Metadata,
     pub payload: Bytes,
+}
+
+/// Request metadata: lowercase header names and their values, bounded by
+/// [`MAX_METADATA_ENTRIES`], [`MAX_METADATA_KEY_BYTES`] and [`MAX_METADATA_VALUE_BYTES`].
+pub type Metadata = Vec<(String, String)>;
+
+/// The most metadata entries an envelope carries.
+pub const MAX_METADATA_ENTRIES: usize = 16;
+/// The longest metadata key.
+pub const MAX_METADATA_KEY_BYTES: usize = 128;
+/// The longest metadata value; longer ones are cut (at a character boundary).
+pub const MAX_METADATA_VALUE_BYTES: usize = 4096;
+
+/// `value` cut to at most `max` bytes at a character boundary.
+fn cut(value: &str, max: usize) -> &str {
+    if value.len() <= max {
+        return value;
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
 }
 
 /// The wire format of an envelope's payload.
@@ -58,6 +85,8 @@ impl PayloadFormat {
 
 const MAGIC: &[u8; 2] = b"PE";
 const VERSION: u8 = 2;
+/// Version 2 with request metadata after the item count.
+const VERSION_METADATA: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -73,6 +102,8 @@ pub enum EnvelopeError {
     UnknownFormat(u8),
     #[error("envelope tenant is invalid")]
     Tenant(#[from] TenantError),
+    #[error("envelope metadata is not valid UTF-8")]
+    Metadata,
 }
 
 impl Envelope {
@@ -83,6 +114,7 @@ impl Envelope {
             self.format,
             self.received_at_unix_nanos,
             self.items,
+            &self.metadata,
             self.payload.len(),
         );
         buf.put_slice(&self.payload);
@@ -90,19 +122,23 @@ impl Envelope {
     }
 
     /// The encoded header, in a buffer with room for `payload_len` more bytes: write the payload
-    /// after it to encode an envelope without copying the payload twice.
+    /// after it to encode an envelope without copying the payload twice. Metadata past the
+    /// limits is left out (entries) or cut (keys and values).
     pub fn encode_header(
         tenant: &Tenant,
         signal: Signal,
         format: PayloadFormat,
         received_at_unix_nanos: u64,
         items: u32,
+        metadata: &[(String, String)],
         payload_len: usize,
     ) -> BytesMut {
         let tenant = tenant.as_str().as_bytes();
-        let mut buf = BytesMut::with_capacity(2 + 4 + tenant.len() + 12 + payload_len);
+        let metadata = &metadata[..metadata.len().min(MAX_METADATA_ENTRIES)];
+        let metadata_len: usize = metadata.iter().map(|(k, v)| 3 + k.len() + v.len()).sum();
+        let mut buf = BytesMut::with_capacity(2 + 4 + tenant.len() + 13 + metadata_len + payload_len);
         buf.put_slice(MAGIC);
-        buf.put_u8(VERSION);
+        buf.put_u8(if metadata.is_empty() { VERSION } else { VERSION_METADATA });
         buf.put_u8(signal.code());
         buf.put_u8(format.code());
         // Tenant ids are at most 150 bytes (MAX_TENANT_BYTES), so the length fits in a byte.
@@ -110,6 +146,17 @@ impl Envelope {
         buf.put_slice(tenant);
         buf.put_u64_le(received_at_unix_nanos);
         buf.put_u32_le(items);
+        if !metadata.is_empty() {
+            buf.put_u8(metadata.len() as u8);
+            for (key, value) in metadata {
+                let key = cut(key, MAX_METADATA_KEY_BYTES);
+                let value = cut(value, MAX_METADATA_VALUE_BYTES);
+                buf.put_u8(key.len() as u8);
+                buf.put_slice(key.as_bytes());
+                buf.put_u16_le(value.len() as u16);
+                buf.put_slice(value.as_bytes());
+            }
+        }
         buf
     }
 
@@ -126,7 +173,7 @@ impl Envelope {
         // Version 1 had no format byte: its payloads are all OTLP.
         let (format, tenant_at) = match bytes[2] {
             1 => (PayloadFormat::Otlp, 4),
-            VERSION => {
+            VERSION | VERSION_METADATA => {
                 let format =
                     PayloadFormat::from_code(bytes[4]).ok_or(EnvelopeError::UnknownFormat(bytes[4]))?;
                 (format, 5)
@@ -149,15 +196,45 @@ impl Envelope {
         u64_bytes.copy_from_slice(&bytes[tenant_start + tenant_len..tenant_start + tenant_len + 8]);
         let mut u32_bytes = [0u8; 4];
         u32_bytes.copy_from_slice(&bytes[tenant_start + tenant_len + 8..fixed_end]);
+        let (metadata, payload_at) = if bytes[2] == VERSION_METADATA {
+            decode_metadata(&bytes, fixed_end)?
+        } else {
+            (Vec::new(), fixed_end)
+        };
         Ok(Envelope {
             tenant,
             signal,
             format,
             received_at_unix_nanos: u64::from_le_bytes(u64_bytes),
             items: u32::from_le_bytes(u32_bytes),
-            payload: bytes.slice(fixed_end..),
+            metadata,
+            payload: bytes.slice(payload_at..),
         })
     }
+}
+
+/// The metadata section of a version 3 envelope starting at `at`; returns it and where the
+/// payload starts.
+fn decode_metadata(bytes: &[u8], mut at: usize) -> Result<(Metadata, usize), EnvelopeError> {
+    let truncated = || EnvelopeError::Truncated { len: bytes.len() };
+    let mut take = |n: usize, at: &mut usize| -> Result<&[u8], EnvelopeError> {
+        let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(truncated)?;
+        let slice = &bytes[*at..end];
+        *at = end;
+        Ok(slice)
+    };
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| EnvelopeError::Metadata);
+    let count = usize::from(take(1, &mut at)?[0]);
+    let mut metadata = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key_len = usize::from(take(1, &mut at)?[0]);
+        let key = text(take(key_len, &mut at)?)?;
+        let len = take(2, &mut at)?;
+        let value_len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        let value = text(take(value_len, &mut at)?)?;
+        metadata.push((key, value));
+    }
+    Ok((metadata, at))
 }
 
 #[cfg(test)]
@@ -172,9 +249,35 @@ mod tests {
             format: PayloadFormat::Otlp,
             received_at_unix_nanos: 1_700_000_000_123_456_789,
             items: 42,
+            metadata: Vec::new(),
             payload: Bytes::from_static(b"\x0a\x03abc"),
         };
         assert_eq!(Envelope::decode(env.encode()).unwrap(), env);
+        assert_eq!(env.encode()[2], VERSION, "no metadata: version 2, as before");
+    }
+
+    #[test]
+    fn envelope_metadata_round_trips_and_is_bounded() {
+        let mut env = Envelope {
+            tenant: Tenant::parse("team-a").unwrap(),
+            signal: Signal::Traces,
+            format: PayloadFormat::Otlp,
+            received_at_unix_nanos: 7,
+            items: 1,
+            metadata: vec![("x-team".into(), "payments".into()), ("x-region".into(), "é".repeat(3000))],
+            payload: Bytes::from_static(b"\x0a\x00"),
+        };
+        let bytes = env.encode();
+        assert_eq!(bytes[2], VERSION_METADATA);
+        let decoded = Envelope::decode(bytes.clone()).unwrap();
+        assert_eq!(decoded.metadata[0], ("x-team".to_string(), "payments".to_string()));
+        assert_eq!(decoded.metadata[1].1.len(), MAX_METADATA_VALUE_BYTES, "cut at a character boundary");
+        assert_eq!(decoded.payload, env.payload);
+        for cut in 0..bytes.len() - env.payload.len() {
+            assert!(Envelope::decode(bytes.slice(..cut)).is_err(), "cut at {cut} decoded");
+        }
+        env.metadata = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
+        assert_eq!(Envelope::decode(env.encode()).unwrap().metadata.len(), MAX_METADATA_ENTRIES);
     }
 
     #[test]
@@ -185,6 +288,7 @@ mod tests {
             format: PayloadFormat::PrometheusWriteV2,
             received_at_unix_nanos: 1,
             items: 1,
+            metadata: Vec::new(),
             payload: Bytes::from_static(b"xyz"),
         };
         let bytes = env.encode();

@@ -12,7 +12,7 @@ mod signal;
 mod tenant;
 pub mod time;
 
-pub use envelope::{Envelope, EnvelopeError, PayloadFormat};
+pub use envelope::{Envelope, EnvelopeError, Metadata, PayloadFormat};
 pub use error::ErrorCode;
 pub use label_cap::{LabelCap, OTHER_LABEL_VALUE};
 pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};

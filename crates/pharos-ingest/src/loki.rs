@@ -271,7 +271,7 @@ fn prepare(
         .into_iter()
         .map(|(p, request)| {
             let n = entries_of(&request);
-            (p, encode_envelope(tenant, signal, PayloadFormat::LokiPush, received_at, n, &request))
+            (p, encode_envelope(tenant, signal, PayloadFormat::LokiPush, received_at, n, &[], &request))
         })
         .collect();
     Ok(Prepared { signal, tenant: tenant.clone(), envelopes, accepted, rejections })

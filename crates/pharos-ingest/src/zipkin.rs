@@ -463,6 +463,7 @@ async fn receive(state: &ZipkinState, request: Request) -> Result<(Outcome, Vec<
         },
     };
     let tenant = tenant_from_header(parts.headers.get(TENANT_HEADER).map(|v| v.as_bytes()))?;
+    let metadata = state.ingestor.metadata(|name| parts.headers.get(name).map(|v| v.as_bytes()));
     let compression = Compression::from_header(
         parts.headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("(not text)")),
     )?;
@@ -492,7 +493,7 @@ async fn receive(state: &ZipkinState, request: Request) -> Result<(Outcome, Vec<
             return Err(IngestError::Invalid(refused.join("; ")));
         }
         let encoded = Bytes::from(to_otlp(good).encode_to_vec());
-        Ok((ingestor.prepare_encoded(Signal::Traces, &tenant, encoded)?, refused))
+        Ok((ingestor.prepare_encoded(Signal::Traces, &tenant, &metadata, encoded)?, refused))
     })
     .await
     .map_err(|e| IngestError::ReadBody(e.to_string()))??;

@@ -314,6 +314,7 @@ mod tests {
             format,
             received_at_unix_nanos: 0,
             items: 1,
+            metadata: Vec::new(),
             payload: payload.into(),
         }
     }

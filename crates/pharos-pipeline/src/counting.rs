@@ -332,6 +332,7 @@ mod tests {
             format: pharos_core::PayloadFormat::Otlp,
             received_at_unix_nanos: 0,
             items: n as u32,
+            metadata: Vec::new(),
             payload: req.encode_to_vec().into(),
         }
         .encode()
@@ -408,6 +409,7 @@ mod tests {
             format,
             received_at_unix_nanos: 0,
             items: 0,
+            metadata: Vec::new(),
             payload: payload.into(),
         }
     }

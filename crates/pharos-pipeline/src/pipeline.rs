@@ -236,10 +236,16 @@ impl Pipelines {
 
     /// Runs one batch through its tenant's pipeline; returns what comes out of it (possibly
     /// nothing, or batches of other signals such as span metrics).
-    pub fn process(&mut self, batch: Batch, now_unix_nanos: u64) -> Vec<Output> {
+    /// `metadata` is what the receiver kept of the request (see [`Pipelines::metadata_keys`]).
+    pub fn process(
+        &mut self,
+        batch: Batch,
+        metadata: &[(String, String)],
+        now_unix_nanos: u64,
+    ) -> Vec<Output> {
         let mut done = Vec::new();
         match self.pipeline_for(&batch.tenant, batch.data.signal()) {
-            Some(p) => self.run(p, 0, vec![batch], now_unix_nanos, &mut done, 0),
+            Some(p) => self.run(p, 0, vec![batch], &At { now: now_unix_nanos, metadata }, &mut done, 0),
             None => done.push(Output { batch, from_records: true }),
         }
         done
@@ -256,7 +262,7 @@ impl Pipelines {
                 self.pipelines[p].steps[i].processor.tick(&mut ctx, closing, &mut out);
                 self.observe(p, i, 0, &out, &ctx, started);
                 if !out.is_empty() {
-                    self.run(p, i + 1, out, now_unix_nanos, &mut done, 0);
+                    self.run(p, i + 1, out, &At { now: now_unix_nanos, metadata: &[] }, &mut done, 0);
                 }
             }
         }
@@ -271,6 +277,15 @@ impl Pipelines {
     /// Bytes of telemetry held by processors.
     pub fn held_bytes(&self) -> u64 {
         self.steps().map(|s| s.processor.held_bytes()).sum()
+    }
+
+    /// The request headers the processors read (`from_context: metadata.<name>`), which the
+    /// receivers must keep with the data.
+    pub fn metadata_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.steps().flat_map(|s| s.processor.metadata_keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// Whether a `memory_limiter` asks to stop taking data for now.
@@ -290,7 +305,7 @@ impl Pipelines {
         p: usize,
         from: usize,
         mut batches: Vec<Batch>,
-        now: u64,
+        at: &At<'_>,
         done: &mut Vec<Output>,
         hops: usize,
     ) {
@@ -303,14 +318,15 @@ impl Pipelines {
                     continue;
                 }
                 let items_in = batch.data.items();
-                let mut ctx = Context::at(now);
+                let mut ctx = Context::at(at.now);
+                ctx.metadata.extend_from_slice(at.metadata);
                 let mut out = Vec::new();
                 let started = Instant::now();
                 self.pipelines[p].steps[i].processor.process(batch, &mut ctx, &mut out);
                 self.observe(p, i, items_in, &out, &ctx, started);
                 for b in out {
                     if b.route.is_some() {
-                        self.reroute(b, now, done, hops);
+                        self.reroute(b, at, done, hops);
                     } else {
                         next.push(b);
                     }
@@ -342,11 +358,11 @@ impl Pipelines {
         done.push(Output { batch, from_records });
     }
 
-    fn reroute(&mut self, mut batch: Batch, now: u64, done: &mut Vec<Output>, hops: usize) {
+    fn reroute(&mut self, mut batch: Batch, at: &At<'_>, done: &mut Vec<Output>, hops: usize) {
         let Some(name) = batch.route.take() else { return };
         match self.by_name.get(&name).copied() {
             Some(target) if hops < MAX_ROUTES && self.pipelines[target].signal == batch.data.signal() => {
-                self.run(target, 0, vec![batch], now, done, hops + 1)
+                self.run(target, 0, vec![batch], at, done, hops + 1)
             }
             _ => {
                 tracing::warn!(pipeline = %name, hops, "batch routed to an unknown pipeline or in a loop, dropping it");
@@ -383,9 +399,18 @@ impl Pipelines {
             l.push(("what", (*what).to_string()));
             t.counted.get_or_create(&l).inc_by(*n);
         }
+        // Each partition has its own processors: the gauge is per partition.
         let step = &pipeline.steps[i].processor;
-        t.held_bytes.get_or_create(&labels()).set(step.held_bytes() as i64);
+        let mut l = labels();
+        l.push(("partition", self.partition.map_or_else(String::new, |p| p.to_string())));
+        t.held_bytes.get_or_create(&l).set(step.held_bytes() as i64);
     }
+}
+
+/// The time and request metadata a batch is processed with.
+struct At<'a> {
+    now: u64,
+    metadata: &'a [(String, String)],
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -436,7 +461,7 @@ impl ProcessorMetrics {
         registry.register("pharos_processor_seconds", "Time spent in a processor", self.seconds.clone());
         registry.register(
             "pharos_processor_held_bytes",
-            "Bytes of telemetry a processor holds (tail sampling, batching)",
+            "Bytes of telemetry a processor holds (tail sampling, batching), by queue partition: the encoded size (decoded in memory it takes about twice that)",
             self.held_bytes.clone(),
         );
     }
@@ -541,7 +566,7 @@ pipelines:
         .with_telemetry(ProcessorMetrics::default());
         let tenant = Tenant::default_tenant();
         // payments' spans leave at once through traces/pci; the others wait in the batch.
-        let out = p.process(Batch::new(tenant.clone(), 7, spans("payments", 2, 1)), 0);
+        let out = p.process(Batch::new(tenant.clone(), 7, spans("payments", 2, 1)), &[], 0);
         assert_eq!(out.len(), 1);
         assert!(out[0].from_records);
         let processor::Data::Traces(r) = &out[0].batch.data else { panic!("traces") };
@@ -552,8 +577,8 @@ pipelines:
             )
             .is_some())
         );
-        assert!(p.process(Batch::new(tenant.clone(), 8, spans("checkout", 3, 2)), 0).is_empty());
-        assert!(p.process(Batch::new(tenant, 9, spans("checkout", 3, 3)), 0).is_empty());
+        assert!(p.process(Batch::new(tenant.clone(), 8, spans("checkout", 3, 2)), &[], 0).is_empty());
+        assert!(p.process(Batch::new(tenant, 9, spans("checkout", 3, 3)), &[], 0).is_empty());
         assert_eq!(p.held_offset(), Some(8));
         assert!(p.tick(500_000_000, false).is_empty());
         let released = p.tick(1_000_000_000, false);
@@ -569,7 +594,7 @@ pipelines:
         ))
         .expect("valid")
         .for_partition(3);
-        let out = p.process(Batch::new(Tenant::default_tenant(), 1, spans("checkout", 2, 1)), 0);
+        let out = p.process(Batch::new(Tenant::default_tenant(), 1, spans("checkout", 2, 1)), &[], 0);
         assert_eq!(out.len(), 1);
         let made = p.tick(2_000_000_000, false);
         assert!(!made.is_empty());

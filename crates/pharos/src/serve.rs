@@ -147,17 +147,23 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     if !pipelines_config.is_empty() {
         info!(pipelines = ?pipelines_config.pipelines.keys().collect::<Vec<_>>(), "processing pipelines configured");
     }
+    let build_pipelines = || {
+        Pipelines::build(&pipelines_config).map_err(|errors| {
+            anyhow::anyhow!(
+                "invalid pipelines: {}",
+                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            )
+        })
+    };
+    // The request headers processors read (`from_context: metadata.<name>`): the receivers
+    // keep them with the data.
+    let metadata_keys = build_pipelines()?.metadata_keys();
+    if !metadata_keys.is_empty() {
+        info!(headers = ?metadata_keys, "request headers kept with OTLP and Zipkin data for the pipelines");
+    }
     for partition in 0..partitions {
         // Each partition's runner has its own processors: they keep state (tail sampling).
-        let pipelines = Pipelines::build(&pipelines_config)
-            .map_err(|errors| {
-                anyhow::anyhow!(
-                    "invalid pipelines: {}",
-                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
-                )
-            })?
-            .with_telemetry(processor_metrics.clone())
-            .for_partition(partition);
+        let pipelines = build_pipelines()?.with_telemetry(processor_metrics.clone()).for_partition(partition);
         let counting = CountingSink::open(&counts_dir, partition, pipeline_metrics.clone())
             .context("open the counting stage")?;
         let sink = StoresSink {
@@ -192,7 +198,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // Receivers.
     let ingest_metrics = IngestMetrics::default();
     ingest_metrics.register(&mut registry);
-    let ingestor = Arc::new(Ingestor::new(queue.clone(), config.ingest_limits(), ingest_metrics));
+    let ingestor = Arc::new(
+        Ingestor::new(queue.clone(), config.ingest_limits(), ingest_metrics)
+            .with_metadata_keys(metadata_keys),
+    );
     let retry_after = config.limits.retry_after.0;
     let http_options = HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after };
     let remote_write = pharos_ingest::remote_write::router(ingestor.clone(), http_options.clone());

@@ -237,7 +237,8 @@ impl StoresSink {
                 return;
             }
         };
-        let out = self.pipelines.process(Batch::new(envelope.tenant.clone(), offset, data), now_unix_nanos());
+        let batch = Batch::new(envelope.tenant.clone(), offset, data);
+        let out = self.pipelines.process(batch, &envelope.metadata, now_unix_nanos());
         self.store_batches(out);
     }
 

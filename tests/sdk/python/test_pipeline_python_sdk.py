@@ -37,6 +37,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pharos_harness import PharosServer
 
 TENANT = "shop"
+# The tenant, and a request header the attributes processor copies (`from_context: metadata.x-team`).
+HEADERS = {"x-scope-orgid": TENANT, "x-team": "payments"}
 CARD = "4111 1111 1111 1111"  # a test Visa number: passes the Luhn check
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1c2VyLTQyIn0.c2lnbmF0dXJlLXRlc3Q"
 SLOW_MS = 800
@@ -51,6 +53,7 @@ processors:
     actions:
       - {{key: deployment.environment, value: e2e, action: upsert}}
       - {{key: pharos.tenant, from_context: tenant, action: insert}}
+      - {{key: team, from_context: metadata.x-team, action: insert}}
   tail_sampling:
     decision_wait: {decision_wait_s}s
     num_traces: 50000
@@ -83,7 +86,7 @@ class Shop:
         self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
         self.provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(endpoint=f"http://{server.grpc}", insecure=True, headers={"x-scope-orgid": TENANT}),
+                OTLPSpanExporter(endpoint=f"http://{server.grpc}", insecure=True, headers=HEADERS),
                 schedule_delay_millis=60_000,
                 max_export_batch_size=256,
                 max_queue_size=20_000,
@@ -93,7 +96,7 @@ class Shop:
         self.logs = LoggerProvider(resource=resource)
         self.logs.add_log_record_processor(
             BatchLogRecordProcessor(
-                OTLPLogExporter(endpoint=f"http://{server.grpc}", insecure=True, headers={"x-scope-orgid": TENANT}),
+                OTLPLogExporter(endpoint=f"http://{server.grpc}", insecure=True, headers=HEADERS),
                 schedule_delay_millis=60_000,
                 max_export_batch_size=256,
                 max_queue_size=20_000,
@@ -264,6 +267,7 @@ def test_pipeline_redacts_enriches_and_tail_samples_whole_traces(pharos_factory)
                     attrs = attributes(span.get("attributes"))
                     assert attrs.get("deployment.environment") == "e2e", attrs
                     assert attrs.get("pharos.tenant") == TENANT, attrs
+                    assert attrs.get("team") == "payments", attrs
                     if span["name"] == "POST /checkout":
                         assert "****" in attrs["enduser.email"], attrs
                         assert "****" in attrs["http.request.header.authorization"], attrs
@@ -290,6 +294,13 @@ def test_pipeline_redacts_enriches_and_tail_samples_whole_traces(pharos_factory)
         server,
         "/loki/api/v1/query",
         {"query": 'sum(count_over_time({service_name="checkout"} | deployment_environment="e2e" [1h]))', "time": now},
+    )
+    assert status == 200, body[:500]
+    assert float(json.loads(body)["data"]["result"][0]["value"][1]) == shop.lines
+    status, body = get(
+        server,
+        "/loki/api/v1/query",
+        {"query": 'sum(count_over_time({service_name="checkout"} | team="payments" [1h]))', "time": now},
     )
     assert status == 200, body[:500]
     assert float(json.loads(body)["data"]["result"][0]["value"][1]) == shop.lines

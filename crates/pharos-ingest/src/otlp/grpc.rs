@@ -227,15 +227,16 @@ impl GrpcReceiver {
         request: tonic::Request<Bytes>,
     ) -> Result<Outcome, IngestError> {
         let tenant = tenant_from_header(request.metadata().get(TENANT_HEADER).map(|v| v.as_bytes()))?;
+        let metadata = self.ingestor.metadata(|name| request.metadata().get(name).map(|v| v.as_bytes()));
         let body = request.into_inner();
         let prepared = if body.len() > BLOCKING_BYTES {
             let ingestor = self.ingestor.clone();
             let t = tenant.clone();
-            tokio::task::spawn_blocking(move || ingestor.prepare_encoded(signal, &t, body))
+            tokio::task::spawn_blocking(move || ingestor.prepare_encoded(signal, &t, &metadata, body))
                 .await
                 .map_err(|e| IngestError::ReadBody(e.to_string()))??
         } else {
-            self.ingestor.prepare_encoded(signal, &tenant, body)?
+            self.ingestor.prepare_encoded(signal, &tenant, &metadata, body)?
         };
         self.ingestor.commit(prepared).await
     }

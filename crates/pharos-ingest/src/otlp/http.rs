@@ -122,6 +122,7 @@ async fn receive<R: OtlpRequest>(
 ) -> Result<Outcome, IngestError> {
     let (parts, body) = request.into_parts();
     let tenant = tenant_from_header(parts.headers.get(TENANT_HEADER).map(|v| v.as_bytes()))?;
+    let metadata = state.ingestor.metadata(|name| parts.headers.get(name).map(|v| v.as_bytes()));
     let compression = Compression::from_header(
         parts.headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("(not text)")),
     )?;
@@ -144,11 +145,11 @@ async fn receive<R: OtlpRequest>(
     let work = move || {
         let body = decompress(body, compression, ingestor.limits().max_decompressed_size)?;
         match format {
-            Format::Protobuf => ingestor.prepare_encoded(R::SIGNAL, &t, body).map(|p| (p, None)),
+            Format::Protobuf => ingestor.prepare_encoded(R::SIGNAL, &t, &metadata, body).map(|p| (p, None)),
             Format::Json => {
                 let req: R = serde_json::from_slice(&body)?;
                 let warning = (req.items() == 0).then(|| snake_case_warning::<R>(&body)).flatten();
-                ingestor.prepare(&t, req).map(|p| (p, warning))
+                ingestor.prepare(&t, &metadata, req).map(|p| (p, warning))
             }
         }
     };

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
+use pharos_core::{Envelope, Metadata, PayloadFormat, Signal, Tenant};
 use pharos_queue::Queue;
 
 use opentelemetry_proto::tonic::collector::{
@@ -58,6 +58,7 @@ pub(crate) fn encode_envelope(
     format: PayloadFormat,
     received_at_unix_nanos: u64,
     items: u64,
+    metadata: &[(String, String)],
     message: &impl prost::Message,
 ) -> Bytes {
     let mut buf = Envelope::encode_header(
@@ -66,6 +67,7 @@ pub(crate) fn encode_envelope(
         format,
         received_at_unix_nanos,
         items as u32,
+        metadata,
         message.encoded_len(),
     );
     message.encode(&mut buf).expect("the buffer has room for the whole message");
@@ -104,11 +106,34 @@ pub struct Ingestor {
     queue: Arc<dyn Queue>,
     limits: Limits,
     metrics: IngestMetrics,
+    metadata_keys: Vec<String>,
 }
 
 impl Ingestor {
     pub fn new(queue: Arc<dyn Queue>, limits: Limits, metrics: IngestMetrics) -> Ingestor {
-        Ingestor { queue, limits, metrics }
+        Ingestor { queue, limits, metrics, metadata_keys: Vec::new() }
+    }
+
+    /// Keeps these request headers (lowercase names; at most
+    /// [`pharos_core::envelope::MAX_METADATA_ENTRIES`]) with the data of OTLP and Zipkin
+    /// requests, for the processors' `from_context: metadata.<name>`.
+    pub fn with_metadata_keys(mut self, keys: Vec<String>) -> Ingestor {
+        self.metadata_keys = keys.into_iter().map(|k| k.to_ascii_lowercase()).collect();
+        self.metadata_keys.sort();
+        self.metadata_keys.dedup();
+        self
+    }
+
+    /// The request metadata to keep, read with `header` (a header or gRPC metadata look-up);
+    /// values that are not text are left out.
+    pub fn metadata<'a>(&self, header: impl Fn(&str) -> Option<&'a [u8]>) -> Metadata {
+        self.metadata_keys
+            .iter()
+            .filter_map(|key| {
+                let value = std::str::from_utf8(header(key)?).ok()?;
+                Some((key.clone(), value.to_string()))
+            })
+            .collect()
     }
 
     pub fn partitions(&self) -> u32 {
@@ -129,17 +154,25 @@ impl Ingestor {
         &self,
         signal: Signal,
         tenant: &Tenant,
+        metadata: &[(String, String)],
         body: Bytes,
     ) -> Result<Prepared, IngestError> {
         match signal {
-            Signal::Metrics => self.prepare_metrics(tenant, ExportMetricsServiceRequest::decode(body)?),
-            Signal::Traces | Signal::Logs => self.prepare_wire(signal, tenant, &body),
+            Signal::Metrics => {
+                self.prepare_metrics(tenant, metadata, ExportMetricsServiceRequest::decode(body)?)
+            }
+            Signal::Traces | Signal::Logs => self.prepare_wire(signal, tenant, metadata, &body),
         }
     }
 
     /// [`Ingestor::prepare_encoded`] for a request already decoded (from JSON, say).
-    pub fn prepare<R: OtlpRequest>(&self, tenant: &Tenant, req: R) -> Result<Prepared, IngestError> {
-        req.prepare(self, tenant)
+    pub fn prepare<R: OtlpRequest>(
+        &self,
+        tenant: &Tenant,
+        metadata: &[(String, String)],
+        req: R,
+    ) -> Result<Prepared, IngestError> {
+        req.prepare(self, tenant, metadata)
     }
 
     fn check_item_count(&self, signal: Signal, tenant: &Tenant, items: usize) -> Result<(), IngestError> {
@@ -178,7 +211,13 @@ impl Ingestor {
     }
 
     /// Traces and logs: validated and split on the wire format, without decoding.
-    fn prepare_wire(&self, signal: Signal, tenant: &Tenant, body: &[u8]) -> Result<Prepared, IngestError> {
+    fn prepare_wire(
+        &self,
+        signal: Signal,
+        tenant: &Tenant,
+        metadata: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Prepared, IngestError> {
         let mut plan = wire::Plan::scan(signal, body)?;
         let items = plan.items();
         self.check_item_count(signal, tenant, items)?;
@@ -195,6 +234,7 @@ impl Ingestor {
                 PayloadFormat::Otlp,
                 received_at,
                 sizes.items as u32,
+                metadata,
                 sizes.len,
             );
             plan.write(body, p, &sizes, &mut buf);
@@ -206,6 +246,7 @@ impl Ingestor {
     fn prepare_metrics(
         &self,
         tenant: &Tenant,
+        metadata: &[(String, String)],
         mut req: ExportMetricsServiceRequest,
     ) -> Result<Prepared, IngestError> {
         let signal = Signal::Metrics;
@@ -221,7 +262,10 @@ impl Ingestor {
             signals::split_metrics(req, self.queue.partitions())
                 .into_iter()
                 .map(|(partition, part, n)| {
-                    (partition, encode_envelope(tenant, signal, PayloadFormat::Otlp, received_at, n, &part))
+                    (
+                        partition,
+                        encode_envelope(tenant, signal, PayloadFormat::Otlp, received_at, n, metadata, &part),
+                    )
                 })
                 .collect()
         };
@@ -252,7 +296,7 @@ impl Ingestor {
 
     /// Validates `req` and makes it durable.
     pub async fn export<R: OtlpRequest>(&self, tenant: &Tenant, req: R) -> Result<Outcome, IngestError> {
-        let prepared = self.prepare(tenant, req)?;
+        let prepared = self.prepare(tenant, &[], req)?;
         self.commit(prepared).await
     }
 }

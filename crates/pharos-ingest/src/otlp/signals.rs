@@ -31,8 +31,13 @@ pub trait OtlpRequest:
 
     /// Validates, splits and encodes a request already decoded (from JSON, say). Traces and
     /// logs take the wire-format path; metrics are split as they are.
-    fn prepare(self, ingestor: &Ingestor, tenant: &Tenant) -> Result<Prepared, IngestError> {
-        ingestor.prepare_encoded(Self::SIGNAL, tenant, bytes::Bytes::from(self.encode_to_vec()))
+    fn prepare(
+        self,
+        ingestor: &Ingestor,
+        tenant: &Tenant,
+        metadata: &[(String, String)],
+    ) -> Result<Prepared, IngestError> {
+        ingestor.prepare_encoded(Self::SIGNAL, tenant, metadata, bytes::Bytes::from(self.encode_to_vec()))
     }
 }
 
@@ -304,8 +309,13 @@ impl OtlpRequest for ExportMetricsServiceRequest {
             .sum()
     }
 
-    fn prepare(self, ingestor: &Ingestor, tenant: &Tenant) -> Result<Prepared, IngestError> {
-        ingestor.prepare_metrics(tenant, self)
+    fn prepare(
+        self,
+        ingestor: &Ingestor,
+        tenant: &Tenant,
+        metadata: &[(String, String)],
+    ) -> Result<Prepared, IngestError> {
+        ingestor.prepare_metrics(tenant, metadata, self)
     }
 }
 

@@ -36,6 +36,7 @@ fn push(streams: &[(&str, &[(i64, &str)])]) -> Envelope {
         format: PayloadFormat::LokiPush,
         received_at_unix_nanos: 0,
         items: streams.iter().map(|s| s.1.len() as u32).sum(),
+        metadata: Vec::new(),
         payload: request.encode_to_vec().into(),
     }
 }

@@ -558,6 +558,7 @@ mod tests {
             format: PayloadFormat::PrometheusWriteV1,
             received_at_unix_nanos: 0,
             items: n as u32,
+            metadata: Vec::new(),
             payload: req.encode_to_vec().into(),
         }
     }

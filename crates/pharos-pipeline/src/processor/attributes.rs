@@ -16,8 +16,14 @@ use sha2::{Digest, Sha256};
 
 use super::{Batch, ConfigError, Context, Data, Processor, otlp};
 
-/// The names `from_context` understands.
-const CONTEXT_NAMES: &[&str] = &["tenant"];
+/// The names `from_context` understands (`metadata.<header>` besides).
+const CONTEXT_NAMES: &[&str] = &["tenant", "metadata.<request header>"];
+
+/// What `from_context` reads: the batch's tenant and its request's metadata.
+struct Origin<'a> {
+    tenant: &'a Tenant,
+    metadata: &'a [(String, String)],
+}
 
 /// The action names, as the configuration spells them.
 const ACTION_NAMES: &str = "insert, update, upsert, delete, hash, extract, convert";
@@ -95,6 +101,8 @@ enum Source {
     Value(AnyValue),
     Attribute(String),
     Tenant,
+    /// A request header kept with the data (lowercase name).
+    Metadata(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,10 +154,10 @@ impl Actions {
     }
 
     /// Applies every action in order to one attribute list.
-    fn apply(&self, attrs: &mut Vec<KeyValue>, tenant: &Tenant, outcome: &mut Outcome) {
+    fn apply(&self, attrs: &mut Vec<KeyValue>, origin: &Origin<'_>, outcome: &mut Outcome) {
         for action in &self.0 {
             match action {
-                Action::Set { mode, key, source } => set(attrs, *mode, key, source, tenant),
+                Action::Set { mode, key, source } => set(attrs, *mode, key, source, origin),
                 Action::Delete { key, pattern } => {
                     attrs.retain(|kv| !selects(key.as_deref(), pattern.as_ref(), &kv.key));
                 }
@@ -222,6 +230,9 @@ fn compile_action(a: &ActionConfig) -> Result<Action, ConfigError> {
                 let from = a.from_context.as_deref().unwrap_or_default();
                 match from {
                     "tenant" => Source::Tenant,
+                    header if header.starts_with("metadata.") && header.len() > "metadata.".len() => {
+                        Source::Metadata(header["metadata.".len()..].to_ascii_lowercase())
+                    }
                     other => {
                         return Err(ConfigError::new(
                             "from_context",
@@ -331,7 +342,7 @@ fn selects(key: Option<&str>, pattern: Option<&Regex>, name: &str) -> bool {
     key == Some(name) || pattern.is_some_and(|p| p.is_match(name))
 }
 
-fn set(attrs: &mut Vec<KeyValue>, mode: SetMode, key: &str, source: &Source, tenant: &Tenant) {
+fn set(attrs: &mut Vec<KeyValue>, mode: SetMode, key: &str, source: &Source, origin: &Origin<'_>) {
     let exists = attrs.iter().any(|kv| kv.key == key);
     match (mode, exists) {
         (SetMode::Insert, true) | (SetMode::Update, false) => return,
@@ -339,7 +350,11 @@ fn set(attrs: &mut Vec<KeyValue>, mode: SetMode, key: &str, source: &Source, ten
     }
     let value = match source {
         Source::Value(v) => v.clone(),
-        Source::Tenant => otlp::string_value(tenant.as_str()),
+        Source::Tenant => otlp::string_value(origin.tenant.as_str()),
+        Source::Metadata(name) => match origin.metadata.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => otlp::string_value(v.as_str()),
+            None => return,
+        },
         Source::Attribute(from) => match otlp::get(attrs, from) {
             Some(v) => v.clone(),
             None => return,
@@ -405,23 +420,40 @@ struct AttributesProcessor {
     actions: Actions,
 }
 
+impl Actions {
+    /// The request headers `from_context: metadata.<name>` reads.
+    fn metadata_keys(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter_map(|a| match a {
+                Action::Set { source: Source::Metadata(name), .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl Processor for AttributesProcessor {
+    fn metadata_keys(&self) -> Vec<String> {
+        self.actions.metadata_keys()
+    }
+
     fn process(&mut self, mut batch: Batch, ctx: &mut Context, out: &mut Vec<Batch>) {
         if batch.data.is_empty() {
             return;
         }
         let mut outcome = Outcome::default();
-        let tenant = &batch.tenant;
+        let origin = Origin { tenant: &batch.tenant, metadata: &ctx.metadata };
         let actions = &self.actions;
         match &mut batch.data {
             Data::Traces(r) => otlp::for_each_span_mut(r, |_, span| {
-                actions.apply(&mut span.attributes, tenant, &mut outcome)
+                actions.apply(&mut span.attributes, &origin, &mut outcome)
             }),
             Data::Logs(r) => otlp::for_each_log_mut(r, |_, record| {
-                actions.apply(&mut record.attributes, tenant, &mut outcome)
+                actions.apply(&mut record.attributes, &origin, &mut outcome)
             }),
             Data::Metrics(r) => otlp::for_each_point_attributes_mut(r, |_, _, attrs| {
-                actions.apply(attrs, tenant, &mut outcome)
+                actions.apply(attrs, &origin, &mut outcome)
             }),
         }
         ctx.count("convert_failed", outcome.convert_failed);
@@ -434,14 +466,19 @@ struct ResourceProcessor {
 }
 
 impl Processor for ResourceProcessor {
+    fn metadata_keys(&self) -> Vec<String> {
+        self.actions.metadata_keys()
+    }
+
     fn process(&mut self, mut batch: Batch, ctx: &mut Context, out: &mut Vec<Batch>) {
         if batch.data.is_empty() {
             return;
         }
         let mut outcome = Outcome::default();
         let tenant = batch.tenant.clone();
+        let origin = Origin { tenant: &tenant, metadata: &ctx.metadata };
         for attrs in otlp::resources_mut(&mut batch.data) {
-            self.actions.apply(attrs, &tenant, &mut outcome);
+            self.actions.apply(attrs, &origin, &mut outcome);
         }
         ctx.count("convert_failed", outcome.convert_failed);
         out.push(batch);
@@ -932,12 +969,29 @@ mod tests {
 
     #[test]
     fn config_unknown_context_lists_supported_names() {
-        let e = config_error(
-            "attributes",
-            "actions:\n  - {key: a, action: upsert, from_context: metadata.x-api-key}",
-        );
+        let e =
+            config_error("attributes", "actions:\n  - {key: a, action: upsert, from_context: auth.subject}");
         assert_eq!(e.path, "actions[0].from_context");
-        assert!(e.message.contains("tenant"), "{e}");
+        assert!(e.message.contains("tenant") && e.message.contains("metadata."), "{e}");
+        let e = config_error("attributes", "actions:\n  - {key: a, action: upsert, from_context: metadata.}");
+        assert_eq!(e.path, "actions[0].from_context");
+    }
+
+    #[test]
+    fn from_context_metadata_sets_the_request_header_and_names_it_for_the_receivers() {
+        let config = yaml(
+            "actions:\n  - {key: team, action: insert, from_context: metadata.X-Team}\n  - {key: region, action: upsert, from_context: metadata.x-region}",
+        );
+        let mut p = build(&config, Signal::Traces).unwrap();
+        assert_eq!(p.metadata_keys(), vec!["x-team".to_string(), "x-region".to_string()]);
+        let mut ctx = Context::at(1);
+        ctx.metadata = vec![("x-team".into(), "payments".into())];
+        let mut out = vec![];
+        p.process(Batch::new(tenant("acme"), 1, checkout_spans()), &mut ctx, &mut out);
+        let spans = spans_of(&out);
+        assert!(spans.iter().all(|s| otlp::get_str(&s.attributes, "team") == Some("payments")));
+        // A header the request did not carry sets nothing.
+        assert!(spans.iter().all(|s| otlp::get(&s.attributes, "region").is_none()));
     }
 
     #[test]

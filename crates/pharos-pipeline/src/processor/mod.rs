@@ -90,6 +90,10 @@ pub struct Context {
     pub dropped: Vec<(&'static str, u64)>,
     /// Other things a processor counts, by name (`redacted`, `evicted`, ...).
     pub counted: Vec<(&'static str, u64)>,
+    /// The metadata of the request the batch came from (the request headers Pharos keeps for
+    /// `from_context: metadata.<name>`). Empty for data a processor releases later (after
+    /// `batch` or `tail_sampling`): put processors that read it before those.
+    pub metadata: pharos_core::Metadata,
 }
 
 impl Context {
@@ -147,6 +151,12 @@ pub trait Processor: Send {
     /// Bytes of telemetry this processor holds (for `/metrics`).
     fn held_bytes(&self) -> u64 {
         0
+    }
+
+    /// The request headers this processor reads (`from_context: metadata.<name>`): the
+    /// receivers keep them with the data.
+    fn metadata_keys(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Whether the pipeline should stop taking new data for now (`memory_limiter`): the

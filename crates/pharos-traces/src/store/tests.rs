@@ -157,6 +157,7 @@ fn envelope(tenant: &Tenant, request: &ExportTraceServiceRequest) -> Envelope {
         format: PayloadFormat::Otlp,
         received_at_unix_nanos: 0,
         items: 1,
+        metadata: Vec::new(),
         payload: Bytes::from(request.encode_to_vec()),
     }
 }
