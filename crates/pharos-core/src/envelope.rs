@@ -217,7 +217,7 @@ impl Envelope {
 /// payload starts.
 fn decode_metadata(bytes: &[u8], mut at: usize) -> Result<(Metadata, usize), EnvelopeError> {
     let truncated = || EnvelopeError::Truncated { len: bytes.len() };
-    let mut take = |n: usize, at: &mut usize| -> Result<&[u8], EnvelopeError> {
+    let take = |n: usize, at: &mut usize| -> Result<&[u8], EnvelopeError> {
         let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or_else(truncated)?;
         let slice = &bytes[*at..end];
         *at = end;

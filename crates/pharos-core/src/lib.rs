@@ -12,7 +12,10 @@ mod signal;
 mod tenant;
 pub mod time;
 
-pub use envelope::{Envelope, EnvelopeError, Metadata, PayloadFormat};
+pub use envelope::{
+    Envelope, EnvelopeError, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES,
+    Metadata, PayloadFormat,
+};
 pub use error::ErrorCode;
 pub use label_cap::{LabelCap, OTHER_LABEL_VALUE};
 pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};

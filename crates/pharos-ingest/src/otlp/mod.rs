@@ -115,7 +115,7 @@ impl Ingestor {
     }
 
     /// Keeps these request headers (lowercase names; at most
-    /// [`pharos_core::envelope::MAX_METADATA_ENTRIES`]) with the data of OTLP and Zipkin
+    /// [`pharos_core::MAX_METADATA_ENTRIES`]) with the data of OTLP and Zipkin
     /// requests, for the processors' `from_context: metadata.<name>`.
     pub fn with_metadata_keys(mut self, keys: Vec<String>) -> Ingestor {
         self.metadata_keys = keys.into_iter().map(|k| k.to_ascii_lowercase()).collect();
