@@ -229,12 +229,14 @@ while True:
     rss_peak = max(rss_peak, rss)
     count = processed(ms)
     held = total(ms, "pharos_processor_held_bytes", processor="tail_sampling")
+    held_spans = total(ms, "pharos_processor_held_items", processor="tail_sampling")
     held_peak = max(held_peak, held)
     depth = total(ms, "pharos_queue_depth_records")
     if count != last_count:
         last_count, last_change = count, now
     samples.append({"t": round(now - start, 2), "rss_kib": rss, "cpu_s": round(cpu - cpu0, 2),
                     "processed": int(count), "queue_depth": int(depth), "held_bytes": int(held),
+                    "held_spans": int(held_spans),
                     "stored": int(total(ms, "pharos_traces_spans_stored_total"))})
     if load_end is None and os.path.exists(f"{run_dir}/load.done"):
         load_end = float(open(f"{run_dir}/load.done").read())
@@ -408,21 +410,15 @@ if "off" in R and "full" in R:
         "sustained": round(sustained["full"] / sustained["off"], 3),
         "per_core": ratio("spans_per_cpu_s"),
     }
-    # pharos_processor_held_bytes has no partition label and every partition runs its own
-    # tail sampler that sets it: the gauge shows one partition's value (the last one to
-    # process). The partitions get about equal shares of the traces (split by trace id), so the
-    # total held is estimated as gauge x partitions. num_traces also applies per partition.
+    # pharos_processor_held_bytes and _held_items are per partition (each partition runs its
+    # own tail sampler, num_traces each): their sums are the totals.
     parts = max(on["partitions"], 1)
     held_gauge = on["tail_sampling_held_bytes_peak"]
-    held = held_gauge * parts
-    # Undecided traces at the held peak: the spans taken in during the decision_wait before it.
+    held = held_gauge
     samples = json.load(open(f"{out}/full/samples.json"))
-    num, unit = re.fullmatch(r"([0-9.]+)(ms|s|m)", decision_wait).groups()
-    wait_s = float(num) * {"ms": 1e-3, "s": 1, "m": 60}[unit]
     peak = max(samples, key=lambda s: s["held_bytes"])
-    before = [s for s in samples if s["t"] <= peak["t"] - wait_s]
-    spans_waiting = peak["processed"] - (before[-1]["processed"] if before else 0)
-    traces_waiting = spans_waiting / 8  # pharos-loadgen: 8 spans per trace
+    spans_held = peak.get("held_spans", 0)
+    traces_waiting = spans_held / 8  # pharos-loadgen: 8 spans per trace
     bytes_per_trace = held / traces_waiting if traces_waiting else None
     # Resident memory per held trace: the RSS the full run has above the off run, per trace
     # waiting, and a one-point model RSS = C + held traces x b, C = the off run's peak.
@@ -458,8 +454,8 @@ if "off" in R and "full" in R:
           f"full {fmt(on['spans_per_cpu_s'])} ({ratios['per_core']:.2f})")
     print(f"memory: peak RSS off {off['rss_peak_mib']:.0f} MiB, full {on['rss_peak_mib']:.0f} MiB "
           f"(+{memory['rss_full_minus_off_mib']:.0f} MiB) with ~{traces_waiting:.0f} traces waiting at the peak "
-          f"({memory['evicted_traces']} evicted); held_bytes gauge peak {held_gauge/2**20:.0f} MiB "
-          f"(one partition of {parts}: ~{held/2**20:.0f} MiB in all), {on['tail_sampling_held_bytes_end']} B at the end")
+          f"({memory['evicted_traces']} evicted); held_bytes peak {held_gauge/2**20:.0f} MiB "
+          f"(all {parts} partitions, {spans_held} spans), {on['tail_sampling_held_bytes_end']} B at the end")
     if bytes_per_trace and rss_per_trace:
         print(f"        per held trace: ~{bytes_per_trace/1024:.1f} KiB counted as held, ~{rss_per_trace/1024:.1f} KiB "
               f"of RSS; num_traces {num_traces} x {parts} partitions -> held budget "

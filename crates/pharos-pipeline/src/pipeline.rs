@@ -404,6 +404,7 @@ impl Pipelines {
         let mut l = labels();
         l.push(("partition", self.partition.map_or_else(String::new, |p| p.to_string())));
         t.held_bytes.get_or_create(&l).set(step.held_bytes() as i64);
+        t.held_items.get_or_create(&l).set(step.held_items() as i64);
     }
 }
 
@@ -434,6 +435,7 @@ pub struct ProcessorMetrics {
     counted: Family<Labels, Counter>,
     seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     held_bytes: Family<Labels, Gauge>,
+    held_items: Family<Labels, Gauge>,
 }
 
 impl ProcessorMetrics {
@@ -463,6 +465,11 @@ impl ProcessorMetrics {
             "pharos_processor_held_bytes",
             "Bytes of telemetry a processor holds (tail sampling, batching), by queue partition: the encoded size (decoded in memory it takes about twice that)",
             self.held_bytes.clone(),
+        );
+        registry.register(
+            "pharos_processor_held_items",
+            "Items (spans, log records, data points) a processor holds, by queue partition",
+            self.held_items.clone(),
         );
     }
 

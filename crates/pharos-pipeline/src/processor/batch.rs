@@ -110,6 +110,10 @@ impl Processor for BatchProcessor {
         self.held.values().map(|h| h.batch.offset).min()
     }
 
+    fn held_items(&self) -> u64 {
+        self.held.values().map(|h| h.items).sum()
+    }
+
     fn held_bytes(&self) -> u64 {
         // An estimate: the exact encoded size would cost a walk over every item.
         self.held.values().map(|h| h.items * 256).sum()

@@ -148,8 +148,13 @@ pub trait Processor: Send {
         None
     }
 
-    /// Bytes of telemetry this processor holds (for `/metrics`).
+    /// Bytes of telemetry this processor holds (for `/metrics`): the encoded size.
     fn held_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Items (spans, log records, data points) this processor holds (for `/metrics`).
+    fn held_items(&self) -> u64 {
         0
     }
 

@@ -167,6 +167,8 @@ struct TailSampler {
     /// Multiset of the held traces' lowest offsets.
     offsets: BTreeMap<Offset, usize>,
     held_bytes: u64,
+    /// Spans held, all undecided traces together.
+    held_spans: u64,
     sampled: DecisionCache,
     not_sampled: DecisionCache,
     /// Counts `process` calls, to recognise spans of one scope of one batch.
@@ -207,6 +209,7 @@ impl TailSampler {
             arrival: VecDeque::new(),
             offsets: BTreeMap::new(),
             held_bytes: 0,
+            held_spans: 0,
             sampled: DecisionCache::new(cfg.decision_cache.sampled_cache_size),
             not_sampled: DecisionCache::new(cfg.decision_cache.non_sampled_cache_size),
             calls: 0,
@@ -244,6 +247,7 @@ impl TailSampler {
         let trace = self.traces.remove(&key)?;
         self.forget_offset(trace.min_offset);
         self.held_bytes = self.held_bytes.saturating_sub(trace.bytes);
+        self.held_spans = self.held_spans.saturating_sub(trace.spans);
         if self.decide(&key, &trace, ctx.now_unix_nanos) {
             ctx.count("sampled", 1);
             self.sampled.insert(key.clone());
@@ -339,6 +343,7 @@ impl TailSampler {
         trace.spans += 1;
         trace.bytes += added;
         self.held_bytes += added;
+        self.held_spans += 1;
     }
 }
 
@@ -451,6 +456,10 @@ impl Processor for TailSampler {
 
     fn held_bytes(&self) -> u64 {
         self.held_bytes
+    }
+
+    fn held_items(&self) -> u64 {
+        self.held_spans
     }
 }
 
@@ -794,6 +803,7 @@ policies:
         assert!(one > 0);
         process(p.as_mut(), batch("acme", 2, request("api", vec![span(1, "/b", 0, 5)])), T0);
         assert!(p.held_bytes() > one);
+        assert!(p.held_items() > 0);
         tick(p.as_mut(), T0 + 10 * SECOND, false);
         assert_eq!(p.held_bytes(), 0);
     }
