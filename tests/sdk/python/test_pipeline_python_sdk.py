@@ -340,10 +340,10 @@ def test_sigkill_during_decision_wait_loses_no_trace_that_must_be_kept(pharos_fa
 SPAN_METRICS_CONFIG = """
 processors:
   span_metrics:
-    metrics_flush_interval: 1s
+    metrics_flush_interval: 3s
     exemplars: {enabled: true}
   service_graph:
-    metrics_flush_interval: 1s
+    metrics_flush_interval: 3s
 pipelines:
   traces:
     processors: [span_metrics, service_graph]
@@ -360,7 +360,10 @@ def test_span_metrics_and_service_graph_reach_promql_with_exemplars(pharos_facto
     """Two services (checkout calls payments); span metrics and service-graph edges computed by
     the traces pipeline are written to the metrics store and answered by PromQL, with exemplars
     that point to the traces they came from."""
-    server = pharos_factory(config=SPAN_METRICS_CONFIG).start()
+    # Trace blocks are written within 1 s, long before the first span metrics are due (3 s): the
+    # metrics must still come out with no more data arriving (the processors keep ticking while
+    # they hold counts not yet emitted).
+    server = pharos_factory(config=SPAN_METRICS_CONFIG, settings=["traces.flush_interval=1s"]).start()
 
     def provider(service: str) -> tuple[TracerProvider, InMemorySpanExporter]:
         p = TracerProvider(resource=Resource.create({"service.name": service}))

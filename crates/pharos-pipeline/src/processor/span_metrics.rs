@@ -585,6 +585,8 @@ struct TenantSeries {
     series: usize,
     overflow: Option<Series>,
     newest_offset: Offset,
+    /// The oldest queue offset whose spans are counted but not emitted yet.
+    unemitted_from: Option<Offset>,
 }
 
 struct SpanMetrics {
@@ -735,6 +737,7 @@ impl SpanMetrics {
                 released += exemplars * EXEMPLAR_BYTES;
                 resource_metrics.push(resource_metrics_of(Vec::new(), metrics));
             }
+            state.unemitted_from = None;
             if resource_metrics.is_empty() {
                 continue;
             }
@@ -793,6 +796,7 @@ impl Processor for SpanMetrics {
         {
             let state = self.tenants.entry(batch.tenant.clone()).or_default();
             state.newest_offset = state.newest_offset.max(batch.offset);
+            state.unemitted_from = Some(state.unemitted_from.map_or(batch.offset, |o| o.min(batch.offset)));
             for rs in &request.resource_spans {
                 let spans: Vec<&Span> = rs.scope_spans.iter().flat_map(|ss| &ss.spans).collect();
                 self.record(&batch.tenant, resource_attributes(&rs.resource), &spans, ctx);
@@ -805,6 +809,13 @@ impl Processor for SpanMetrics {
         if self.clock.due(ctx.now_unix_nanos, self.settings.flush_interval, closing) {
             self.flush(ctx.now_unix_nanos, out);
         }
+    }
+
+    /// Spans counted but not emitted yet keep their records uncommitted: after a crash they
+    /// are read again and counted into the new series (which restart as a counter reset), and
+    /// the pipeline keeps ticking until they are emitted, even when no new data arrives.
+    fn held_offset(&self) -> Option<Offset> {
+        self.tenants.values().filter_map(|t| t.unemitted_from).min()
     }
 
     fn held_bytes(&self) -> u64 {
@@ -1292,13 +1303,16 @@ dimensions:
                 vec![resource_spans(Some("web"), vec![], vec![span(1, id, 0, "GET /", SpanKind::Server, 5)])],
             )
         };
+        assert_eq!(p.held_offset(), None);
         p.process(batch(10, 1), &mut Context::at(NOW), &mut out);
         assert_eq!(out.len(), 1, "the trace batch passes through");
         out.clear();
         p.tick(&mut Context::at(NOW + 9 * SECOND), false, &mut out);
         assert!(out.is_empty(), "nothing before the interval");
+        assert_eq!(p.held_offset(), Some(10), "counted, not emitted: the record stays uncommitted");
         p.tick(&mut Context::at(NOW + 10 * SECOND), false, &mut out);
         assert_eq!(out.len(), 1);
+        assert_eq!(p.held_offset(), None, "emitted: nothing held");
         assert_eq!(count(metrics_request(&out[0]), CALLS, &[]), Some(1));
         out.clear();
         p.process(batch(11, 2), &mut Context::at(NOW + 12 * SECOND), &mut out);

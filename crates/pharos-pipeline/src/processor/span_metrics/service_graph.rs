@@ -325,6 +325,8 @@ struct TenantGraph {
     waiting_bytes: u64,
     edges: HashMap<EdgeKey, EdgeSeries>,
     newest_offset: Offset,
+    /// The oldest queue offset whose spans are counted but not emitted yet.
+    unemitted_from: Option<Offset>,
 }
 
 impl TenantGraph {
@@ -492,6 +494,7 @@ impl ServiceGraph {
     fn flush(&mut self, now: u64, out: &mut Vec<Batch>) {
         let settings = &self.settings;
         for (tenant, graph) in &mut self.tenants {
+            graph.unemitted_from = None;
             if settings.expiration > 0 {
                 let cutoff = now.saturating_sub(settings.expiration);
                 graph.edges.retain(|_, e| e.last_seen >= cutoff);
@@ -542,6 +545,7 @@ impl Processor for ServiceGraph {
         {
             let graph = self.tenants.entry(batch.tenant.clone()).or_default();
             graph.newest_offset = graph.newest_offset.max(batch.offset);
+            graph.unemitted_from = Some(graph.unemitted_from.map_or(batch.offset, |o| o.min(batch.offset)));
             graph.expire(&self.settings, now, ctx);
             for rs in &request.resource_spans {
                 let resource = resource_attributes(&rs.resource);
@@ -564,6 +568,11 @@ impl Processor for ServiceGraph {
         if self.clock.due(now, self.settings.flush_interval, closing) {
             self.flush(now, out);
         }
+    }
+
+    /// As span_metrics: records whose spans are counted but not emitted stay uncommitted.
+    fn held_offset(&self) -> Option<Offset> {
+        self.tenants.values().filter_map(|g| g.unemitted_from).min()
     }
 
     fn held_bytes(&self) -> u64 {
