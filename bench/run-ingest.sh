@@ -104,7 +104,7 @@ if [[ "${SKIP_BUILD:-0}" == 1 ]]; then
 else
   log "building pharos (release) and the load generator"
   (cd "$REPO" && cargo build --release -q -p pharos)
-  (cd "$HERE/loadgen" && cargo build --release -q)
+  (cd "$REPO" && cargo build --release -q -p pharos-loadgen)
 fi
 [[ -x "$PHAROS" && -x "$LOADGEN" ]] || { echo "missing $PHAROS or $LOADGEN" >&2; exit 1; }
 # The target directory may be shared with other builds: run private copies so

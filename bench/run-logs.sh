@@ -29,7 +29,7 @@ mkdir -p "$OUT"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release -p pharos --locked)
-  (cd "$REPO/bench/loadgen" && cargo build --release --locked)
+  (cd "$REPO" && cargo build --release -p pharos-loadgen --locked)
 fi
 
 PID=""

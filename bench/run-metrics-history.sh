@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Metrics at rest and under query, side by side: Pharos, Prometheus (Debian, with
 # --web.enable-remote-write-receiver) and VictoriaMetrics (Debian), one after the other on
-# the same load, written by bench/loadgen's remote-write history mode (past samples, in time
+# the same load, written by pharos-loadgen's remote-write history mode (past samples, in time
 # order per series).
 #
 # 1. Query: QUERY_SERIES integer counters (10 jobs) over the last 65 minutes at 15 s; then
@@ -9,7 +9,7 @@
 #    15 s step, QUERY_RUNS times after two warm-up runs: median and p90 latency, and the
 #    largest difference of each server's answer from Prometheus's.
 # 2. Disk: DISK_SERIES series shaped like a node's scrape (counters, counters of seconds,
-#    gauges, constants; see `--values typical` in bench/loadgen) over the last DISK_HOURS
+#    gauges, constants; see `--values typical` in crates/pharos-loadgen) over the last DISK_HOURS
 #    hours at 15 s; then each server compacts as it does by itself (VictoriaMetrics is asked
 #    to merge at once) and the bytes of its compacted data are divided by the samples in it:
 #    Pharos's blocks on the object store, Prometheus's blocks (not its head or WAL), all of
@@ -33,7 +33,7 @@ mkdir -p "$WORK"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release -p pharos --locked)
-  (cd "$REPO/bench/loadgen" && cargo build --release)
+  (cd "$REPO" && cargo build --release -p pharos-loadgen --locked)
 fi
 for bin in prometheus victoria-metrics; do
   [[ " $SERVERS " == *" $bin "* ]] && ! command -v "$bin" >/dev/null && { echo "install $bin (apt-get install $bin)" >&2; exit 1; }

@@ -70,7 +70,7 @@ mkdir -p "$OUT" "$WORK/bin"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release -p pharos --locked)
-  (cd "$REPO/bench/loadgen" && cargo build --release --locked)
+  (cd "$REPO" && cargo build --release -p pharos-loadgen --locked)
 fi
 # Private copies: the target dir may be shared with builds that replace the binaries mid-run.
 cp "$CARGO_TARGET_DIR/release/pharos" "$CARGO_TARGET_DIR/release/pharos-loadgen" "$WORK/bin/"

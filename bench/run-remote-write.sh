@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus remote-write ingest, side by side: Pharos, Prometheus (Debian, with
 # --web.enable-remote-write-receiver) and VictoriaMetrics (Debian), one after the
-# other on the same load from bench/loadgen (--protocol remote-write): SERIES active
+# other on the same load from pharos-loadgen (--protocol remote-write): SERIES active
 # series, each written once per cycle, BATCH samples per request.
 #
 # For each server it reports: samples/s acknowledged; the time until the server has
@@ -27,7 +27,7 @@ mkdir -p "$WORK"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release -p pharos --locked)
-  (cd "$REPO/bench/loadgen" && cargo build --release)
+  (cd "$REPO" && cargo build --release -p pharos-loadgen --locked)
 fi
 command -v prometheus >/dev/null || { echo "install prometheus (apt-get install prometheus)" >&2; exit 1; }
 command -v victoria-metrics >/dev/null || { echo "install victoria-metrics (apt-get install victoria-metrics)" >&2; exit 1; }

@@ -20,20 +20,20 @@ use prost::Message;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One encoded request and where its trace ids are.
-pub struct Prebuilt {
-    pub bytes: Bytes,
-    pub trace_id_offsets: Vec<usize>,
+pub(crate) struct Prebuilt {
+    pub(crate) bytes: Bytes,
+    pub(crate) trace_id_offsets: Vec<usize>,
     /// Where the log records' `time_unix_nano` values are (fixed64, little endian), and when
     /// the request was built: each copy moves them by the time since, so that copies are
     /// distinct entries of a log stream (the same time and line twice is one entry).
-    pub time_offsets: Vec<usize>,
-    pub built_at: u64,
-    pub items: u64,
+    pub(crate) time_offsets: Vec<usize>,
+    pub(crate) built_at: u64,
+    pub(crate) items: u64,
 }
 
 impl Prebuilt {
     /// A copy of the request with every trace id made unique by `seq`.
-    pub fn instantiate(&self, seq: u64) -> Bytes {
+    pub(crate) fn instantiate(&self, seq: u64) -> Bytes {
         let mut buf = BytesMut::from(&self.bytes[..]);
         // Spread the sequence number so that consecutive numbers change many bits.
         let mix = splitmix64(seq ^ 0x005e_ed0f_7aa0_5eed).to_le_bytes();
@@ -55,7 +55,7 @@ impl Prebuilt {
     }
 }
 
-pub fn splitmix64(mut x: u64) -> u64 {
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = x;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -64,20 +64,20 @@ pub fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// Small deterministic PRNG (splitmix64 stream).
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(1);
         splitmix64(self.0)
     }
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
         &xs[self.below(xs.len() as u64) as usize]
     }
     fn id<const N: usize>(&mut self) -> [u8; N] {
@@ -176,7 +176,7 @@ fn n_resources(batch: usize) -> usize {
 /// Spans per trace within one resource (a server span and its children).
 const SPANS_PER_TRACE: usize = 8;
 
-pub fn build_traces(batch: usize, seed: u64) -> Prebuilt {
+pub(crate) fn build_traces(batch: usize, seed: u64) -> Prebuilt {
     let mut rng = Rng::new(seed);
     let now = now_nanos();
     let nres = n_resources(batch);
@@ -335,7 +335,7 @@ const LOG_TEMPLATES: &[(&str, SeverityNumber, &str)] = &[
     ("INFO", SeverityNumber::Info, "user signed in"),
 ];
 
-pub fn build_logs(batch: usize, seed: u64) -> Prebuilt {
+pub(crate) fn build_logs(batch: usize, seed: u64) -> Prebuilt {
     let mut rng = Rng::new(seed ^ 0x1065);
     let now = now_nanos();
     let nres = n_resources(batch);

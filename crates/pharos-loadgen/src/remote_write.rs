@@ -36,15 +36,15 @@ struct Sample {
 
 /// Builds the request of each send: batch `seq` carries the samples `seq * batch ..` of the
 /// endless sequence series 0, 1, ..., N-1, 0, 1, ...; sample time = start + cycle seconds.
-pub struct RemoteWriteGen {
-    pub series: u64,
-    pub batch: u64,
-    pub start_ms: i64,
+pub(crate) struct RemoteWriteGen {
+    pub(crate) series: u64,
+    pub(crate) batch: u64,
+    pub(crate) start_ms: i64,
 }
 
 impl RemoteWriteGen {
     /// The snappy-compressed request for send number `seq`.
-    pub fn request(&self, seq: u64) -> Bytes {
+    pub(crate) fn request(&self, seq: u64) -> Bytes {
         let first = seq * self.batch;
         let timeseries = (first..first + self.batch)
             .map(|g| {
@@ -71,7 +71,7 @@ impl RemoteWriteGen {
 /// What the samples of the history mode look like.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Values {
+pub(crate) enum Values {
     /// Every series is an integer counter `bench_requests_total`; 100 per instance, 10 jobs.
     Counter,
     /// A mix shaped like a node's scrape: 40% integer counters, 15% counters of seconds with
@@ -84,14 +84,14 @@ pub enum Values {
 /// split into one shard of series per worker (series `s` belongs to worker `s % workers`), so
 /// each worker sends its shard's samples in time order, one request at a time, and no series
 /// ever receives a sample out of order. Each worker's stream is finite.
-pub struct HistoryGen {
-    pub series: u64,
-    pub batch: u64,
-    pub workers: u64,
-    pub steps: u64,
-    pub step_ms: i64,
-    pub start_ms: i64,
-    pub values: Values,
+pub(crate) struct HistoryGen {
+    pub(crate) series: u64,
+    pub(crate) batch: u64,
+    pub(crate) workers: u64,
+    pub(crate) steps: u64,
+    pub(crate) step_ms: i64,
+    pub(crate) start_ms: i64,
+    pub(crate) values: Values,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -108,12 +108,12 @@ impl HistoryGen {
     }
 
     /// Samples the whole run sends.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.series * self.steps
     }
 
     /// Request number `k` of worker `w` and the samples in it, or None when its shard is done.
-    pub fn request(&self, w: u64, k: u64) -> Option<(Bytes, u64)> {
+    pub(crate) fn request(&self, w: u64, k: u64) -> Option<(Bytes, u64)> {
         let len = self.shard_len(w);
         let end = len * self.steps;
         let first = k * self.batch;
@@ -144,7 +144,7 @@ impl HistoryGen {
             }
             Values::Typical => {
                 let late = mix(instance.wrapping_mul(31) ^ c);
-                if late % 10 == 0 {
+                if late.is_multiple_of(10) {
                     t += 1 + (late >> 8) as i64 % 5;
                 }
                 match h % 20 {
