@@ -22,7 +22,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${PHAROS_BENCH_CACHE:-$HOME/.cache/pharos-bench}"
 ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a15}"
-TELEMETRYGEN_VERSION="${TELEMETRYGEN_VERSION:-v0.165.0}"
+TELEMETRYGEN_VERSION="${TELEMETRYGEN_VERSION:-v0.161.0}"  # the newest version the Go proxy served
 TELEMETRYGEN_MODULE=github.com/open-telemetry/opentelemetry-collector-contrib/cmd/telemetrygen
 mkdir -p "$CACHE"
 
