@@ -33,6 +33,58 @@ use crate::{
     tenant_from_header,
 };
 
+/// A sample the metrics store would refuse: its position in the series' samples, a short
+/// reason (a metric label) and the message for the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedSample {
+    pub index: usize,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Which samples of a series the metrics store would refuse now (out of order, too old,
+/// out of bounds, duplicate), so that remote write answers them with 400 as Prometheus does
+/// while the rest of the request is written. The store is read as it is: a sample made out of
+/// order only by data still in the queue passes here and is refused when it reaches the store
+/// (counted there).
+pub trait SampleCheck: Send + Sync {
+    /// `labels`: the series' sorted `(name, value)` pairs; `samples`: `(timestamp ms, value)`.
+    fn refused(&self, tenant: &Tenant, labels: &[(&str, &str)], samples: &[(i64, f64)])
+    -> Vec<RefusedSample>;
+}
+
+/// Removes the samples `check` refuses from one series, recording them in `rejections`.
+fn drop_refused<S>(
+    check: Option<&dyn SampleCheck>,
+    tenant: &Tenant,
+    labels: &[(&str, &str)],
+    samples: &mut Vec<S>,
+    point: impl Fn(&S) -> (i64, f64),
+    rejections: &mut Rejections,
+) {
+    let Some(check) = check else { return };
+    if samples.is_empty() {
+        return;
+    }
+    let points: Vec<(i64, f64)> = samples.iter().map(&point).collect();
+    let refused = check.refused(tenant, labels, &points);
+    if refused.is_empty() {
+        return;
+    }
+    let mut gone = vec![false; samples.len()];
+    for r in refused {
+        if let Some(g) = gone.get_mut(r.index) {
+            *g = true;
+            rejections.add(Violation { reason: r.reason, message: r.message }, 1);
+        }
+    }
+    let mut i = 0;
+    samples.retain(|_| {
+        i += 1;
+        !gone[i - 1]
+    });
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Version {
     V1,
@@ -268,13 +320,32 @@ fn prepare(
             let req = prompb::v1::WriteRequest::decode(&raw[..])?;
             let mut per: Vec<prompb::v1::WriteRequest> = vec![Default::default(); partitions as usize];
             let mut metadata = Some(req.metadata);
-            for series in req.timeseries {
+            for mut series in req.timeseries {
                 let items = (series.samples.len() + series.histograms.len()) as u64;
                 let labels = || series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()));
                 if let Err(v) = check_labels(labels(), limits) {
                     rejections.add(v, items.max(1));
                     continue;
                 }
+                if ingestor.sample_check().is_some() && !series.samples.is_empty() {
+                    let pairs: Vec<(&str, &str)> =
+                        series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
+                    drop_refused(
+                        ingestor.sample_check(),
+                        tenant,
+                        &pairs,
+                        &mut series.samples,
+                        |s| (s.timestamp, s.value),
+                        &mut rejections,
+                    );
+                    if series.samples.is_empty()
+                        && series.histograms.is_empty()
+                        && series.exemplars.is_empty()
+                    {
+                        continue;
+                    }
+                }
+                let labels = || series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()));
                 written.samples += series.samples.len() as u64;
                 written.histograms += series.histograms.len() as u64;
                 written.exemplars += series.exemplars.len() as u64;
@@ -313,7 +384,7 @@ fn prepare(
             }
             let symbols = &req.symbols;
             let mut per: Vec<Vec<prompb::v2::TimeSeries>> = vec![Vec::new(); partitions as usize];
-            for series in req.timeseries {
+            for mut series in req.timeseries {
                 let items = (series.samples.len() + series.histograms.len()) as u64;
                 let resolved: Option<Vec<(&str, &str)>> = (series.labels_refs.len() % 2 == 0)
                     .then(|| {
@@ -342,6 +413,19 @@ fn prepare(
                 if let Err(v) = check_labels(labels.iter().copied(), limits) {
                     rejections.add(v, items.max(1));
                     continue;
+                }
+                if !series.samples.is_empty() {
+                    drop_refused(
+                        ingestor.sample_check(),
+                        tenant,
+                        &labels,
+                        &mut series.samples,
+                        |s| (s.timestamp, s.value),
+                        &mut rejections,
+                    );
+                    if items > 0 && series.samples.is_empty() && series.histograms.is_empty() {
+                        continue;
+                    }
                 }
                 written.samples += series.samples.len() as u64;
                 written.histograms += series.histograms.len() as u64;

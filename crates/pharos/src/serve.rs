@@ -200,7 +200,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     ingest_metrics.register(&mut registry);
     let ingestor = Arc::new(
         Ingestor::new(queue.clone(), config.ingest_limits(), ingest_metrics)
-            .with_metadata_keys(metadata_keys),
+            .with_metadata_keys(metadata_keys)
+            .with_sample_check(Arc::new(crate::stores::HeadSampleCheck(heads.clone()))),
     );
     let retry_after = config.limits.retry_after.0;
     let http_options = HttpOptions { request_timeout: config.otlp.http.request_timeout.0, retry_after };

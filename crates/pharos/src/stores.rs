@@ -396,3 +396,33 @@ impl Sink for StoresSink {
             .min(self.logs.durable_below(next)))
     }
 }
+
+/// Remote write's check of samples against the metrics heads of this process, so that out of
+/// order, too old and duplicate samples are answered with 400 as Prometheus answers them.
+pub(crate) struct HeadSampleCheck(pub(crate) Arc<pharos_metrics::store::Heads>);
+
+impl pharos_ingest::remote_write::SampleCheck for HeadSampleCheck {
+    fn refused(
+        &self,
+        tenant: &pharos_core::Tenant,
+        labels: &[(&str, &str)],
+        samples: &[(i64, f64)],
+    ) -> Vec<pharos_ingest::remote_write::RefusedSample> {
+        let samples: Vec<pharos_metrics::model::Sample> =
+            samples.iter().map(|&(t, v)| pharos_metrics::model::Sample { t, v }).collect();
+        self.0
+            .refused_samples(tenant, labels, &samples)
+            .into_iter()
+            .map(|(index, e)| pharos_ingest::remote_write::RefusedSample {
+                index,
+                reason: e.reason(),
+                message: format!("{e} (series {{{}}})", series_text(labels)),
+            })
+            .collect()
+    }
+}
+
+/// `name="value", ...` for messages.
+fn series_text(labels: &[(&str, &str)]) -> String {
+    labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect::<Vec<_>>().join(", ")
+}

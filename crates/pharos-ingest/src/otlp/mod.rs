@@ -107,11 +107,24 @@ pub struct Ingestor {
     limits: Limits,
     metrics: IngestMetrics,
     metadata_keys: Vec<String>,
+    sample_check: Option<Arc<dyn crate::remote_write::SampleCheck>>,
 }
 
 impl Ingestor {
     pub fn new(queue: Arc<dyn Queue>, limits: Limits, metrics: IngestMetrics) -> Ingestor {
-        Ingestor { queue, limits, metrics, metadata_keys: Vec::new() }
+        Ingestor { queue, limits, metrics, metadata_keys: Vec::new(), sample_check: None }
+    }
+
+    /// Lets remote write refuse, at once and as Prometheus does, the samples the metrics
+    /// store would refuse (out of order, too old, duplicate): only where the store runs in
+    /// the same process.
+    pub fn with_sample_check(mut self, check: Arc<dyn crate::remote_write::SampleCheck>) -> Ingestor {
+        self.sample_check = Some(check);
+        self
+    }
+
+    pub(crate) fn sample_check(&self) -> Option<&dyn crate::remote_write::SampleCheck> {
+        self.sample_check.as_deref()
     }
 
     /// Keeps these request headers (lowercase names; at most

@@ -121,4 +121,21 @@ impl AppendError {
             _ => ErrorCode::InvalidInput,
         }
     }
+
+    /// A short, bounded label for the kind of failure (for metric labels and reasons).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingMetricName { .. } => "missing_metric_name",
+            Self::LabelNameTooLong { .. } | Self::LabelValueTooLong { .. } | Self::TooManyLabels { .. } => {
+                "invalid_labels"
+            }
+            Self::SeriesLimit { .. } => "series_limit",
+            Self::OutOfOrder { .. } => "out_of_order",
+            Self::TooOld { .. } => "too_old",
+            Self::OutOfBounds { .. } | Self::Removed => "out_of_bounds",
+            Self::DuplicateSample { .. } => "duplicate_sample",
+            Self::MetadataLimit { .. } => "metadata_limit",
+            Self::OutOfOrderExemplar { .. } | Self::ExemplarLabelsTooLong { .. } => "exemplar",
+        }
+    }
 }

@@ -309,6 +309,34 @@ impl Head {
         out
     }
 
+    /// Which of one series' `samples` an append would refuse now, and why, without
+    /// changing anything (remote write answers with these as Prometheus does). `labels` are
+    /// sorted `(name, value)` pairs; a series the head does not have yet refuses only
+    /// samples older than [`min_valid_time`](Self::min_valid_time).
+    pub fn refused_samples(&self, labels: &[(&str, &str)], samples: &[Sample]) -> Vec<(usize, AppendError)> {
+        let min_valid = self.min_valid_time();
+        let hash = super::index::series_hash_of(labels.iter().copied());
+        let series = self.read_index().find_pairs(hash, labels);
+        let mut out: Vec<(usize, AppendError)> = Vec::new();
+        let mut in_bounds: Vec<Sample> = Vec::with_capacity(samples.len());
+        let mut positions: Vec<usize> = Vec::with_capacity(samples.len());
+        for (i, s) in samples.iter().enumerate() {
+            if s.t < min_valid {
+                out.push((i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));
+            } else {
+                in_bounds.push(*s);
+                positions.push(i);
+            }
+        }
+        if let Some(series) = series {
+            out.extend(
+                series.refused(&in_bounds, self.window_ms).into_iter().map(|(j, e)| (positions[j], e)),
+            );
+            out.sort_by_key(|(i, _)| *i);
+        }
+        out
+    }
+
     /// Keeps an exemplar for the series (created if new); a repeat of the newest one is
     /// ignored, an older one refused.
     pub fn append_exemplar(&self, labels: &Labels, exemplar: Exemplar) -> Result<(), AppendError> {
@@ -485,6 +513,17 @@ impl Heads {
         t
     }
 
+    /// [`Head::refused_samples`] in the tenant's head (nothing is refused for a tenant
+    /// without one yet).
+    pub fn refused_samples(
+        &self,
+        tenant: &Tenant,
+        labels: &[(&str, &str)],
+        samples: &[Sample],
+    ) -> Vec<(usize, AppendError)> {
+        self.get(tenant).map_or_else(Vec::new, |h| h.refused_samples(labels, samples))
+    }
+
     /// Appends one sample to the tenant's head.
     pub fn append(&self, tenant: &Tenant, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
         self.head(tenant).append(labels, t, v)
@@ -518,6 +557,65 @@ mod tests {
         let err = head.append(&up("a"), 1000, 1.0).expect_err("out of order");
         assert_eq!(err, AppendError::OutOfOrder { timestamp: 1000, last: 2000 });
         assert!(err.to_string().contains("out_of_order_time_window"));
+    }
+
+    #[test]
+    fn head_repeat_of_an_older_stored_sample_is_accepted_without_change() {
+        let head = Head::default();
+        for t in [1000, 2000, 3000] {
+            head.append(&up("a"), t, t as f64).expect("in order");
+        }
+        // A retried write: the same samples again, older than the newest.
+        head.append(&up("a"), 2000, 2000.0).expect("repeat of a stored sample");
+        let err = head.append(&up("a"), 2000, 7.0).expect_err("other value at a stored timestamp");
+        assert_eq!(err, AppendError::OutOfOrder { timestamp: 2000, last: 3000 });
+        let got: Vec<(i64, u64)> = values(&head, &up("a"));
+        assert_eq!(got, [1000, 2000, 3000].map(|t: i64| (t, (t as f64).to_bits())).to_vec());
+    }
+
+    #[test]
+    fn head_refused_samples_tells_what_append_would_refuse_without_appending() {
+        let head = Head::default();
+        head.append(&up("a"), 2000, 1.0).expect("first");
+        head.set_min_valid_time(500);
+        let labels = [("__name__", "up"), ("job", "a")];
+        let samples = [
+            Sample { t: 400, v: 1.0 },  // before the head's lower bound
+            Sample { t: 1000, v: 1.0 }, // out of order
+            Sample { t: 2000, v: 1.0 }, // repeat of the newest: fine
+            Sample { t: 2000, v: 9.0 }, // another value at the newest timestamp
+            Sample { t: 3000, v: 1.0 }, // in order
+            Sample { t: 2500, v: 1.0 }, // out of order behind the sample before it
+        ];
+        let refused: Vec<(usize, &str)> =
+            head.refused_samples(&labels, &samples).iter().map(|(i, e)| (*i, e.reason())).collect();
+        assert_eq!(
+            refused,
+            vec![(0, "out_of_bounds"), (1, "out_of_order"), (3, "duplicate_sample"), (5, "out_of_order")]
+        );
+        // Nothing changed, and a series the head does not have refuses only out-of-bounds samples.
+        assert_eq!(head.time_range(), Some((2000, 2000)));
+        let other = [("__name__", "up"), ("job", "b")];
+        let refused = head.refused_samples(&other, &samples);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(head.num_series(), 1);
+        // What it refuses, append refuses too.
+        let out = head.append_samples(&up("a"), &samples);
+        assert_eq!(out.rejected, 4);
+    }
+
+    #[test]
+    fn head_refused_samples_applies_the_out_of_order_window() {
+        let head =
+            Head::new(HeadOptions { out_of_order_window: Duration::from_secs(10), ..HeadOptions::default() });
+        head.append(&up("a"), 20_000, 1.0).expect("first");
+        head.append(&up("a"), 15_000, 1.0).expect("within the window");
+        let labels = [("__name__", "up"), ("job", "a")];
+        let samples =
+            [Sample { t: 5_000, v: 1.0 }, Sample { t: 15_000, v: 2.0 }, Sample { t: 12_000, v: 1.0 }];
+        let refused: Vec<(usize, &str)> =
+            head.refused_samples(&labels, &samples).iter().map(|(i, e)| (*i, e.reason())).collect();
+        assert_eq!(refused, vec![(0, "too_old"), (1, "duplicate_sample")]);
     }
 
     #[test]

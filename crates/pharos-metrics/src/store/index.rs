@@ -16,6 +16,11 @@ pub(crate) type Slot = u32;
 /// Stable series id: 64-bit FNV-1a over `name 0xff value 0xff` of each label in order.
 /// (Colliding label sets get the next free id, see [`Index::find`].)
 pub fn series_hash(labels: &Labels) -> u64 {
+    series_hash_of(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+}
+
+/// [`series_hash`] of a label set given as sorted `(name, value)` pairs.
+pub fn series_hash_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -25,10 +30,10 @@ pub fn series_hash(labels: &Labels) -> u64 {
             h = h.wrapping_mul(PRIME);
         }
     };
-    for l in labels.iter() {
-        feed(l.name.as_bytes());
+    for (name, value) in pairs {
+        feed(name.as_bytes());
         feed(&[0xff]);
-        feed(l.value.as_bytes());
+        feed(value.as_bytes());
         feed(&[0xff]);
     }
     h
@@ -156,10 +161,19 @@ impl Index {
     /// The series with these labels, or the id a new one would get: probing from the
     /// hash past ids held by other label sets.
     pub(crate) fn find(&self, hash: u64, labels: &Labels) -> Result<Arc<MemSeries>, u64> {
+        self.find_by(hash, |s| s.has_labels(labels))
+    }
+
+    /// [`find`](Self::find) for a label set given as sorted `(name, value)` pairs.
+    pub(crate) fn find_pairs(&self, hash: u64, pairs: &[(&str, &str)]) -> Option<Arc<MemSeries>> {
+        self.find_by(hash, |s| s.has_pairs(pairs)).ok()
+    }
+
+    fn find_by(&self, hash: u64, same: impl Fn(&MemSeries) -> bool) -> Result<Arc<MemSeries>, u64> {
         let mut id = hash;
         while let Some(&slot) = self.by_id.get(&id) {
             let s = &self.series[slot as usize];
-            if s.has_labels(labels) {
+            if same(s) {
                 return Ok(s.clone());
             }
             id = id.wrapping_add(1);

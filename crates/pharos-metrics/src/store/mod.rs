@@ -28,7 +28,7 @@ pub use chunk::{ChunkError, ChunkIter, SAMPLES_PER_CHUNK, XorChunk};
 pub use error::AppendError;
 pub use exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars};
 pub use head::{AppendOutcome, Head, HeadOptions, Heads};
-pub use index::series_hash;
+pub use index::{series_hash, series_hash_of};
 pub use metadata::{Metadata, MetricType};
 pub use part::{PART_MAGIC, Part, PartError};
 pub use tsdb::{CompactReport, CutReport, MetricsStore, SIGNAL_DIR, StoreError, StoreOptions, TenantView};

@@ -13,6 +13,16 @@ use super::exemplar::Exemplar;
 /// Samples the out-of-order buffer holds before they are merged into the chunks.
 pub(crate) const OOO_BUFFER_SAMPLES: usize = 32;
 
+/// Where an accepted sample goes.
+enum Placement {
+    /// After the newest sample.
+    InOrder,
+    /// A repeat of a stored sample (same timestamp, same value bits): nothing changes.
+    Repeat,
+    /// Into the out-of-order buffer.
+    OutOfOrder,
+}
+
 /// A label pair whose strings are shared with the head's symbol table.
 pub(crate) type InternedLabel = (Arc<str>, Arc<str>);
 
@@ -101,6 +111,50 @@ impl SeriesData {
         }
     }
 
+    /// Where a sample with timestamp `t` and value bits `bits` goes, or why it is refused.
+    fn place(&self, t: i64, bits: u64, window_ms: i64) -> Result<Placement, AppendError> {
+        self.place_after(self.last, t, bits, window_ms)
+    }
+
+    /// [`place`](Self::place) with `last` standing for the newest in-order sample.
+    fn place_after(
+        &self,
+        last: Option<(i64, u64)>,
+        t: i64,
+        bits: u64,
+        window_ms: i64,
+    ) -> Result<Placement, AppendError> {
+        match last {
+            None => Ok(Placement::InOrder),
+            Some((last, _)) if t > last => Ok(Placement::InOrder),
+            Some((last, last_bits)) if t == last => {
+                if last_bits == bits {
+                    Ok(Placement::Repeat)
+                } else {
+                    Err(AppendError::DuplicateSample { timestamp: t })
+                }
+            }
+            Some((last, _)) => {
+                // A repeat of a stored sample changes nothing, whatever its age: a retried
+                // write is accepted again.
+                let stored = self.value_at(t);
+                if stored == Some(bits) {
+                    return Ok(Placement::Repeat);
+                }
+                if window_ms <= 0 {
+                    return Err(AppendError::OutOfOrder { timestamp: t, last });
+                }
+                if last.saturating_sub(t) > window_ms {
+                    return Err(AppendError::TooOld { timestamp: t, last, window_ms });
+                }
+                match stored {
+                    Some(_) => Err(AppendError::DuplicateSample { timestamp: t }),
+                    None => Ok(Placement::OutOfOrder),
+                }
+            }
+        }
+    }
+
     fn push_in_order(&mut self, t: i64, v: f64) {
         if self.open.len() >= SAMPLES_PER_CHUNK {
             let full = std::mem::take(&mut self.open);
@@ -176,6 +230,12 @@ impl MemSeries {
             && self.labels.iter().zip(labels.iter()).all(|((n, v), l)| **n == *l.name && **v == *l.value)
     }
 
+    /// Whether the labels equal the sorted `(name, value)` pairs.
+    pub(crate) fn has_pairs(&self, pairs: &[(&str, &str)]) -> bool {
+        self.labels.len() == pairs.len()
+            && self.labels.iter().zip(pairs).all(|((n, v), (pn, pv))| **n == **pn && **v == **pv)
+    }
+
     /// Appends a sample; `window_ms` is the out-of-order window (0: none). Fails with
     /// [`AppendError::Removed`] if the head dropped the series meanwhile.
     pub(crate) fn append(&self, t: i64, v: f64, window_ms: i64) -> Result<(), AppendError> {
@@ -183,43 +243,40 @@ impl MemSeries {
         if d.removed {
             return Err(AppendError::Removed);
         }
-        let bits = v.to_bits();
-        match d.last {
-            None => {
-                d.push_in_order(t, v);
-                Ok(())
-            }
-            Some((last, _)) if t > last => {
-                d.push_in_order(t, v);
-                Ok(())
-            }
-            Some((last, last_bits)) if t == last => {
-                if last_bits == bits {
-                    Ok(())
-                } else {
-                    Err(AppendError::DuplicateSample { timestamp: t })
-                }
-            }
-            Some((last, _)) => {
-                if window_ms <= 0 {
-                    return Err(AppendError::OutOfOrder { timestamp: t, last });
-                }
-                if last.saturating_sub(t) > window_ms {
-                    return Err(AppendError::TooOld { timestamp: t, last, window_ms });
-                }
-                match d.value_at(t) {
-                    Some(existing) if existing == bits => return Ok(()),
-                    Some(_) => return Err(AppendError::DuplicateSample { timestamp: t }),
-                    None => {}
-                }
+        match d.place(t, v.to_bits(), window_ms)? {
+            Placement::InOrder => d.push_in_order(t, v),
+            Placement::Repeat => {}
+            Placement::OutOfOrder => {
                 let i = d.ooo.partition_point(|s| s.t < t);
                 d.ooo.insert(i, Sample { t, v });
                 if d.ooo.len() >= OOO_BUFFER_SAMPLES {
                     d.merge_ooo();
                 }
-                Ok(())
             }
         }
+        Ok(())
+    }
+
+    /// Which of `samples` (in the order given) [`append`](Self::append) would refuse, and
+    /// why, without changing anything: each sample is judged as if the ones before it that
+    /// would be accepted were already in (for the newest timestamp; out-of-order samples
+    /// within the window are judged against the stored data only).
+    pub(crate) fn refused(&self, samples: &[Sample], window_ms: i64) -> Vec<(usize, AppendError)> {
+        let d = self.lock();
+        if d.removed {
+            return Vec::new();
+        }
+        let mut last = d.last;
+        let mut out = Vec::new();
+        for (i, s) in samples.iter().enumerate() {
+            let bits = s.v.to_bits();
+            match d.place_after(last, s.t, bits, window_ms) {
+                Ok(Placement::InOrder) => last = Some((s.t, bits)),
+                Ok(_) => {}
+                Err(e) => out.push((i, e)),
+            }
+        }
+        out
     }
 
     /// Copies out what is needed to read `[mint, maxt]`: full chunks are shared, the open

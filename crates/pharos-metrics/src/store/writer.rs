@@ -432,7 +432,7 @@ impl PartitionWriter {
             let outcome = head.append_samples_into(labels, samples, &mut self.kept);
             stats.accepted += outcome.accepted as u64;
             if let Some(e) = &outcome.first_error {
-                stats.reject(append_reason(e), outcome.rejected as u64);
+                stats.reject(e.reason(), outcome.rejected as u64);
             }
             for s in &self.kept {
                 part.add(labels, *s);
@@ -491,24 +491,6 @@ impl PartitionWriter {
     /// The queue partition this writer owns.
     pub fn partition(&self) -> u32 {
         self.partition
-    }
-}
-
-/// A bounded label for a refused sample.
-fn append_reason(e: &super::AppendError) -> &'static str {
-    use super::AppendError as E;
-    match e {
-        E::MissingMetricName { .. } => "missing_metric_name",
-        E::LabelNameTooLong { .. } | E::LabelValueTooLong { .. } | E::TooManyLabels { .. } => {
-            "invalid_labels"
-        }
-        E::SeriesLimit { .. } => "series_limit",
-        E::OutOfOrder { .. } => "out_of_order",
-        E::TooOld { .. } => "too_old",
-        E::OutOfBounds { .. } | E::Removed => "out_of_bounds",
-        E::DuplicateSample { .. } => "duplicate_sample",
-        E::MetadataLimit { .. } => "metadata_limit",
-        E::OutOfOrderExemplar { .. } | E::ExemplarLabelsTooLong { .. } => "exemplar",
     }
 }
 

@@ -257,3 +257,88 @@ async fn real_prometheus_remote_writes_to_pharos_without_failures() {
     );
     assert!(ok > 0.0, "no successful remote-write request recorded");
 }
+
+/// An instant query's single sample value for `tenant`, or `None` while the result is empty.
+async fn instant(pharos: &Pharos, tenant: &str, query: &str, time_ms: i64) -> Option<f64> {
+    let url = format!("http://{}/api/v1/query", pharos.api);
+    let time = format!("{}", time_ms as f64 / 1000.0);
+    let text = reqwest::Client::new()
+        .get(url)
+        .header("x-scope-orgid", tenant)
+        .query(&[("query", query), ("time", time.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "success", "{query}: {v}");
+    v["data"]["result"][0]["value"][1].as_str().map(|s| s.parse().unwrap())
+}
+
+async fn wait_instant(pharos: &Pharos, tenant: &str, query: &str, time_ms: i64, want: f64) -> Option<f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = instant(pharos, tenant, query, time_ms).await;
+        if got == Some(want) || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Out-of-order and old samples get 400 as Prometheus answers them, the other samples of the
+/// request are written, stored samples are untouched, and a retried write is accepted again.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_write_out_of_order_samples_get_400_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &["queue.partitions=2"]);
+    let url = pharos.http_url("/api/v1/write");
+    let t0 = 1_700_000_000_000i64;
+    let at = t0 + 60_000;
+
+    // Three samples 0, 1, 2 at t0, t0+15s, t0+30s.
+    let first = WriteRequest { timeseries: vec![series("up", "ooo", 3)], metadata: vec![] };
+    let r = write(&url, None, Some("snappy"), "t", snappy(&first.encode_to_vec())).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let count = r#"count_over_time(up{job="ooo"}[5m])"#;
+    assert_eq!(wait_instant(&pharos, "t", count, at, 3.0).await, Some(3.0));
+
+    // The same request again (a retry after a lost answer): accepted, nothing doubled.
+    let r = write(&url, None, Some("snappy"), "t", snappy(&first.encode_to_vec())).await;
+    assert_eq!(r.status, 204, "a retried write is accepted: {}", r.text);
+
+    // Older than the newest stored sample, with new values; beside it a good series.
+    let mut late = series("up", "ooo", 0);
+    late.samples = vec![
+        Sample { value: 99.0, timestamp: t0 + 15_000 },
+        Sample { value: 5.0, timestamp: t0 - 3_600_000 },
+    ];
+    let req = WriteRequest { timeseries: vec![late, series("up", "fresh", 1)], metadata: vec![] };
+    let r = write(&url, None, Some("snappy"), "t", snappy(&req.encode_to_vec())).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("out of order sample"), "{}", r.text);
+    assert!(r.text.contains("2 of 3 data points rejected"), "{}", r.text);
+    assert_eq!(header(&r, "x-prometheus-remote-write-samples-written"), "1");
+    let rejected = r#"pharos_ingest_items_rejected_total{signal="metrics",tenant="t",reason="out_of_order"}"#;
+    assert_eq!(pharos.metric(rejected).await, 2.0);
+
+    // A newer sample of the same series is fine.
+    let mut next = series("up", "ooo", 0);
+    next.samples = vec![Sample { value: 3.0, timestamp: t0 + 45_000 }];
+    let req = WriteRequest { timeseries: vec![next], metadata: vec![] };
+    let r = write(&url, None, Some("snappy"), "t", snappy(&req.encode_to_vec())).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    // Stored: 0, 1, 2, 3 and the good series; the refused values are nowhere.
+    assert_eq!(wait_instant(&pharos, "t", count, at, 4.0).await, Some(4.0));
+    assert_eq!(instant(&pharos, "t", r#"sum_over_time(up{job="ooo"}[5m])"#, at).await, Some(6.0));
+    assert_eq!(
+        wait_instant(&pharos, "t", r#"count_over_time(up{job="fresh"}[5m])"#, at, 1.0).await,
+        Some(1.0)
+    );
+    assert_eq!(instant(&pharos, "t", r#"count_over_time(up{job="ooo"}[2h])"#, at).await, Some(4.0));
+    let (status, log) = pharos.terminate();
+    assert!(status.success(), "{log}");
+}
