@@ -3,6 +3,7 @@
 // A binary has no public API: `pub` inside it only means "visible across modules".
 #![allow(unreachable_pub)]
 
+mod canary;
 mod config;
 mod serve;
 mod server;
@@ -44,6 +45,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Writes known telemetry to a running Pharos, reads it back and reports what is missing,
+    /// late or wrong (docs/canary.md).
+    Canary(Box<canary::CanaryArgs>),
     /// Write-ahead log tools.
     Wal {
         #[command(subcommand)]
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Wal { command: WalCommand::Inspect { dir, json } } => wal_inspect(&dir, json),
+        Command::Canary(args) => canary::main(*args),
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod bad_input;
+mod canary;
 mod cli;
 mod conformance;
 mod crash;

@@ -1,0 +1,231 @@
+//! `pharos canary` against a real Pharos: nothing is missing across SIGKILL and restart; items
+//! whose blocks were deleted are reported missing and the canary exits nonzero.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::harness::{BIN, Pharos, free_port, metric_value};
+
+/// Fixed ports, so that a restarted Pharos is where the canary writes and reads.
+struct Ports {
+    sets: Vec<String>,
+    api: String,
+    http: String,
+}
+
+impl Ports {
+    fn pick() -> Ports {
+        let (api, http, grpc) = (free_port(), free_port(), free_port());
+        Ports {
+            sets: vec![
+                format!("api.listen=127.0.0.1:{api}"),
+                format!("otlp.http.listen=127.0.0.1:{http}"),
+                format!("otlp.grpc.listen=127.0.0.1:{grpc}"),
+            ],
+            api: format!("http://127.0.0.1:{api}"),
+            http: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    fn start(&self, dir: &Path, extra: &[&str]) -> Pharos {
+        let sets: Vec<&str> = self.sets.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+        Pharos::start(dir, &sets)
+    }
+}
+
+struct Canary {
+    child: Child,
+    metrics: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Canary {
+    fn start(ports: &Ports, flags: &[&str]) -> Canary {
+        let mut child = Command::new(BIN)
+            .args(["canary", "--otlp-http", &ports.http, "--api", &ports.api, "--listen", "127.0.0.1:0"])
+            .args(flags)
+            .env("PHAROS_LOG_LEVEL", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pharos canary");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("canary is running")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the canary did not start:\n{}", log.lock().unwrap())
+        });
+        let start = ready.find("metrics=").expect("metrics address in the start line") + "metrics=".len();
+        let metrics = ready[start..].split_whitespace().next().unwrap().to_string();
+        Canary { child, metrics, log }
+    }
+
+    /// One series of the canary's own metrics, e.g. `pharos_canary_written_total{signal="logs"}`.
+    async fn metric(&self, series: &str) -> f64 {
+        let text =
+            reqwest::get(format!("http://{}/metrics", self.metrics)).await.unwrap().text().await.unwrap();
+        metric_value(&text, series)
+    }
+
+    /// Waits for the exit (the canary's `--duration` ends the run) and returns the status, the
+    /// JSON summary from stdout and the log.
+    fn wait(mut self, limit: Duration) -> (ExitStatus, Value, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the canary did not finish in {limit:?}:\n{}", self.log.lock().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // let the log reader finish
+        let log = self.log.lock().unwrap().clone();
+        let summary =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("summary {stdout:?}: {e}\n{log}"));
+        (status, summary, log)
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(summary: &Value, signal: &str, key: &str) -> u64 {
+    summary["signals"][signal][key].as_u64().unwrap_or_else(|| panic!("no {signal}.{key} in {summary}"))
+}
+
+const SIGNALS: [&str; 3] = ["traces", "logs", "metrics"];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_across_sigkill_and_restart_reports_nothing_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::pick();
+    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let canary = Canary::start(
+        &ports,
+        &[
+            "--interval=100ms",
+            "--check-delay=200ms",
+            "--late-after=3s",
+            "--missing-after=10s",
+            "--recheck-interval=500ms",
+            "--duration=8s",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pharos.kill9();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pharos.kill9();
+    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+
+    let (status, summary, log) =
+        tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
+    println!("{summary:#}");
+    let mut write_errors = 0;
+    for signal in SIGNALS {
+        let written = count(&summary, signal, "written");
+        assert!(written > 20, "{signal}: only {written} written\n{log}");
+        assert_eq!(count(&summary, signal, "missing"), 0, "{signal}\n{log}");
+        assert_eq!(count(&summary, signal, "wrong"), 0, "{signal}\n{log}");
+        assert_eq!(count(&summary, signal, "unchecked"), 0, "{signal}\n{log}");
+        assert_eq!(
+            count(&summary, signal, "found"),
+            written,
+            "{signal}: every acknowledged item seen\n{log}"
+        );
+        write_errors += count(&summary, signal, "write_errors");
+    }
+    assert!(write_errors > 0, "the canary never saw Pharos down:\n{log}");
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert_eq!(summary["ok"], true);
+    let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
+    assert!(status.success(), "{plog}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::pick();
+    // Blocks written often, so that most items are in blocks (and out of the WAL) soon.
+    let quick = ["queue.partitions=2", "logs.flush_interval=200ms", "traces.flush_interval=200ms"];
+    let pharos = ports.start(dir.path(), &quick);
+    let canary = Canary::start(
+        &ports,
+        &[
+            "--tenant=canary",
+            "--interval=100ms",
+            "--check-delay=200ms",
+            "--late-after=1s",
+            "--missing-after=6s",
+            "--recheck-interval=300ms",
+            "--duration=7s",
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let found_before = canary.metric(r#"pharos_canary_found_total{signal="logs"}"#).await;
+    assert!(found_before > 0.0, "no log item found before the damage:\n{}", canary.log.lock().unwrap());
+
+    // A graceful stop writes every acknowledged entry into a block and commits the WAL: the
+    // blocks are then the only copy of what the canary wrote so far.
+    let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
+    assert!(status.success(), "{plog}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written_before = canary.metric(r#"pharos_canary_written_total{signal="logs"}"#).await as u64;
+    let blocks = dir.path().join("blocks/logs/canary");
+    let deleted = std::fs::read_dir(&blocks).unwrap().count();
+    assert!(deleted > 0, "no log blocks in {}", blocks.display());
+    std::fs::remove_dir_all(&blocks).unwrap();
+
+    let pharos = ports.start(dir.path(), &quick);
+    let (status, summary, log) =
+        tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
+    println!("deleted {deleted} log blocks holding {written_before} canary lines\n{summary:#}");
+    assert_eq!(
+        count(&summary, "logs", "missing"),
+        written_before,
+        "every log item acknowledged before the damage is missing, no other\n{log}"
+    );
+    assert!(count(&summary, "logs", "written") > written_before, "writes went on after the restart");
+    assert!(log.contains("canary item is missing: it was visible before and is gone now"), "{log}");
+    for signal in ["traces", "metrics"] {
+        assert_eq!(count(&summary, signal, "missing"), 0, "{signal}: untouched\n{log}");
+        assert_eq!(count(&summary, signal, "wrong"), 0, "{signal}\n{log}");
+    }
+    assert_eq!(summary["ok"], false);
+    assert_eq!(status.code(), Some(1), "{log}");
+    let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
+    assert!(status.success(), "{plog}");
+}
