@@ -36,7 +36,8 @@ fn otlp_protobuf(c: &mut Criterion) {
     let ingestor = ingestor();
     let tenant = Tenant::default();
     let mut group = c.benchmark_group("ingest/otlp_protobuf");
-    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME);
+    // Iterations near a millisecond: 50 samples fit in the measurement time.
+    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(50);
     let bodies = [
         (Signal::Traces, "traces", Bytes::from(trace_request(SEED, ITEMS).encode_to_vec())),
         (Signal::Logs, "logs", Bytes::from(logs_request(SEED, ITEMS).encode_to_vec())),
@@ -59,7 +60,8 @@ fn otlp_json(c: &mut Criterion) {
     let tenant = Tenant::default();
     let body = serde_json::to_vec(&trace_request(SEED, ITEMS)).expect("a request serializes to OTLP/JSON");
     let mut group = c.benchmark_group("ingest/otlp_json");
-    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME);
+    // Iterations near a millisecond: 50 samples fit in the measurement time.
+    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(50);
     group.throughput(Throughput::Elements(ITEMS as u64));
     group.bench_function(format!("traces_{ITEMS}_items"), |b| {
         b.iter(|| {
@@ -90,7 +92,8 @@ fn remote_write(c: &mut Criterion) {
     };
     runtime.block_on(post());
     let mut group = c.benchmark_group("ingest/remote_write_v1");
-    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME);
+    // Iterations near a millisecond: 50 samples fit in the measurement time.
+    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(50);
     group.throughput(Throughput::Elements(RW_SERIES as u64));
     group.bench_function(format!("{RW_SERIES}_series_1_sample"), |b| b.iter(|| runtime.block_on(post())));
     group.finish();

@@ -7,7 +7,7 @@
 //!   `count_over_time`, `sum by`) as instant queries over the whole hour and as a range query
 //!   (1 h, 60 s step, 5 m windows), and a log query (newest 100 matching lines).
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use pharos_logs::{
     model::MemSource,
     query::{Direction, Expr, Limits, QueryValue, evaluate_instant, evaluate_range, parse, select_logs},
@@ -67,6 +67,8 @@ fn block_encode(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("logs/block");
     group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(20);
+    // Iterations of several milliseconds: the same count per sample keeps a run to seconds.
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(LINES as u64));
     group.bench_function(format!("encode_{LINES}_lines"), |b| b.iter(encode));
     group.finish();
@@ -78,6 +80,8 @@ fn logql(c: &mut Criterion) {
     let (start, end) = (T0_NANOS as i64, T0_NANOS as i64 + HOUR_NANOS);
     let mut group = c.benchmark_group("logs/logql");
     group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(20);
+    // Iterations of several milliseconds: the same count per sample keeps a run to seconds.
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(LINES as u64));
     for (name, text) in INSTANT_QUERIES {
         let run = || {

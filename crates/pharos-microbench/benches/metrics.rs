@@ -9,7 +9,9 @@
 //!   `rate`, and a `histogram_quantile` of summed bucket rates. Throughput: series for the
 //!   instant queries, samples in the head for the range queries (they read all of them).
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use pharos_metrics::{
     model::Labels,
     query::{CancelToken, Engine, QueryValue, parse},
@@ -126,6 +128,8 @@ fn promql(c: &mut Criterion) {
     let end = T0_MILLIS + 3_600_000;
     let mut group = c.benchmark_group("metrics/promql");
     group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(20);
+    // Iterations of several milliseconds: the same count per sample keeps a run to seconds.
+    group.sampling_mode(SamplingMode::Flat);
     for (name, text) in QUERIES {
         let expr = parse(text).expect("a valid query");
         let instant = engine.instant(&head, &expr, end, &cancel).expect("instant query");

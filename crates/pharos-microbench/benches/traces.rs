@@ -10,7 +10,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use pharos_core::Tenant;
 use pharos_microbench::{MEASUREMENT_TIME, SEED, T0_NANOS, WARM_UP_TIME, trace_request};
 use pharos_storage::ObjectStorage;
@@ -52,6 +54,8 @@ fn block_encode_decode(c: &mut Criterion) {
     let spans: Vec<Arc<SpanData>> = spans().into_iter().map(Arc::new).collect();
     let mut group = c.benchmark_group("traces/block");
     group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(20);
+    // Iterations of several milliseconds: the same count per sample keeps a run to seconds.
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(SPANS as u64));
     group.bench_function(format!("encode_{SPANS}_spans"), |b| {
         b.iter_batched(
@@ -92,7 +96,8 @@ fn traceql_parse(c: &mut Criterion) {
 fn traceql_eval(c: &mut Criterion) {
     let traces = traces(&spans());
     let mut group = c.benchmark_group("traces/traceql_eval");
-    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME);
+    // Iterations near a millisecond: 50 samples fit in the measurement time.
+    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(50);
     group.throughput(Throughput::Elements(SPANS as u64));
     for (name, text) in QUERIES {
         let evaluator = Evaluator::new(&parse(text).expect("a valid query")).expect("an evaluable query");
@@ -145,6 +150,8 @@ fn traceql_search(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("traces/traceql_search");
     group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(20);
+    // Iterations of several milliseconds: the same count per sample keeps a run to seconds.
+    group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(SPANS as u64));
     for place in ["head", "block"] {
         if place == "block" {
