@@ -196,6 +196,8 @@ struct SignalState {
     recheck_cursor: Mutex<u64>,
     /// Whether the last write failed (errors are logged once per streak).
     failing: Mutex<bool>,
+    /// Whether the last query failed (likewise).
+    query_failing: Mutex<bool>,
 }
 
 struct Canary {
@@ -271,6 +273,7 @@ async fn run(mut args: CanaryArgs) -> anyhow::Result<Value> {
             latencies: Mutex::new(VecDeque::new()),
             recheck_cursor: Mutex::new(0),
             failing: Mutex::new(false),
+            query_failing: Mutex::new(false),
         })
         .collect();
     let metrics = CanaryMetrics::new();
@@ -540,11 +543,15 @@ impl Canary {
                 probes.extend(found);
             }
             if !probes.is_empty() {
-                let seen = match s.signal {
-                    Signal::Traces => self.look_up_traces(s, &probes).await,
-                    Signal::Logs => self.query_logs(s, &probes).await,
-                    Signal::Metrics => self.query_metrics(s, &probes).await,
+                let (seen, error) = match s.signal {
+                    Signal::Traces => self.look_up_traces(&probes).await,
+                    Signal::Logs => split(self.query_logs(&probes).await),
+                    Signal::Metrics => split(self.query_metrics(&probes).await),
                 };
+                match error {
+                    Some(e) => self.query_error(s, &e),
+                    None => self.query_ok(s),
+                }
                 let now = Instant::now();
                 let events: Vec<Event> = {
                     let mut ledger = lock(&s.ledger);
@@ -560,12 +567,32 @@ impl Canary {
         }
     }
 
+    /// Counts a failed query (logged once per streak of failures).
     fn query_error(&self, s: &SignalState, error: &str) {
         self.metrics.query_errors.get_or_create(&s.label).inc();
-        warn!(signal = %s.signal, error, "canary query failed; its items are looked for again later");
+        let mut failing = lock(&s.query_failing);
+        if *failing {
+            debug!(signal = %s.signal, error, "canary query failed");
+        } else {
+            warn!(
+                signal = %s.signal,
+                error,
+                "canary query failed; its items are looked for again later (further failures are counted, not logged)"
+            );
+            *failing = true;
+        }
     }
 
-    async fn look_up_traces(&self, s: &SignalState, probes: &[Probe]) -> Vec<(u64, Seen)> {
+    fn query_ok(&self, s: &SignalState) {
+        let mut failing = lock(&s.query_failing);
+        if *failing {
+            info!(signal = %s.signal, "canary queries succeed again");
+            *failing = false;
+        }
+    }
+
+    /// What the answers said about the probes, and the error that stopped the look-ups, if any.
+    async fn look_up_traces(&self, probes: &[Probe]) -> (Vec<(u64, Seen)>, Option<String>) {
         let mut seen = Vec::with_capacity(probes.len());
         for p in probes {
             let url = format!("{}/api/traces/{}", self.api, self.run.trace_id_hex(p.seq));
@@ -573,26 +600,21 @@ impl Canary {
                 Ok(a) if a.status == hyper::StatusCode::NOT_FOUND => seen.push((p.seq, Seen::Absent)),
                 Ok(a) if a.status.is_success() => seen.push((p.seq, self.run.judge_trace(*p, &a.body))),
                 Ok(a) => {
-                    self.query_error(
-                        s,
-                        &format!("{url}: status {}: {}", a.status, String::from_utf8_lossy(&a.body).trim()),
-                    );
-                    break;
+                    let error =
+                        format!("{url}: status {}: {}", a.status, String::from_utf8_lossy(&a.body).trim());
+                    return (seen, Some(error));
                 }
-                Err(e) => {
-                    self.query_error(s, &e.to_string());
-                    break;
-                }
+                Err(e) => return (seen, Some(e.to_string())),
             }
         }
-        seen
+        (seen, None)
     }
 
-    async fn query_logs(&self, s: &SignalState, probes: &[Probe]) -> Vec<(u64, Seen)> {
+    async fn query_logs(&self, probes: &[Probe]) -> Result<Vec<(u64, Seen)>, String> {
         let (Some(first), Some(last)) =
             (probes.iter().map(|p| p.ts_ns).min(), probes.iter().map(|p| p.ts_ns).max())
         else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let query = encode_param(&self.run.log_query());
         let mut entries = HashMap::new();
@@ -604,30 +626,20 @@ impl Canary {
                 self.api,
                 last + 1
             );
-            let answer = match self.get_json(&url).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.query_error(s, &e);
-                    return Vec::new();
-                }
-            };
-            match parse_log_streams(&answer, &mut entries) {
-                Ok((count, Some(newest))) if count >= LOG_PAGE && newest < last => start = newest + 1,
-                Ok(_) => break,
-                Err(e) => {
-                    self.query_error(s, &format!("{url}: {e}"));
-                    return Vec::new();
-                }
+            let answer = self.get_json(&url).await?;
+            match parse_log_streams(&answer, &mut entries).map_err(|e| format!("{url}: {e}"))? {
+                (count, Some(newest)) if count >= LOG_PAGE && newest < last => start = newest + 1,
+                _ => break,
             }
         }
-        self.run.judge_logs(probes, &entries)
+        Ok(self.run.judge_logs(probes, &entries))
     }
 
-    async fn query_metrics(&self, s: &SignalState, probes: &[Probe]) -> Vec<(u64, Seen)> {
+    async fn query_metrics(&self, probes: &[Probe]) -> Result<Vec<(u64, Seen)>, String> {
         let (Some(first), Some(last)) =
             (probes.iter().map(|p| p.ts_ns).min(), probes.iter().map(|p| p.ts_ns).max())
         else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let (first_ms, last_ms) = (first / 1_000_000, last / 1_000_000);
         let query = encode_param(&self.run.metric_query(last_ms - first_ms + 1));
@@ -637,16 +649,9 @@ impl Canary {
             last_ms.div_euclid(1000),
             last_ms.rem_euclid(1000)
         );
-        let samples =
-            match self.get_json(&url).await.and_then(|v| parse_matrix(&v).map_err(|e| format!("{url}: {e}")))
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    self.query_error(s, &e);
-                    return Vec::new();
-                }
-            };
-        self.run.judge_samples(probes, &samples)
+        let answer = self.get_json(&url).await?;
+        let samples = parse_matrix(&answer).map_err(|e| format!("{url}: {e}"))?;
+        Ok(self.run.judge_samples(probes, &samples))
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
@@ -759,6 +764,13 @@ impl Canary {
                 "canary summary"
             );
         }
+    }
+}
+
+fn split<T>(result: Result<Vec<T>, String>) -> (Vec<T>, Option<String>) {
+    match result {
+        Ok(v) => (v, None),
+        Err(e) => (Vec::new(), Some(e)),
     }
 }
 
