@@ -1,77 +1,91 @@
-//! Prometheus remote write 1.0 requests: `--series` active series, each written once per
-//! cycle through them, one second of sample time apart, so no series ever goes backwards.
+//! Prometheus remote write messages (1.0 `prometheus.WriteRequest`, 2.0
+//! `io.prometheus.write.v2.Request`: the fields the load generator sends), and the history mode
+//! (past samples in time order per series).
 
-use bytes::Bytes;
-use prost::Message;
+/// Remote write 2.0 (`io.prometheus.write.v2.Request`).
+pub(crate) mod v2 {
+    pub(crate) const METRIC_TYPE_COUNTER: i32 = 1;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
-
-/// Builds the request of each send: batch `seq` carries the samples `seq * batch ..` of the
-/// endless sequence series 0, 1, ..., N-1, 0, 1, ...; sample time = start + cycle seconds.
-pub(crate) struct RemoteWriteGen {
-    pub(crate) series: u64,
-    pub(crate) batch: u64,
-    pub(crate) start_ms: i64,
-}
-
-impl RemoteWriteGen {
-    /// The snappy-compressed request for send number `seq`.
-    pub(crate) fn request(&self, seq: u64) -> Bytes {
-        let first = seq * self.batch;
-        let timeseries = (first..first + self.batch)
-            .map(|g| {
-                let s = g % self.series;
-                let cycle = g / self.series;
-                TimeSeries {
-                    labels: vec![
-                        Label { name: "__name__".into(), value: format!("bench_metric_{}", s % 100) },
-                        Label { name: "instance".into(), value: format!("host-{}", s / 100) },
-                        Label { name: "job".into(), value: "loadgen".into() },
-                    ],
-                    samples: vec![Sample {
-                        value: (cycle * 10 + s % 7) as f64,
-                        timestamp: self.start_ms + cycle as i64 * 1000,
-                    }],
-                }
-            })
-            .collect();
-        let raw = WriteRequest { timeseries }.encode_to_vec();
-        Bytes::from(snap::raw::Encoder::new().compress_vec(&raw).expect("snappy"))
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Request {
+        /// Every string of the request; `symbols[0]` is the empty string.
+        #[prost(string, repeated, tag = "4")]
+        pub(crate) symbols: Vec<String>,
+        #[prost(message, repeated, tag = "5")]
+        pub(crate) timeseries: Vec<TimeSeries>,
     }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct TimeSeries {
+        /// Pairs of indices into `symbols`: name, value, name, value, ...
+        #[prost(uint32, repeated, tag = "1")]
+        pub(crate) labels_refs: Vec<u32>,
+        #[prost(message, repeated, tag = "2")]
+        pub(crate) samples: Vec<super::Sample>,
+        #[prost(message, repeated, tag = "4")]
+        pub(crate) exemplars: Vec<Exemplar>,
+        #[prost(message, optional, tag = "5")]
+        pub(crate) metadata: Option<Metadata>,
+        /// When the counter started, in ms.
+        #[prost(int64, tag = "6")]
+        pub(crate) created_timestamp: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Exemplar {
+        #[prost(uint32, repeated, tag = "1")]
+        pub(crate) labels_refs: Vec<u32>,
+        #[prost(double, tag = "2")]
+        pub(crate) value: f64,
+        #[prost(int64, tag = "3")]
+        pub(crate) timestamp: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct Metadata {
+        #[prost(int32, tag = "1")]
+        pub(crate) r#type: i32,
+        #[prost(uint32, tag = "3")]
+        pub(crate) help_ref: u32,
+        #[prost(uint32, tag = "4")]
+        pub(crate) unit_ref: u32,
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) timeseries: Vec<TimeSeries>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    pub(crate) samples: Vec<Sample>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Label {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+    #[prost(string, tag = "2")]
+    pub(crate) value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Sample {
+    #[prost(double, tag = "1")]
+    pub(crate) value: f64,
+    #[prost(int64, tag = "2")]
+    pub(crate) timestamp: i64,
 }
 
 /// What the samples of the history mode look like.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Values {
+pub enum Values {
     /// Every series is an integer counter `bench_requests_total`; 100 per instance, 10 jobs.
     Counter,
     /// A mix shaped like a node's scrape: 40% integer counters, 15% counters of seconds with
@@ -112,24 +126,24 @@ impl HistoryGen {
         self.series * self.steps
     }
 
-    /// Request number `k` of worker `w` and the samples in it, or None when its shard is done.
-    pub(crate) fn request(&self, w: u64, k: u64) -> Option<(Bytes, u64)> {
+    /// The series of request number `k` of worker `w` (one sample each), or None when its
+    /// shard is done.
+    pub(crate) fn request(&self, w: u64, k: u64) -> Option<Vec<TimeSeries>> {
         let len = self.shard_len(w);
         let end = len * self.steps;
         let first = k * self.batch;
         if first >= end {
             return None;
         }
-        let timeseries: Vec<TimeSeries> = (first..(first + self.batch).min(end))
-            .map(|g| {
-                let s = w + (g % len) * self.workers;
-                let c = g / len;
-                self.sample(s, c)
-            })
-            .collect();
-        let n = timeseries.len() as u64;
-        let raw = WriteRequest { timeseries }.encode_to_vec();
-        Some((Bytes::from(snap::raw::Encoder::new().compress_vec(&raw).expect("snappy")), n))
+        Some(
+            (first..(first + self.batch).min(end))
+                .map(|g| {
+                    let s = w + (g % len) * self.workers;
+                    let c = g / len;
+                    self.sample(s, c)
+                })
+                .collect(),
+        )
     }
 
     fn sample(&self, s: u64, c: u64) -> TimeSeries {
@@ -159,7 +173,10 @@ impl HistoryGen {
                     11..=15 => {
                         let period = 2 + (h >> 8) % 8;
                         let base = 1_000_000_000 + (h >> 16) % 1000 * 1_000_000;
-                        (format!("bench_memory_{}_bytes", s % 25), (base + mix(h ^ (c / period)) % 1000 * 4096) as f64)
+                        (
+                            format!("bench_memory_{}_bytes", s % 25),
+                            (base + mix(h ^ (c / period)) % 1000 * 4096) as f64,
+                        )
                     }
                     _ => (format!("bench_info_{}", s % 20), ((h >> 8) % 4 + 1) as f64),
                 }
