@@ -12,6 +12,7 @@ mod crash;
 mod harness;
 mod load;
 mod logs_diff;
+mod loadgen;
 mod loki_contract;
 mod loki_push;
 mod metrics_store;
