@@ -43,6 +43,7 @@ impl Ports {
 struct Canary {
     child: Child,
     metrics: String,
+    run: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -80,7 +81,9 @@ impl Canary {
         });
         let start = ready.find("metrics=").expect("metrics address in the start line") + "metrics=".len();
         let metrics = ready[start..].split_whitespace().next().unwrap().to_string();
-        Canary { child, metrics, log }
+        let start = ready.find("run=").expect("run id in the start line") + "run=".len();
+        let run = ready[start..].split_whitespace().next().unwrap().to_string();
+        Canary { child, metrics, run, log }
     }
 
     /// One series of the canary's own metrics, e.g. `pharos_canary_written_total{signal="logs"}`.
@@ -138,7 +141,7 @@ async fn canary_across_sigkill_and_restart_reports_nothing_missing() {
             "--interval=100ms",
             "--check-delay=200ms",
             "--late-after=3s",
-            "--missing-after=10s",
+            "--missing-after=20s",
             "--recheck-interval=500ms",
             "--duration=8s",
         ],
@@ -189,7 +192,7 @@ async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero
             "--interval=100ms",
             "--check-delay=200ms",
             "--late-after=1s",
-            "--missing-after=6s",
+            "--missing-after=10s",
             "--recheck-interval=300ms",
             "--duration=7s",
         ],
@@ -225,6 +228,63 @@ async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero
         assert_eq!(count(&summary, signal, "wrong"), 0, "{signal}\n{log}");
     }
     assert_eq!(summary["ok"], false);
+    assert_eq!(status.code(), Some(1), "{log}");
+    let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
+    assert!(status.success(), "{plog}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_reports_a_second_line_with_a_found_sequence_number_as_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::pick();
+    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let canary = Canary::start(
+        &ports,
+        &[
+            "--tenant=canary",
+            "--signals=logs",
+            "--interval=100ms",
+            "--check-delay=200ms",
+            "--recheck-interval=300ms",
+            "--duration=4s",
+        ],
+    );
+    let found = r#"pharos_canary_found_total{signal="logs"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while canary.metric(found).await < 3.0 {
+        assert!(Instant::now() < deadline, "items 1-3 never found:\n{}", canary.log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Someone else writes a line claiming to be the canary's item 3, in its stream and time range.
+    let run = &canary.run;
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let body = serde_json::json!({"resourceLogs": [{
+        "resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "pharos-canary"}},
+            {"key": "service.instance.id", "value": {"stringValue": run}},
+        ]},
+        "scopeLogs": [{"logRecords": [{
+            "timeUnixNano": (now_ns - 100_000_000).to_string(),
+            "body": {"stringValue": format!("pharos canary run={run} seq=3 checksum=0000000000000000")},
+        }]}],
+    }]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/logs", ports.http))
+        .header("content-type", "application/json")
+        .header("x-scope-orgid", "canary")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.text().await);
+
+    let (status, summary, log) =
+        tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
+    println!("{summary:#}");
+    assert_eq!(count(&summary, "logs", "wrong"), 1, "{log}");
+    assert!(log.contains("canary item is wrong signal=logs seq=3"), "{log}");
+    assert!(log.contains("2 entries with this sequence number"), "{log}");
+    assert_eq!(count(&summary, "logs", "missing"), 0, "{log}");
     assert_eq!(status.code(), Some(1), "{log}");
     let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
     assert!(status.success(), "{plog}");
