@@ -69,7 +69,8 @@ rotel_agent() {
 
 install_rotel() {
   local venv="$CACHE/rotel-venv"
-  if [[ -x "$(rotel_agent)" ]] && "$venv/bin/pip" show rotel 2>/dev/null | grep -q "^Version: $ROTEL_VERSION\$"; then
+  # (pip's output is read whole: grep -q would stop reading early and, under pipefail, fail.)
+  if [[ -x "$(rotel_agent)" && "$("$venv/bin/pip" show rotel 2>/dev/null)" == *"Version: $ROTEL_VERSION"* ]]; then
     log "rotel $ROTEL_VERSION already installed in $venv"
     return 0
   fi
