@@ -263,7 +263,7 @@ async fn run(mut args: CanaryArgs) -> anyhow::Result<Value> {
         max_pending: args.max_pending,
         max_recheck: args.max_recheck,
     };
-    let signals = args
+    let signals: Vec<SignalState> = args
         .signals
         .iter()
         .map(|&signal| SignalState {
@@ -279,6 +279,24 @@ async fn run(mut args: CanaryArgs) -> anyhow::Result<Value> {
     let metrics = CanaryMetrics::new();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    // Every series exists from the start (at 0), so that rules see an increase from nothing.
+    for s in &signals {
+        let m = &metrics;
+        for family in [
+            &m.written,
+            &m.write_errors,
+            &m.skipped,
+            &m.found,
+            &m.late,
+            &m.missing,
+            &m.wrong,
+            &m.query_errors,
+        ] {
+            let _ = family.get_or_create(&s.label);
+        }
+        let _ = m.pending.get_or_create(&s.label);
+        let _ = m.latency.get_or_create(&s.label);
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {} (--listen)", args.listen))?;
