@@ -38,6 +38,12 @@ fn request(metric: &str, series: usize, samples: std::ops::Range<i64>, end: i64)
 }
 
 async fn remote_write(pharos: &Pharos, tenant: &str, req: &WriteRequest) {
+    let (status, text) = remote_write_answer(pharos, tenant, req).await;
+    assert_eq!(status, 204, "{text}");
+}
+
+/// The status and body remote write answers.
+async fn remote_write_answer(pharos: &Pharos, tenant: &str, req: &WriteRequest) -> (u16, String) {
     let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec()).unwrap();
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/v1/write", pharos.api))
@@ -48,7 +54,7 @@ async fn remote_write(pharos: &Pharos, tenant: &str, req: &WriteRequest) {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 async fn query(pharos: &Pharos, tenant: &str, path: &str, params: &[(&str, String)]) -> Value {
@@ -226,10 +232,14 @@ async fn old_samples_move_to_blocks_and_every_sample_survives_sigkill() {
     };
     check(&pharos).await;
 
-    // A sample older than the head's lower bound is refused (counted), nothing else changes.
-    remote_write(&pharos, "team-a", &history("requests_total", 1, 1, end - 3_000_000 + 7)).await;
-    let refused = "pharos_metrics_samples_rejected_total{tenant=\"team-a\",reason=\"out_of_bounds\"}";
-    assert_eq!(pharos.wait_for_metric(refused, 1.0).await, 1.0, "{}", pharos.log());
+    // A sample older than the head's lower bound is refused (400, counted), nothing else changes.
+    let (status, text) =
+        remote_write_answer(&pharos, "team-a", &history("requests_total", 1, 1, end - 3_000_000 + 7)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("out of bounds"), "{text}");
+    let refused =
+        "pharos_ingest_items_rejected_total{signal=\"metrics\",tenant=\"team-a\",reason=\"out_of_bounds\"}";
+    assert_eq!(pharos.metric(refused).await, 1.0, "{}", pharos.metrics_text().await);
 
     pharos.kill9();
     let pharos = Pharos::start(dir.path(), &sets);
