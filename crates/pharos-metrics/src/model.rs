@@ -1,6 +1,7 @@
 //! The metric data model: labels, samples and series, as Prometheus defines them.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The label that carries the metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -31,13 +32,20 @@ pub struct Label {
 ///
 /// Ordering compares label by label (name, then value), shorter sets first on a common
 /// prefix, which is the order Prometheus uses for query results.
+///
+/// The labels are shared: a clone is a reference count (query evaluation hands a series'
+/// labels to every step), and a change copies them first if they are shared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<Label>);
+pub struct Labels(Arc<Vec<Label>>);
 
 impl Labels {
     /// The empty label set.
     pub fn empty() -> Self {
-        Self(Vec::new())
+        Self::default()
+    }
+
+    fn labels_mut(&mut self) -> &mut Vec<Label> {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Builds a label set from pairs in any order; empty values are dropped, a repeated
@@ -55,7 +63,7 @@ impl Labels {
     pub(crate) fn from_sorted(labels: impl IntoIterator<Item = Label>) -> Self {
         let v: Vec<Label> = labels.into_iter().collect();
         debug_assert!(v.windows(2).all(|w| w[0].name < w[1].name));
-        Self(v)
+        Self(Arc::new(v))
     }
 
     /// Value of `name`, or `""` when absent (as Prometheus treats missing labels).
@@ -75,29 +83,34 @@ impl Labels {
     pub fn set(&mut self, name: &str, value: &str) {
         match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                self.labels_mut().remove(i);
             }
-            Ok(i) => value.clone_into(&mut self.0[i].value),
+            Ok(i) if self.0[i].value == value => {}
+            Ok(i) => value.clone_into(&mut self.labels_mut()[i].value),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, Label { name: name.to_owned(), value: value.to_owned() }),
+            Err(i) => self.labels_mut().insert(i, Label { name: name.to_owned(), value: value.to_owned() }),
         }
     }
 
     /// Removes `name` if present.
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
-            self.0.remove(i);
+            self.labels_mut().remove(i);
         }
     }
 
     /// Keeps only the labels whose names are listed.
     pub fn keep(&mut self, names: &[String]) {
-        self.0.retain(|l| names.iter().any(|n| n == &l.name));
+        if !self.0.iter().all(|l| names.iter().any(|n| n == &l.name)) {
+            self.labels_mut().retain(|l| names.iter().any(|n| n == &l.name));
+        }
     }
 
     /// Removes every listed label.
     pub fn remove_all(&mut self, names: &[String]) {
-        self.0.retain(|l| !names.iter().any(|n| n == &l.name));
+        if self.0.iter().any(|l| names.iter().any(|n| n == &l.name)) {
+            self.labels_mut().retain(|l| !names.iter().any(|n| n == &l.name));
+        }
     }
 
     /// The set without `__name__`.
