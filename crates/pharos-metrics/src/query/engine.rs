@@ -13,7 +13,7 @@ use crate::model::{Labels, METRIC_NAME, Sample, Series};
 use super::error::QueryError;
 use super::eval::Evaluator;
 use super::source::SeriesSource;
-use super::value::{QueryValue, RangeSeries, Value, VectorSample};
+use super::value::{Points, QueryValue, RangeSeries, Value, VectorSample};
 
 /// Engine settings; the defaults are Prometheus's.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ impl Engine {
                         index.insert(s.labels.clone(), series.len());
                         series.push(RangeSeries {
                             labels: s.labels,
-                            points: Vec::new(),
+                            points: Points::new(),
                             drop_name: s.drop_name,
                         });
                         series.len() - 1
@@ -233,7 +233,7 @@ fn finish_matrix(series: Vec<RangeSeries>) -> Result<Vec<Series>, QueryError> {
         match index.get(&labels) {
             Some(&i) => {
                 let target = &mut merged[i];
-                target.samples.extend(s.points);
+                target.samples.extend_from_slice(&s.points);
                 target.samples.sort_by_key(|p| p.t);
                 if target.samples.windows(2).any(|w| w[0].t == w[1].t) {
                     return Err(QueryError::DuplicateLabelset);
@@ -241,7 +241,7 @@ fn finish_matrix(series: Vec<RangeSeries>) -> Result<Vec<Series>, QueryError> {
             }
             None => {
                 index.insert(labels.clone(), merged.len());
-                merged.push(Series { labels, samples: s.points });
+                merged.push(Series { labels, samples: s.points.into_vec() });
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::model::{Labels, METRIC_NAME, Sample, Series, is_stale_nan};
 use super::engine::{EngineOptions, QueryLimits};
 use super::error::QueryError;
 use super::source::{Matcher, SeriesSource, compile_anchored};
-use super::value::{InstantSample, RangeSeries, RangeWindow, Value};
+use super::value::{InstantSample, Points, RangeSeries, RangeWindow, Value};
 use super::{aggregate, binary, functions};
 
 pub(crate) struct Evaluator<'a> {
@@ -300,17 +300,22 @@ impl<'a> Evaluator<'a> {
         let start = end.saturating_sub(duration_ms(&ms.range));
         let mut out = Vec::new();
         let mut n = 0;
-        for s in series.iter() {
+        for (index, s) in series.iter().enumerate() {
             let lo = s.samples.partition_point(|p| p.t <= start);
-            let hi = s.samples.partition_point(|p| p.t <= end);
+            let hi = lo + s.samples[lo..].partition_point(|p| p.t <= end);
             if lo >= hi {
                 continue;
             }
-            let points: Vec<Sample> =
-                s.samples[lo..hi].iter().filter(|p| !is_stale_nan(p.v)).copied().collect();
-            if points.is_empty() {
-                continue;
-            }
+            let window = &s.samples[lo..hi];
+            let points = if window.iter().any(|p| is_stale_nan(p.v)) {
+                let kept: Vec<Sample> = window.iter().filter(|p| !is_stale_nan(p.v)).copied().collect();
+                if kept.is_empty() {
+                    continue;
+                }
+                Points::Owned(kept)
+            } else {
+                Points::Window { series: Rc::clone(&series), index, from: lo, to: hi }
+            };
             n += points.len();
             out.push(RangeSeries { labels: s.labels.clone(), points, drop_name: false });
         }
@@ -357,7 +362,7 @@ impl<'a> Evaluator<'a> {
                         index.insert(s.labels.clone(), out.len());
                         out.push(RangeSeries {
                             labels: s.labels,
-                            points: Vec::new(),
+                            points: Points::new(),
                             drop_name: s.drop_name,
                         });
                         out.len() - 1

@@ -567,7 +567,7 @@ fn is_range_function(name: &str) -> bool {
 /// One range function applied to one series' window. `params` holds the scalar arguments,
 /// then the evaluation time.
 fn range_value(name: &str, s: &RangeSeries, w: &RangeWindow, params: &[f64], t: i64) -> Option<f64> {
-    let p = &s.points;
+    let p: &[Sample] = &s.points;
     let first = p.first()?;
     let last = p.last()?;
     let value = match name {

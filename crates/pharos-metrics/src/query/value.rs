@@ -1,5 +1,7 @@
 //! Values flowing through the evaluator, and the results a query returns.
 
+use std::rc::Rc;
+
 use crate::model::{Labels, Sample, Series};
 
 /// An element of an instant vector during evaluation.
@@ -16,8 +18,53 @@ pub(crate) struct InstantSample {
 #[derive(Debug, Clone)]
 pub(crate) struct RangeSeries {
     pub(crate) labels: Labels,
-    pub(crate) points: Vec<Sample>,
+    pub(crate) points: Points,
     pub(crate) drop_name: bool,
+}
+
+/// The points of a range-vector series: its own, or a window of a fetched series (a range
+/// selector at each step of a range query points into the same fetched samples, uncopied).
+#[derive(Debug, Clone)]
+pub(crate) enum Points {
+    Owned(Vec<Sample>),
+    Window { series: Rc<Vec<Series>>, index: usize, from: usize, to: usize },
+}
+
+impl Points {
+    pub(crate) fn new() -> Points {
+        Points::Owned(Vec::new())
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Sample] {
+        match self {
+            Points::Owned(v) => v,
+            Points::Window { series, index, from, to } => &series[*index].samples[*from..*to],
+        }
+    }
+
+    /// Appends a point (copying a window first).
+    pub(crate) fn push(&mut self, s: Sample) {
+        if let Points::Window { .. } = self {
+            *self = Points::Owned(self.as_slice().to_vec());
+        }
+        if let Points::Owned(v) = self {
+            v.push(s);
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Sample> {
+        match self {
+            Points::Owned(v) => v,
+            w @ Points::Window { .. } => w.as_slice().to_vec(),
+        }
+    }
+}
+
+impl std::ops::Deref for Points {
+    type Target = [Sample];
+    fn deref(&self) -> &[Sample] {
+        self.as_slice()
+    }
 }
 
 /// The window a range vector was selected for: `(start, end]`, in ms.
