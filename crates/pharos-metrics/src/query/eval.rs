@@ -30,6 +30,9 @@ pub(crate) struct Evaluator<'a> {
     mint: i64,
     maxt: i64,
     cache: RefCell<HashMap<usize, Rc<Vec<Series>>>>,
+    /// Per range selector, per fetched series: where its last window started and ended
+    /// (the steps of a range query move forward, so the next window is found from there).
+    cursors: RefCell<HashMap<usize, Vec<(usize, usize)>>>,
     limits: QueryLimits,
     retained: Cell<usize>,
     step_samples: Cell<usize>,
@@ -52,6 +55,24 @@ fn system_time_ms(t: &SystemTime) -> i64 {
         Ok(d) => duration_ms(&d),
         Err(e) => -duration_ms(&e.duration()),
     }
+}
+
+/// The position of the first sample after `t` (the number of samples at or before it), looked
+/// for from `hint` onwards when `hint` is not past it (a few steps, then a binary search), else
+/// in the whole slice.
+fn seek_after(samples: &[Sample], hint: usize, t: i64) -> usize {
+    if hint > samples.len() || (hint > 0 && samples[hint - 1].t > t) {
+        return samples.partition_point(|p| p.t <= t);
+    }
+    let near = (hint + 8).min(samples.len());
+    let mut i = hint;
+    while i < near && samples[i].t <= t {
+        i += 1;
+    }
+    if i < near || i == samples.len() {
+        return i;
+    }
+    i + samples[i..].partition_point(|p| p.t <= t)
 }
 
 /// Removes any number of enclosing parentheses.
@@ -82,6 +103,7 @@ impl<'a> Evaluator<'a> {
             mint: i64::MAX,
             maxt: i64::MIN,
             cache: RefCell::new(HashMap::new()),
+            cursors: RefCell::new(HashMap::new()),
             limits,
             retained: Cell::new(0),
             step_samples: Cell::new(0),
@@ -300,9 +322,14 @@ impl<'a> Evaluator<'a> {
         let start = end.saturating_sub(duration_ms(&ms.range));
         let mut out = Vec::new();
         let mut n = 0;
+        let mut cursors = self.cursors.borrow_mut();
+        let cursors =
+            cursors.entry(ms as *const MatrixSelector as usize).or_insert_with(|| vec![(0, 0); series.len()]);
         for (index, s) in series.iter().enumerate() {
-            let lo = s.samples.partition_point(|p| p.t <= start);
-            let hi = lo + s.samples[lo..].partition_point(|p| p.t <= end);
+            let (from, to) = cursors[index];
+            let lo = seek_after(&s.samples, from, start);
+            let hi = seek_after(&s.samples, to.max(lo), end);
+            cursors[index] = (lo, hi);
             if lo >= hi {
                 continue;
             }
@@ -436,5 +463,25 @@ pub(crate) fn selector_of(expr: &Expr) -> Option<&VectorSelector> {
         Expr::VectorSelector(vs) => Some(vs),
         Expr::MatrixSelector(ms) => Some(&ms.vs),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seek_after_agrees_with_a_binary_search_from_any_hint() {
+        // Timestamps with gaps and repeats of the same step.
+        let samples: Vec<Sample> =
+            (0..100).map(|i| Sample { t: (i * 15 + (i / 7) * 100) as i64, v: 0.0 }).collect();
+        let last = samples.last().map_or(0, |s| s.t);
+        for t in (-20..last + 40).step_by(7) {
+            let want = samples.partition_point(|p| p.t <= t);
+            for hint in 0..=samples.len() + 1 {
+                assert_eq!(seek_after(&samples, hint, t), want, "t={t} hint={hint}");
+            }
+        }
+        assert_eq!(seek_after(&[], 0, 5), 0);
     }
 }
