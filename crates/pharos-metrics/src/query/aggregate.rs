@@ -60,11 +60,31 @@ struct Group {
 }
 
 fn group_samples(input: &[InstantSample], grouping: &Grouping<'_>) -> Vec<Group> {
-    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    // The key borrows from the samples' labels: for `by`, the values of the listed names (in
+    // one order for all); for `without`, the names and values kept.
+    let by: Option<Vec<&str>> = match grouping {
+        Grouping::By(names) => {
+            let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            names.dedup();
+            Some(names)
+        }
+        Grouping::Without(_) => None,
+    };
+    fn key<'l>(by: &Option<Vec<&str>>, grouping: &Grouping<'_>, l: &'l Labels) -> Vec<&'l str> {
+        match (by, grouping) {
+            (Some(names), _) => names.iter().map(|n| l.get(n)).collect(),
+            (None, Grouping::Without(names)) | (None, Grouping::By(names)) => l
+                .iter()
+                .filter(|x| x.name != METRIC_NAME && !names.contains(&x.name))
+                .flat_map(|x| [x.name.as_str(), x.value.as_str()])
+                .collect(),
+        }
+    }
+    let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
     let mut groups: Vec<Group> = Vec::new();
     for (i, s) in input.iter().enumerate() {
-        let key = grouping.key(&s.labels);
-        let gi = *index.entry(key).or_insert_with(|| {
+        let gi = *index.entry(key(&by, grouping, &s.labels)).or_insert_with(|| {
             groups.push(Group { labels: grouping.labels(&s.labels), members: Vec::new() });
             groups.len() - 1
         });
