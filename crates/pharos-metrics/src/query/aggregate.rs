@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
     T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMIT_RATIO, T_LIMITK, T_MAX, T_MIN, T_QUANTILE,
     T_STDDEV, T_STDVAR, T_SUM, T_TOPK,
@@ -60,8 +61,13 @@ struct Group {
 }
 
 fn group_samples(input: &[InstantSample], grouping: &Grouping<'_>) -> Vec<Group> {
-    // The key borrows from the samples' labels: for `by`, the values of the listed names (in
-    // one order for all); for `without`, the names and values kept.
+    group_labels(input.iter().map(|s| &s.labels), grouping)
+}
+
+/// Groups label sets (members are positions in the order given).
+fn group_labels<'l>(all: impl Iterator<Item = &'l Labels>, grouping: &Grouping<'_>) -> Vec<Group> {
+    // The key borrows from the labels: for `by`, the values of the listed names (in one order
+    // for all); for `without`, the names and values kept.
     let by: Option<Vec<&str>> = match grouping {
         Grouping::By(names) => {
             let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -83,9 +89,9 @@ fn group_samples(input: &[InstantSample], grouping: &Grouping<'_>) -> Vec<Group>
     }
     let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
     let mut groups: Vec<Group> = Vec::new();
-    for (i, s) in input.iter().enumerate() {
-        let gi = *index.entry(key(&by, grouping, &s.labels)).or_insert_with(|| {
-            groups.push(Group { labels: grouping.labels(&s.labels), members: Vec::new() });
+    for (i, l) in all.enumerate() {
+        let gi = *index.entry(key(&by, grouping, l)).or_insert_with(|| {
+            groups.push(Group { labels: grouping.labels(l), members: Vec::new() });
             groups.len() - 1
         });
         groups[gi].members.push(i);
@@ -93,13 +99,58 @@ fn group_samples(input: &[InstantSample], grouping: &Grouping<'_>) -> Vec<Group>
     groups
 }
 
-pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
-    let empty: Vec<String> = Vec::new();
-    let grouping = match &agg.modifier {
+fn grouping_of<'a>(modifier: &'a Option<LabelModifier>, empty: &'a [String]) -> Grouping<'a> {
+    match modifier {
         Some(LabelModifier::Include(l)) => Grouping::By(&l.labels),
         Some(LabelModifier::Exclude(l)) => Grouping::Without(&l.labels),
-        None => Grouping::By(&empty),
-    };
+        None => Grouping::By(empty),
+    }
+}
+
+/// The groups of an aggregation over series with these labels: for each group its labels and
+/// its members (positions in `labels`, in order).
+pub(crate) fn groups_of(agg: &AggregateExpr, labels: &[&Labels]) -> Vec<(Labels, Vec<usize>)> {
+    let empty: Vec<String> = Vec::new();
+    let grouping = grouping_of(&agg.modifier, &empty);
+    group_labels(labels.iter().copied(), &grouping).into_iter().map(|g| (g.labels, g.members)).collect()
+}
+
+/// Whether the aggregation combines each group's values into one with [`combine`] (no
+/// parameter, one output per group).
+pub(crate) fn is_plain_aggregation(agg: &AggregateExpr) -> bool {
+    agg.param.is_none()
+        && matches!(agg.op.id(), T_SUM | T_AVG | T_COUNT | T_GROUP | T_MIN | T_MAX | T_STDDEV | T_STDVAR)
+}
+
+/// One group's values (at least one) combined by the aggregation `op`; `None` for an
+/// operator that does not combine values this way.
+pub(crate) fn combine(op: TokenId, vals: Vec<f64>, param: Option<f64>) -> Option<f64> {
+    Some(match op {
+        T_SUM => {
+            let (mut s, mut c) = (0.0, 0.0);
+            for v in &vals {
+                (s, c) = kahan_inc(*v, s, c);
+            }
+            if s.is_infinite() { s } else { s + c }
+        }
+        T_AVG => average(&vals),
+        T_COUNT => vals.len() as f64,
+        T_GROUP => 1.0,
+        T_MIN => vals[1..].iter().fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
+        T_MAX => vals[1..].iter().fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
+        T_STDDEV => std_variance(&vals).sqrt(),
+        T_STDVAR => std_variance(&vals),
+        T_QUANTILE => {
+            let mut v = vals;
+            quantile(param.unwrap_or(f64::NAN), &mut v)
+        }
+        _ => return None,
+    })
+}
+
+pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) -> Result<Value, QueryError> {
+    let empty: Vec<String> = Vec::new();
+    let grouping = grouping_of(&agg.modifier, &empty);
     let op = agg.op.id();
     if op == T_COUNT_VALUES {
         let label = match agg.param.as_deref().map(unparen) {
@@ -129,28 +180,8 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
     for g in groups {
         let vals: Vec<f64> = g.members.iter().map(|&i| input[i].v).collect();
         let drop_name = g.members.iter().any(|&i| input[i].drop_name);
-        let v = match op {
-            T_SUM => {
-                let (mut s, mut c) = (0.0, 0.0);
-                for v in &vals {
-                    (s, c) = kahan_inc(*v, s, c);
-                }
-                if s.is_infinite() { s } else { s + c }
-            }
-            T_AVG => average(&vals),
-            T_COUNT => vals.len() as f64,
-            T_GROUP => 1.0,
-            T_MIN => vals[1..].iter().fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
-            T_MAX => vals[1..].iter().fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
-            T_STDDEV => std_variance(&vals).sqrt(),
-            T_STDVAR => std_variance(&vals),
-            T_QUANTILE => {
-                let mut v = vals;
-                quantile(param.unwrap_or(f64::NAN), &mut v)
-            }
-            _ => {
-                return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
-            }
+        let Some(v) = combine(op, vals, param) else {
+            return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
         };
         out.push(InstantSample { labels: g.labels, v, drop_name });
     }

@@ -105,6 +105,11 @@ impl Engine {
         &self.opts
     }
 
+    #[cfg(test)]
+    pub(crate) fn limits_for_tests(&self, cancel: &CancelToken) -> QueryLimits {
+        self.limits(cancel)
+    }
+
     fn limits(&self, cancel: &CancelToken) -> QueryLimits {
         QueryLimits {
             deadline: self.opts.timeout.map(|t| Instant::now() + t),
@@ -153,6 +158,34 @@ impl Engine {
         step: i64,
         cancel: &CancelToken,
     ) -> Result<QueryValue, QueryError> {
+        self.range_with(source, expr, start, end, step, cancel, true)
+    }
+
+    /// [`range`](Self::range) with every expression evaluated step by step.
+    #[cfg(test)]
+    pub(crate) fn range_step_by_step(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+        cancel: &CancelToken,
+    ) -> Result<QueryValue, QueryError> {
+        self.range_with(source, expr, start, end, step, cancel, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn range_with(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+        cancel: &CancelToken,
+        series_by_series: bool,
+    ) -> Result<QueryValue, QueryError> {
         match expr.value_type() {
             ValueType::Matrix => {
                 return Err(QueryError::InvalidRangeQueryType { found: "range vector" });
@@ -171,6 +204,9 @@ impl Engine {
         let limits = self.limits(cancel);
         let max_samples = limits.max_samples;
         let ev = Evaluator::new(source, &self.opts, limits, expr, start, end, step)?;
+        if series_by_series && let Some(series) = super::rollup::try_range(&ev, expr, start, end, step) {
+            return Ok(QueryValue::Matrix(finish_matrix(series?)?));
+        }
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut series: Vec<RangeSeries> = Vec::new();
         let mut total_points = 0usize;

@@ -42,7 +42,7 @@ pub(crate) fn duration_ms(d: &Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn offset_ms(o: Option<&Offset>) -> i64 {
+pub(crate) fn offset_ms(o: Option<&Offset>) -> i64 {
     match o {
         None => 0,
         Some(Offset::Pos(d)) => duration_ms(d),
@@ -55,6 +55,20 @@ fn system_time_ms(t: &SystemTime) -> i64 {
         Ok(d) => duration_ms(&d),
         Err(e) => -duration_ms(&e.duration()),
     }
+}
+
+/// The samples of the window `(start, end]` as positions `lo..hi` (`None` when empty),
+/// found from where the previous window of the same series was (`cursor`, updated).
+pub(crate) fn window_at(
+    samples: &[Sample],
+    cursor: &mut (usize, usize),
+    start: i64,
+    end: i64,
+) -> Option<(usize, usize)> {
+    let lo = seek_after(samples, cursor.0, start);
+    let hi = seek_after(samples, cursor.1.max(lo), end);
+    *cursor = (lo, hi);
+    (lo < hi).then_some((lo, hi))
 }
 
 /// The position of the first sample after `t` (the number of samples at or before it), looked
@@ -115,7 +129,7 @@ impl<'a> Evaluator<'a> {
         Ok(ev)
     }
 
-    fn at_time(&self, at: Option<&AtModifier>, t: i64) -> i64 {
+    pub(crate) fn at_time(&self, at: Option<&AtModifier>, t: i64) -> i64 {
         match at {
             None => t,
             Some(AtModifier::Start) => self.query_start,
@@ -186,6 +200,11 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn eval_top(&self, expr: &Expr, t: i64) -> Result<Value, QueryError> {
         self.step_samples.set(0);
         self.eval(expr, t)
+    }
+
+    /// The query's limits (deadline, cancellation, samples).
+    pub(crate) fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     pub(crate) fn count_samples(&self, n: usize) -> Result<(), QueryError> {
@@ -266,7 +285,7 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn fetch(&self, vs: &VectorSelector) -> Result<Rc<Vec<Series>>, QueryError> {
+    pub(crate) fn fetch(&self, vs: &VectorSelector) -> Result<Rc<Vec<Series>>, QueryError> {
         let key = vs as *const VectorSelector as usize;
         if let Some(s) = self.cache.borrow().get(&key) {
             return Ok(Rc::clone(s));
@@ -326,13 +345,7 @@ impl<'a> Evaluator<'a> {
         let cursors =
             cursors.entry(ms as *const MatrixSelector as usize).or_insert_with(|| vec![(0, 0); series.len()]);
         for (index, s) in series.iter().enumerate() {
-            let (from, to) = cursors[index];
-            let lo = seek_after(&s.samples, from, start);
-            let hi = seek_after(&s.samples, to.max(lo), end);
-            cursors[index] = (lo, hi);
-            if lo >= hi {
-                continue;
-            }
+            let Some((lo, hi)) = window_at(&s.samples, &mut cursors[index], start, end) else { continue };
             let window = &s.samples[lo..hi];
             let points = if window.iter().any(|p| is_stale_nan(p.v)) {
                 let kept: Vec<Sample> = window.iter().filter(|p| !is_stale_nan(p.v)).copied().collect();

@@ -11,7 +11,7 @@ use super::eval::{Evaluator, selector_of, unparen};
 use super::kahan::{KahanSum, kahan_inc, kahan_mean};
 use super::quantile::{Bucket, bucket_fraction, bucket_quantile, quantile};
 use super::source::compile_anchored;
-use super::value::{InstantSample, RangeSeries, RangeWindow, Value};
+use super::value::{InstantSample, RangeWindow, Value};
 
 fn arg(call: &Call, i: usize) -> Result<&Expr, QueryError> {
     call.args.args.get(i).map(|b| b.as_ref()).ok_or_else(|| QueryError::Unsupported {
@@ -511,7 +511,7 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value,
         return Err(QueryError::Unsupported { what: format!("function {name}()") });
     }
     let (series, window) = ev.eval_range(arg(call, range_idx)?, t)?;
-    let keeps_name = matches!(name, "last_over_time" | "first_over_time");
+    let keeps_name = keeps_name(name);
     if matches!(name, "double_exponential_smoothing" | "holt_winters") && !series.is_empty() {
         let (sf, tf) = (params[0], params[1]);
         if sf <= 0.0 || sf >= 1.0 {
@@ -524,11 +524,25 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value,
     params.push(t as f64);
     let mut out = Vec::with_capacity(series.len());
     for s in series {
-        if let Some(v) = range_value(name, &s, &window, &params, t) {
+        if let Some(v) = range_value(name, &s.points, &window, &params, t) {
             out.push(InstantSample { labels: s.labels, v, drop_name: s.drop_name || !keeps_name });
         }
     }
     Ok(Value::Vector(out))
+}
+
+/// Whether `name` is a range function whose only argument is the range vector.
+pub(crate) fn is_plain_range_function(name: &str) -> bool {
+    is_range_function(name)
+        && !matches!(
+            name,
+            "quantile_over_time" | "predict_linear" | "double_exponential_smoothing" | "holt_winters"
+        )
+}
+
+/// Whether the range function keeps `__name__` (the others drop it).
+pub(crate) fn keeps_name(name: &str) -> bool {
+    matches!(name, "last_over_time" | "first_over_time")
 }
 
 fn is_range_function(name: &str) -> bool {
@@ -566,8 +580,7 @@ fn is_range_function(name: &str) -> bool {
 
 /// One range function applied to one series' window. `params` holds the scalar arguments,
 /// then the evaluation time.
-fn range_value(name: &str, s: &RangeSeries, w: &RangeWindow, params: &[f64], t: i64) -> Option<f64> {
-    let p: &[Sample] = &s.points;
+pub(crate) fn range_value(name: &str, p: &[Sample], w: &RangeWindow, params: &[f64], t: i64) -> Option<f64> {
     let first = p.first()?;
     let last = p.last()?;
     let value = match name {

@@ -14,6 +14,7 @@ mod eval;
 mod functions;
 mod kahan;
 mod quantile;
+mod rollup;
 mod selector;
 mod source;
 mod value;

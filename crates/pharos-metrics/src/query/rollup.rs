@@ -1,0 +1,361 @@
+//! Range queries of the shape most dashboards ask for, `f(selector[range])` alone or under one
+//! aggregation (`sum`, `avg`, `count`, `group`, `min`, `max`, `stddev`, `stdvar`, with `by` or
+//! `without`), evaluated series by series over all steps instead of step by step.
+//!
+//! Step by step, every step hands every series' labels and window to the function, then
+//! groups the results by their labels again. Series by series, a series' group is found once,
+//! its windows move forward along its samples, and each step's values are combined per group
+//! in the same order (so the sums are the same to the bit). The answers, errors and sample
+//! limits are those of the step-by-step evaluation; a test compares the two on random data.
+
+use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector};
+
+use crate::model::{Labels, Sample, is_stale_nan};
+
+use super::aggregate;
+use super::error::QueryError;
+use super::eval::{Evaluator, duration_ms, offset_ms, unparen, window_at};
+use super::functions;
+use super::value::{Points, RangeSeries, RangeWindow};
+
+/// The range query's series when `expr` has a shape this module evaluates, else `None` (the
+/// caller evaluates step by step).
+pub(crate) fn try_range(
+    ev: &Evaluator<'_>,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Option<Result<Vec<RangeSeries>, QueryError>> {
+    let (agg, call): (Option<&AggregateExpr>, &Call) = match unparen(expr) {
+        Expr::Aggregate(a) if aggregate::is_plain_aggregation(a) => match unparen(&a.expr) {
+            Expr::Call(c) => (Some(a), c),
+            _ => return None,
+        },
+        Expr::Call(c) => (None, c),
+        _ => return None,
+    };
+    let name = call.func.name;
+    if call.args.args.len() != 1 || !functions::is_plain_range_function(name) {
+        return None;
+    }
+    let Expr::MatrixSelector(ms) = unparen(&call.args.args[0]) else { return None };
+    let mut steps = Vec::new();
+    let mut t = start;
+    while t <= end {
+        steps.push(t);
+        t = match t.checked_add(step) {
+            Some(n) => n,
+            None => break,
+        };
+    }
+    Some(evaluate(ev, agg, name, ms, &steps))
+}
+
+/// Each series' values at every step (`NaN` payloads are values too, so presence is kept apart).
+struct Table {
+    steps: usize,
+    values: Vec<f64>,
+    present: Vec<bool>,
+}
+
+impl Table {
+    fn get(&self, series: usize, step: usize) -> Option<f64> {
+        let i = series * self.steps + step;
+        self.present[i].then(|| self.values[i])
+    }
+}
+
+fn evaluate(
+    ev: &Evaluator<'_>,
+    agg: Option<&AggregateExpr>,
+    name: &str,
+    ms: &MatrixSelector,
+    steps: &[i64],
+) -> Result<Vec<RangeSeries>, QueryError> {
+    let limits = ev.limits();
+    let max = limits.max_samples;
+    let series = ev.fetch(&ms.vs)?;
+    let range = duration_ms(&ms.range);
+    let offset = offset_ms(ms.vs.offset.as_ref());
+    let n = steps.len();
+    let mut table =
+        Table { steps: n, values: vec![0.0; series.len() * n], present: vec![false; series.len() * n] };
+    // Samples selected at each step over all series: the step-by-step evaluation's limit.
+    let mut selected = vec![0usize; n];
+    let mut kept: Vec<Sample> = Vec::new();
+    for (si, s) in series.iter().enumerate() {
+        limits.check()?;
+        let mut cursor = (0, 0);
+        for (k, &t) in steps.iter().enumerate() {
+            let window_end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
+            let window_start = window_end.saturating_sub(range);
+            let Some((lo, hi)) = window_at(&s.samples, &mut cursor, window_start, window_end) else {
+                continue;
+            };
+            let mut points = &s.samples[lo..hi];
+            if points.iter().any(|p| is_stale_nan(p.v)) {
+                kept.clear();
+                kept.extend(points.iter().filter(|p| !is_stale_nan(p.v)));
+                if kept.is_empty() {
+                    continue;
+                }
+                points = &kept;
+            }
+            selected[k] += points.len();
+            if selected[k] > max {
+                return Err(QueryError::TooManySamples { limit: max });
+            }
+            let w = RangeWindow { start: window_start, end: window_end };
+            if let Some(v) = functions::range_value(name, points, &w, &[t as f64], t) {
+                let i = si * n + k;
+                table.values[i] = v;
+                table.present[i] = true;
+            }
+        }
+    }
+    let drop_name = !functions::keeps_name(name);
+    let out = match agg {
+        None => {
+            let mut out = Vec::new();
+            let mut total = 0usize;
+            for (si, s) in series.iter().enumerate() {
+                let points: Vec<Sample> =
+                    (0..n).filter_map(|k| table.get(si, k).map(|v| Sample { t: steps[k], v })).collect();
+                if points.is_empty() {
+                    continue;
+                }
+                total += points.len();
+                if total > max {
+                    return Err(QueryError::TooManySamples { limit: max });
+                }
+                out.push(RangeSeries { labels: s.labels.clone(), points: Points::Owned(points), drop_name });
+            }
+            out
+        }
+        Some(agg) => {
+            let labels: Vec<&Labels> = series.iter().map(|s| &s.labels).collect();
+            let op = agg.op.id();
+            let mut out = Vec::new();
+            let mut vals: Vec<f64> = Vec::new();
+            for (group_labels, members) in aggregate::groups_of(agg, &labels) {
+                limits.check()?;
+                let mut points = Vec::new();
+                for (k, &t) in steps.iter().enumerate() {
+                    vals.clear();
+                    vals.extend(members.iter().filter_map(|&si| table.get(si, k)));
+                    if vals.is_empty() {
+                        continue;
+                    }
+                    let Some(v) = aggregate::combine(op, vals.clone(), None) else {
+                        return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
+                    };
+                    points.push(Sample { t, v });
+                }
+                if !points.is_empty() {
+                    out.push(RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name });
+                }
+            }
+            out
+        }
+    };
+    // The limit as the step-by-step evaluation applies it: at each step, the samples selected
+    // plus the points of the result so far; then the result's points.
+    let mut per_step = vec![0usize; n];
+    for s in &out {
+        for p in s.points.iter() {
+            if let Ok(k) = steps.binary_search(&p.t) {
+                per_step[k] += 1;
+            }
+        }
+    }
+    let mut retained = 0usize;
+    for k in 0..n {
+        if selected[k].saturating_add(retained) > max {
+            return Err(QueryError::TooManySamples { limit: max });
+        }
+        retained += per_step[k];
+        if retained > max {
+            return Err(QueryError::TooManySamples { limit: max });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Series, stale_nan};
+
+    use crate::query::{CancelToken, Engine, EngineOptions, MemSource, QueryValue, parse};
+
+    /// Counters (with resets), gauges (with NaN), staleness markers and gaps over 3 jobs.
+    fn data(seed: u64) -> MemSource {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut all = Vec::new();
+        for i in 0..30 {
+            let job = format!("job{}", i % 3);
+            let instance = format!("i{i}");
+            let mut counter = Vec::new();
+            let mut gauge = Vec::new();
+            let mut c = 0.0;
+            let mut t = (next() % 15_000) as i64;
+            while t < 3_600_000 {
+                let r = next();
+                if r % 97 == 0 {
+                    c = 0.0;
+                } else {
+                    c += (r % 50) as f64;
+                }
+                if r % 89 == 0 {
+                    counter.push(Sample { t, v: stale_nan() });
+                } else {
+                    counter.push(Sample { t, v: c });
+                }
+                let g = if r % 101 == 0 { f64::NAN } else { (r % 1000) as f64 / 7.0 - 50.0 };
+                gauge.push(Sample { t, v: g });
+                // Mostly 15 s apart, sometimes a gap.
+                t += if r % 53 == 0 { 300_000 } else { 15_000 };
+            }
+            let labels = |name: &str| {
+                Labels::from_pairs([
+                    ("__name__", name),
+                    ("job", job.as_str()),
+                    ("instance", instance.as_str()),
+                ])
+            };
+            all.push(Series { labels: labels("requests_total"), samples: counter });
+            all.push(Series { labels: labels("temperature"), samples: gauge });
+        }
+        let mut source = MemSource::new();
+        for s in all {
+            for p in s.samples {
+                source.add(s.labels.clone(), p.t, p.v);
+            }
+        }
+        source
+    }
+
+    fn same(a: &QueryValue, b: &QueryValue) -> bool {
+        let (QueryValue::Matrix(a), QueryValue::Matrix(b)) = (a, b) else { return a == b };
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.labels == y.labels
+                    && x.samples.len() == y.samples.len()
+                    && x.samples
+                        .iter()
+                        .zip(&y.samples)
+                        .all(|(p, q)| p.t == q.t && p.v.to_bits() == q.v.to_bits())
+            })
+    }
+
+    #[test]
+    fn series_by_series_answers_equal_step_by_step_answers() {
+        let queries = [
+            "rate(requests_total[5m])",
+            "sum by (job) (rate(requests_total[5m]))",
+            "sum(increase(requests_total[2m]))",
+            "avg without (instance) (irate(requests_total[1m]))",
+            "count by (job) (delta(temperature[10m]))",
+            "max by (job) (max_over_time(temperature[3m]))",
+            "min(min_over_time(temperature[3m]))",
+            "stddev by (job) (avg_over_time(temperature[5m]))",
+            "stdvar(sum_over_time(temperature[5m] offset 10m))",
+            "group by (job) (changes(temperature[5m]))",
+            "sum by (__name__) (last_over_time({__name__=~\"requests_total|temperature\"}[5m]))",
+            "last_over_time(temperature[1m])",
+            "resets(requests_total[30m] @ 1800)",
+            "deriv(temperature[5m])",
+            "sum by (job) (rate(requests_total[5m] @ end()))",
+            "(sum by (job) ((rate(requests_total[5m]))))",
+            "count(present_over_time(requests_total[30s]))",
+            "ts_of_max_over_time(temperature[5m])",
+        ];
+        let engine = Engine::new(EngineOptions::default());
+        for seed in [1, 7, 42] {
+            let source = data(seed);
+            for q in queries {
+                let expr = parse(q).unwrap();
+                let ev = Evaluator::new(
+                    &source,
+                    engine.options(),
+                    engine.limits_for_tests(&CancelToken::default()),
+                    &expr,
+                    600_000,
+                    3_600_000,
+                    30_000,
+                )
+                .unwrap();
+                assert!(try_range(&ev, &expr, 600_000, 3_600_000, 30_000).is_some(), "{q} takes this path");
+                let fast = engine.range(&source, &expr, 600_000, 3_600_000, 30_000, &CancelToken::default());
+                let slow = engine.range_step_by_step(
+                    &source,
+                    &expr,
+                    600_000,
+                    3_600_000,
+                    30_000,
+                    &CancelToken::default(),
+                );
+                match (fast, slow) {
+                    (Ok(a), Ok(b)) => assert!(same(&a, &b), "{q} (seed {seed}):\n{a:?}\n!=\n{b:?}"),
+                    (a, b) => assert_eq!(
+                        a.map(|_| ()).map_err(|e| e.to_string()),
+                        b.map(|_| ()).map_err(|e| e.to_string()),
+                        "{q}"
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_are_left_to_the_step_by_step_evaluation() {
+        let engine = Engine::new(EngineOptions::default());
+        let source = data(3);
+        for q in [
+            "topk(3, rate(requests_total[5m]))",
+            "quantile_over_time(0.5, temperature[5m])",
+            "sum(rate(requests_total[5m])) by (job) * 2",
+            "rate(requests_total[5m:1m])",
+            "requests_total",
+            "quantile(0.9, rate(requests_total[5m]))",
+        ] {
+            let expr = parse(q).unwrap();
+            let ev = Evaluator::new(
+                &source,
+                engine.options(),
+                engine.limits_for_tests(&CancelToken::default()),
+                &expr,
+                0,
+                600_000,
+                60_000,
+            )
+            .unwrap();
+            assert!(try_range(&ev, &expr, 0, 600_000, 60_000).is_none(), "{q}");
+        }
+    }
+
+    #[test]
+    fn the_sample_limit_is_the_step_by_step_one() {
+        let source = data(5);
+        for max in [10, 100, 2_000, 20_000, 200_000] {
+            let engine = Engine::new(EngineOptions { max_samples: max, ..EngineOptions::default() });
+            for q in ["rate(requests_total[5m])", "sum by (job) (rate(requests_total[10m]))"] {
+                let expr = parse(q).unwrap();
+                let fast = engine.range(&source, &expr, 0, 3_600_000, 15_000, &CancelToken::default());
+                let slow =
+                    engine.range_step_by_step(&source, &expr, 0, 3_600_000, 15_000, &CancelToken::default());
+                assert_eq!(fast.is_ok(), slow.is_ok(), "{q} with max_samples {max}");
+                if let (Ok(a), Ok(b)) = (&fast, &slow) {
+                    assert!(same(a, b), "{q}");
+                }
+            }
+        }
+    }
+}
