@@ -682,13 +682,25 @@ pub(crate) fn extrapolated_rate(
     is_counter: bool,
     is_rate: bool,
 ) -> Option<f64> {
+    extrapolated_rate_known(p, w, is_counter, is_rate, false)
+}
+
+/// [`extrapolated_rate`]; `no_resets`: the caller knows that no value in `p` is below the one
+/// before it, so the counter-reset pass is skipped (the result is the same).
+pub(crate) fn extrapolated_rate_known(
+    p: &[Sample],
+    w: &RangeWindow,
+    is_counter: bool,
+    is_rate: bool,
+    no_resets: bool,
+) -> Option<f64> {
     if p.len() < 2 {
         return None;
     }
     let first = p[0];
     let last = p[p.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
+    if is_counter && !no_resets {
         for x in p.windows(2) {
             if x[1].v < x[0].v {
                 result += x[0].v;

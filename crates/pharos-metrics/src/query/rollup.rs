@@ -84,8 +84,21 @@ fn evaluate(
     // Samples selected at each step over all series: the step-by-step evaluation's limit.
     let mut selected = vec![0usize; n];
     let mut kept: Vec<Sample> = Vec::new();
+    // For `rate` and `increase`: resets[i] counts the samples up to i below the one before
+    // them, so that a window without any skips the counter-reset pass.
+    let counter = matches!(name, "rate" | "increase");
+    let mut resets: Vec<u32> = Vec::new();
     for (si, s) in series.iter().enumerate() {
         limits.check()?;
+        if counter {
+            resets.clear();
+            let mut n = 0u32;
+            resets.push(0);
+            for pair in s.samples.windows(2) {
+                n += u32::from(pair[1].v < pair[0].v);
+                resets.push(n);
+            }
+        }
         let mut cursor = (0, 0);
         for (k, &t) in steps.iter().enumerate() {
             let window_end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
@@ -94,7 +107,9 @@ fn evaluate(
                 continue;
             };
             let mut points = &s.samples[lo..hi];
+            let mut no_resets = counter && resets[hi - 1] == resets[lo];
             if points.iter().any(|p| is_stale_nan(p.v)) {
+                no_resets = false;
                 kept.clear();
                 kept.extend(points.iter().filter(|p| !is_stale_nan(p.v)));
                 if kept.is_empty() {
@@ -107,7 +122,12 @@ fn evaluate(
                 return Err(QueryError::TooManySamples { limit: max });
             }
             let w = RangeWindow { start: window_start, end: window_end };
-            if let Some(v) = functions::range_value(name, points, &w, &[t as f64], t) {
+            let value = if no_resets {
+                functions::extrapolated_rate_known(points, &w, true, name == "rate", true)
+            } else {
+                functions::range_value(name, points, &w, &[t as f64], t)
+            };
+            if let Some(v) = value {
                 let i = si * n + k;
                 table.values[i] = v;
                 table.present[i] = true;
