@@ -126,10 +126,18 @@ def collect(out, quick):
     def sustained(r):
         x = runs.get(r)
         return min(x["acked_spans_per_s"], x["processed_spans_per_s"]) if x else None
+    col = runs.get("otelcol")
+    no_col = "did not run (bench/collector/build-collector-pipeline.sh)"
     t.add("ingest, full pipeline", "OTLP/gRPC traces", "spans/s", "higher", sustained("full"),
           {"Pharos, pipeline off": sustained("off"),
-           "otelcol": "no Collector with these processors built here"},
-          "redaction, attributes, tail sampling, span metrics")
+           "otelcol": sustained("otelcol") if col else no_col},
+          "redaction, attributes, tail sampling, span metrics; Collector: the same contrib processors "
+          "(bench/collector/pipeline.yaml), sampled spans through a file_storage queue")
+    full = runs.get("full") or {}
+    t.add("ingest, full pipeline", "spans per CPU-second", "spans/CPU-s", "higher", full.get("spans_per_cpu_s"),
+          {"otelcol": col["spans_per_cpu_s"] if col else no_col}, "processed spans / the server's CPU seconds")
+    t.add("ingest, full pipeline", "peak RSS", "MiB", "lower", full.get("rss_peak_mib"),
+          {"otelcol": col["rss_peak_mib"] if col else no_col}, "tail sampling holds up to num_traces traces")
 
     # ---- query latency ----
     mh = md_rows(f"{out}/metrics-history.out")

@@ -22,6 +22,17 @@
 #     processors, stores);
 #   - peak RSS (VmRSS every 0.5 s), peak and final pharos_processor_held_bytes of tail_sampling;
 #   - seconds spent in each processor (pharos_processor_seconds_total).
+# Peer (run `otelcol`, after the others): the OpenTelemetry Collector with the equivalent contrib
+# components (bench/collector/pipeline.yaml: redaction, attributes, tail_sampling, batch, the
+# spanmetrics connector, sampled spans through a file_storage queue; every difference from
+# Pharos's pipeline is listed there) on the same load. Its figures come from its own metrics
+# (:OTELCOL_METRICS_PORT): processed = spans taken in by its first processor
+# (otelcol_processor_incoming_items{processor="redaction"}, = otelcol_receiver_accepted_spans),
+# drained = every new trace decided (otelcol_processor_tail_sampling_global_count_traces_sampled
+# + _sampling_trace_dropped_too_early = _new_trace_id_received), the exporter queue empty and the
+# sampled spans sent (otelcol_exporter_sent_spans); CPU, spans per CPU-second and peak RSS as for
+# pharos. Its tail sampler has as many shards as pharos had queue partitions in the full run,
+# NUM_TRACES each. Prints the ratios Pharos full / Collector.
 # Prints a table; writes $OUT/pipeline.json (and per-run JSON, samples and logs under $OUT/<run>/).
 #
 # Usage: bench/run-pipeline.sh [--quick]
@@ -32,7 +43,10 @@
 #   DRAIN_TIMEOUT [180] seconds to wait for the queue to drain after the load,
 #   FLUSH_INTERVAL [5s] traces.flush_interval and metrics.flush_interval of every run,
 #   PHAROS_SET extra `--set k=v` for `pharos serve`, SKIP_BUILD [0], BENCH_WORK, BENCH_OUT,
-#   KEEP_DATA [0] (1: keep the data dirs and the binaries' copies in the work dir).
+#   KEEP_DATA [0] (1: keep the data dirs and the binaries' copies in the work dir),
+#   COLLECTOR [1 when the binary exists, else 0; 1 builds it if missing] run the Collector peer,
+#   OTELCOL_PIPELINE [$PHAROS_BENCH_CACHE/otelcol-pipeline, built by
+#   bench/collector/build-collector-pipeline.sh], OTELCOL_FSYNC [true] fsync of its file_storage.
 # Everything listens on 127.0.0.1, every step is bounded in time, and every process the
 # script started is stopped on exit.
 set -euo pipefail
@@ -63,6 +77,13 @@ if [[ -z "${RUNS:-}" ]]; then
   if [[ "${ONLY_FULL:-0}" == 1 ]]; then RUNS="off full"
   else RUNS="off full redaction attributes tail_sampling span_metrics"; fi
 fi
+OTELCOL_PIPELINE="${OTELCOL_PIPELINE:-${PHAROS_BENCH_CACHE:-$HOME/.cache/pharos-bench}/otelcol-pipeline}"
+OTELCOL_FSYNC="${OTELCOL_FSYNC:-true}"
+if [[ -z "${COLLECTOR:-}" ]]; then
+  COLLECTOR=0
+  if [[ -x "$OTELCOL_PIPELINE" ]]; then COLLECTOR=1
+  else echo "no Collector peer: $OTELCOL_PIPELINE not built (bench/collector/build-collector-pipeline.sh)" >&2; fi
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/pharos/target}"
 WORK="${BENCH_WORK:-$(mktemp -d /tmp/pharos-pipeline-bench.XXXXXX)}"
 OUT="${BENCH_OUT:-$WORK/results}"
@@ -76,10 +97,19 @@ fi
 cp "$CARGO_TARGET_DIR/release/pharos" "$CARGO_TARGET_DIR/release/pharos-loadgen" "$WORK/bin/"
 PHAROS="$WORK/bin/pharos"
 LOADGEN="$WORK/bin/pharos-loadgen"
+OTELCOL=""
+if [[ "$COLLECTOR" == 1 ]]; then
+  [[ -x "$OTELCOL_PIPELINE" ]] || "$HERE/collector/build-collector-pipeline.sh" >/dev/null
+  # Named `otelcol` so that bench/run's pinning (bench/peers/pin.py, by command name) moves it
+  # to the servers' CPU like the other Collector.
+  cp "$OTELCOL_PIPELINE" "$WORK/bin/otelcol"
+  OTELCOL="$WORK/bin/otelcol"
+fi
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "git: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "pharos sha256: $(sha256sum "$PHAROS" | cut -d' ' -f1)"
+  [[ -n "$OTELCOL" ]] && echo "collector: $("$OTELCOL" --version 2>/dev/null) ($OTELCOL_PIPELINE)"
   echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   echo "memory: $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
 } >"$OUT/machine.txt"
@@ -358,9 +388,230 @@ run_one() {
   [[ -f "$run/run.json" ]] || { echo "[$name] no figures (see $run)" >&2; return 1; }
 }
 
-for r in $RUNS; do run_one "$r"; done
+# The Collector's monitor: the same sampling as pharos's (0.5 s), from the Collector's own
+# metrics; writes $RUN/run.json with the keys of pharos's runs that apply, and its own.
+cat >"$WORK/otelcol_monitor.py" <<'PY'
+import json, os, re, sys, time, urllib.request
 
-python3 - "$OUT" "$NUM_TRACES" "$DECISION_WAIT" "$DURATION" "$RATE" "$WORKERS" "$BATCH" $RUNS <<'PY'
+metrics_addr, pid, run_dir, drain_timeout, shards = sys.argv[1:6]
+drain_timeout = float(drain_timeout)
+tick = os.sysconf("SC_CLK_TCK")
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+last_text = ""
+def metrics():
+    global last_text
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
+    last_text = text
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = LINE.match(line)
+        if m:
+            out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+def total(ms, name, **want):
+    # Counters are exported with or without the `_total` suffix depending on the version.
+    return sum(v for n, l, v in ms if n in (name, name + "_total")
+               and all(l.get(k) == x for k, x in want.items()))
+
+def proc_cpu():
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+
+def proc_rss_kib():
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+def machine_busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / tick
+
+TS = "otelcol_processor_tail_sampling_"
+def processed(ms):
+    # Spans taken in by the first processor (the pipeline is synchronous up to the tail
+    # sampler: the same as the receiver's accepted spans).
+    return total(ms, "otelcol_processor_incoming_items", processor="redaction", otel_signal="traces")
+
+def decided(ms):
+    return (total(ms, TS + "global_count_traces_sampled")
+            + total(ms, TS + "sampling_trace_dropped_too_early"))
+
+start = time.time()
+cpu0, busy0 = proc_cpu(), machine_busy()
+samples, errors = [], 0
+rss_peak = on_memory_peak = 0
+load_end = None
+last_count, last_change = None, start
+last_sent = None
+drained_at = None
+ms = []
+while True:
+    now = time.time()
+    try:
+        ms = metrics()
+    except Exception:
+        errors += 1
+        ms = ms or []
+    try:
+        rss, cpu = proc_rss_kib(), proc_cpu()
+    except OSError:
+        print("otelcol: the Collector exited during the run", file=sys.stderr)
+        break
+    rss_peak = max(rss_peak, rss)
+    count = processed(ms)
+    received = total(ms, TS + "new_trace_id_received")
+    dec = decided(ms)
+    on_memory = total(ms, TS + "sampling_traces_on_memory")
+    on_memory_peak = max(on_memory_peak, on_memory)
+    queue = total(ms, "otelcol_exporter_queue_size", exporter="debug")
+    sent = total(ms, "otelcol_exporter_sent_spans", exporter="debug")
+    if count != last_count:
+        last_count, last_change = count, now
+    samples.append({"t": round(now - start, 2), "rss_kib": rss, "cpu_s": round(cpu - cpu0, 2),
+                    "processed": int(count), "traces_received": int(received), "traces_decided": int(dec),
+                    "traces_on_memory": int(on_memory), "queue_size": int(queue), "sent": int(sent)})
+    if load_end is None and os.path.exists(f"{run_dir}/load.done"):
+        load_end = float(open(f"{run_dir}/load.done").read())
+        busy_load, cpu_load = machine_busy(), cpu
+        lg = json.loads(open(f"{run_dir}/loadgen.json").read())
+    if load_end is not None:
+        # Drained: every trace decided, the exporter queue empty, and nothing more sent since
+        # the previous sample (the batch processor flushed what the sampler released).
+        if ms and now > load_end and received > 0 and dec >= received and queue == 0 and sent == last_sent:
+            drained_at = now
+            break
+        if now - load_end > drain_timeout:
+            print(f"otelcol: not drained {drain_timeout:.0f}s after the load (decided {dec:.0f} of "
+                  f"{received:.0f} traces, queue {queue:.0f})", file=sys.stderr)
+            break
+    last_sent = sent
+    time.sleep(max(0.0, 0.5 - (time.time() - now)))
+
+if load_end is None:
+    sys.exit("otelcol: the load did not finish")
+end = drained_at or time.time()
+cpu_s = samples[-1]["cpu_s"]
+count = processed(ms)
+processed_secs = max(last_change - start, 1e-9)
+loadgen_cpu = lg.get("loadgen_cpu_s", 0.0)
+load_secs = max(load_end - start, 1e-9)
+cpu_load_s = cpu_load - cpu0
+other_cpu_pct = round(100 * max(0.0, (busy_load - busy0) - cpu_load_s - loadgen_cpu) / load_secs, 1)
+sampled = {l.get("sampled", ""): int(v) for n, l, v in ms
+           if n in (TS + "global_count_traces_sampled", TS + "global_count_traces_sampled_total")}
+result = {
+    "run": "otelcol",
+    "server": "otelcol",
+    "first_processor": "redaction",
+    "partitions": int(shards),
+    "tail_sampling_shards": int(shards),
+    "acked_spans_per_s": lg["items_per_sec"],
+    "acked_spans_measured": lg["items_accepted"],
+    "loadgen_errors": lg.get("errors", {}),
+    "latency_ms": lg.get("latency"),
+    "receiver_accepted_spans": int(total(ms, "otelcol_receiver_accepted_spans")),
+    "receiver_refused_spans": int(total(ms, "otelcol_receiver_refused_spans")),
+    "processed_spans": int(count),
+    "processed_seconds": round(processed_secs, 2),
+    "processed_spans_per_s": round(count / processed_secs),
+    "drained": drained_at is not None,
+    "drained_seconds": round(end - start, 2),
+    "drained_spans_per_s": round(count / (end - start)),
+    # Spans the tail sampler emitted that went through the file_storage queue to the exporter:
+    # the counterpart of pharos's spans put in its trace store.
+    "stored_spans": int(total(ms, "otelcol_exporter_sent_spans", exporter="debug")),
+    "exporter_send_failed_spans": int(total(ms, "otelcol_exporter_send_failed_spans", exporter="debug")),
+    "traces_received": int(total(ms, TS + "new_trace_id_received")),
+    "traces_sampled": sampled.get("true", 0),
+    "traces_not_sampled": sampled.get("false", 0),
+    "traces_dropped_too_early": int(total(ms, TS + "sampling_trace_dropped_too_early")),
+    "traces_on_memory_peak": int(on_memory_peak),
+    "pharos_cpu_s": round(cpu_s, 2),   # the server's CPU (the Collector's here): same key as pharos's runs
+    "server_cpu_s": round(cpu_s, 2),
+    "server_cpu_s_during_load": round(cpu_load_s, 2),
+    "spans_per_cpu_s": round(count / max(cpu_s, 1e-9)),
+    "loadgen_cpu_s": loadgen_cpu,
+    "other_cpu_pct_during_load": other_cpu_pct,
+    "rss_peak_mib": round(rss_peak / 1024, 1),
+    "metrics_scrape_errors": errors,
+}
+json.dump(samples, open(f"{run_dir}/samples.json", "w"))
+open(f"{run_dir}/metrics-end.txt", "w").write(last_text)
+json.dump(result, open(f"{run_dir}/run.json", "w"), indent=1)
+PY
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The Collector peer on the same load. Its tail sampler gets as many shards as pharos had queue
+# partitions in the full run (each pharos partition runs its own tail sampler), NUM_TRACES each.
+run_otelcol() {
+  local run="$OUT/otelcol" data="$WORK/run-otelcol/storage" shards gp hp mp
+  mkdir -p "$run" "$data"
+  rm -f "$run/load.done" "$run/run.json"
+  shards="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["partitions"])' \
+    "$OUT/full/run.json" 2>/dev/null || python3 -c 'import os; print(len(os.sched_getaffinity(0)))')"
+  ((shards >= 1)) || shards=1
+  gp="$(free_port)"; hp="$(free_port)"; mp="$(free_port)"
+  OTELCOL_GRPC_ENDPOINT="127.0.0.1:$gp" OTELCOL_HTTP_ENDPOINT="127.0.0.1:$hp" OTELCOL_METRICS_PORT="$mp" \
+    OTELCOL_STORAGE_DIR="$data" OTELCOL_FSYNC="$OTELCOL_FSYNC" OTELCOL_DECISION_WAIT="$DECISION_WAIT" \
+    OTELCOL_NUM_TRACES="$((NUM_TRACES * shards))" OTELCOL_NUM_SHARDS="$shards" \
+    "$OTELCOL" --config "$HERE/collector/pipeline.yaml" >"$run/otelcol.log" 2>&1 &
+  PID=$!
+  local up=0
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$gp") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$mp") 2>/dev/null; then
+      up=1; break
+    fi
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if ((up == 0)); then
+    echo "[otelcol] the Collector did not start; its log:" >&2; tail -20 "$run/otelcol.log" >&2; return 1
+  fi
+  echo "[otelcol] collector pid $PID grpc=127.0.0.1:$gp metrics=127.0.0.1:$mp tail_sampling shards $shards," \
+    "num_traces $((NUM_TRACES * shards)), file_storage fsync $OTELCOL_FSYNC (load avg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+
+  python3 "$WORK/otelcol_monitor.py" "127.0.0.1:$mp" "$PID" "$run" "$DRAIN_TIMEOUT" "$shards" &
+  MONITOR=$!
+  "$LOADGEN" --protocol grpc --signal traces --endpoint "127.0.0.1:$gp" --duration "$DURATION" --warmup "$WARMUP" \
+    --workers "$WORKERS" --connections "$CONNECTIONS" --batch "$BATCH" --rate "$RATE" \
+    --label "pharos-pipeline-otelcol" >"$run/loadgen.txt" 2>"$run/loadgen.err" &
+  LOADGEN_PID=$!
+  wait "$LOADGEN_PID" || { echo "[otelcol] the load generator failed:" >&2; cat "$run/loadgen.err" >&2; }
+  LOADGEN_PID=""
+  tail -1 "$run/loadgen.txt" >"$run/loadgen.json"
+  date +%s.%N >"$run/load.done"
+  sed -n '2,4p' "$run/loadgen.txt" | sed "s/^/[otelcol] /" >&2
+  wait "$MONITOR" || true
+  MONITOR=""
+  kill -TERM "$PID" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  PID=""
+  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$data"; fi
+  grep -iE "\berror\b" "$run/otelcol.log" | head -5 | sed "s/^/[otelcol] log: /" >&2 || true
+  [[ -f "$run/run.json" ]] || { echo "[otelcol] no figures (see $run)" >&2; return 1; }
+}
+
+for r in $RUNS; do run_one "$r"; done
+ALL_RUNS="$RUNS"
+if [[ -n "$OTELCOL" ]]; then
+  if run_otelcol; then ALL_RUNS="$RUNS otelcol"; else echo "[otelcol] no Collector figures" >&2; fi
+fi
+
+python3 - "$OUT" "$NUM_TRACES" "$DECISION_WAIT" "$DURATION" "$RATE" "$WORKERS" "$BATCH" $ALL_RUNS <<'PY'
 import json, re, sys
 out, num_traces, decision_wait, duration, rate, workers, batch, *runs = sys.argv[1:]
 num_traces = int(num_traces)
@@ -381,6 +632,7 @@ for r in runs:
                  fmt(x["drained_spans_per_s"]) + ("" if x["drained"] else "!"),
                  f'{x["stored_spans"]}/{x["processed_spans"]}', f'{x["pharos_cpu_s"]:.1f}',
                  fmt(x["spans_per_cpu_s"]), f'{x["rss_peak_mib"]:.0f} MiB',
+                 f'{x["traces_on_memory_peak"]} traces' if r == "otelcol" else
                  f'{x["tail_sampling_held_bytes_peak"]/2**20:.0f} MiB' if x["first_processor"] and
                  "tail_sampling" in x["processor_seconds"] else "-",
                  f'{x["other_cpu_pct_during_load"]:.0f}%'])
@@ -389,6 +641,10 @@ for row in [hdr] + rows:
     print("  ".join(str(c).ljust(n) for c, n in zip(row, w)))
 print("  (stored = spans in the trace store / spans processed; '!' = queue not drained in time;"
       " other CPU = other processes during the load, % of one core)")
+if "otelcol" in R:
+    print("  (otelcol: the OpenTelemetry Collector, bench/collector/pipeline.yaml; processed = spans into its"
+          " first processor, stored = sampled spans sent through its file_storage queue, CPU s = the"
+          " Collector's, held gauge = traces in its tail sampler's memory at the peak)")
 busy = [r for r in runs if R[r]["other_cpu_pct_during_load"] > 30]
 if busy:
     print(f"  WARNING: other processes used more than 30% of a core during {', '.join(busy)}: "
@@ -468,7 +724,37 @@ if "full" in R:
           f", rejected: {f['metrics_samples_rejected'] or 0}")
     print("time in each processor (full run): " + ", ".join(
         f"{k} {v:.2f} s ({f['processor_ns_per_span'].get(k, 0)} ns/span)" for k, v in f["processor_seconds"].items()))
-solo = [r for r in runs if r not in ("off", "full")]
+if "full" in R and "otelcol" in R:
+    p, c = R["full"], R["otelcol"]
+    def sus(x):
+        return min(x["acked_spans_per_s"], x["processed_spans_per_s"])
+    def over(a, b):
+        return round(a / b, 3) if b else None
+    # Pharos / Collector on the same load: above 1 means Pharos is faster (or, for RSS, bigger).
+    vs = {
+        "sustained": over(sus(p), sus(c)),
+        "acked": over(p["acked_spans_per_s"], c["acked_spans_per_s"]),
+        "processed": over(p["processed_spans_per_s"], c["processed_spans_per_s"]),
+        "drained": over(p["drained_spans_per_s"], c["drained_spans_per_s"]),
+        "per_core": over(p["spans_per_cpu_s"], c["spans_per_cpu_s"]),
+        "rss_peak": over(p["rss_peak_mib"], c["rss_peak_mib"]),
+    }
+    summary["pharos_over_otelcol"] = vs
+    summary["otelcol"] = {"sustained_spans_per_s": sus(c), "processed_spans_per_s": c["processed_spans_per_s"],
+                          "emitted_spans": c["stored_spans"], "traces_sampled": c["traces_sampled"],
+                          "spans_per_cpu_s": c["spans_per_cpu_s"], "rss_peak_mib": c["rss_peak_mib"]}
+    print()
+    print(f"Pharos full / Collector (same load, same processors): sustained {vs['sustained']:.2f} "
+          f"({fmt(sus(p))} vs {fmt(sus(c))} spans/s), processed {vs['processed']:.2f}, drained {vs['drained']:.2f}; "
+          f"per core {vs['per_core']:.2f} ({fmt(p['spans_per_cpu_s'])} vs {fmt(c['spans_per_cpu_s'])} spans per "
+          f"CPU-second); peak RSS {vs['rss_peak']:.2f} ({p['rss_peak_mib']:.0f} vs {c['rss_peak_mib']:.0f} MiB)")
+    print(f"Collector: receiver accepted {c['receiver_accepted_spans']} spans (refused "
+          f"{c['receiver_refused_spans']}), tail sampling kept {c['traces_sampled']} of {c['traces_received']} "
+          f"traces ({c['traces_dropped_too_early']} dropped early) and emitted {c['stored_spans']} spans; "
+          f"pharos stored {p['stored_spans']} of {p['processed_spans']}")
+    print(json.dumps({"scenario": "ingest, full pipeline", "pharos": sus(p), "otelcol": sus(c),
+                      "pharos_over_otelcol": vs}))
+solo = [r for r in runs if r not in ("off", "full", "otelcol")]
 if solo and "off" in R:
     print("each processor alone, processed spans/s relative to off: " + ", ".join(
         f"{r} {R[r]['processed_spans_per_s'] / R['off']['processed_spans_per_s']:.2f}" for r in solo))

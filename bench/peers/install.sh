@@ -8,7 +8,8 @@
 #                 bench/run starts each binary itself on 127.0.0.1.
 #   otelcol       the OpenTelemetry Collector built with its builder from Go modules
 #                 (bench/collector/build-collector.sh: OTLP receiver, nop and debug exporters,
-#                 file_storage extension).
+#                 file_storage extension), and the pipeline benchmark's Collector with the contrib
+#                 processors (bench/collector/build-collector-pipeline.sh: otelcol-pipeline).
 #   rotel         rotel, a Rust OpenTelemetry collector packaged as a Python wheel, installed
 #                 with pip into a virtual environment of its own.
 #   telemetrygen  the OpenTelemetry load generator, `go install`ed from its Go module.
@@ -58,7 +59,10 @@ install_apt() {
 }
 
 install_otelcol() {
-  "$HERE/../collector/build-collector.sh" >/dev/null
+  local rc=0
+  "$HERE/../collector/build-collector.sh" >/dev/null || rc=1
+  "$HERE/../collector/build-collector-pipeline.sh" >/dev/null || rc=1
+  return "$rc"
 }
 
 # The wheel ships the collector as a binary inside the Python package (rotel/rotel-agent) and
