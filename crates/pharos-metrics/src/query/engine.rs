@@ -203,7 +203,8 @@ impl Engine {
         }
         let limits = self.limits(cancel);
         let max_samples = limits.max_samples;
-        let ev = Evaluator::new(source, &self.opts, limits, expr, start, end, step)?;
+        let mut ev = Evaluator::new(source, &self.opts, limits, expr, start, end, step)?;
+        ev.series_by_series = series_by_series;
         if series_by_series && let Some(series) = super::rollup::try_range(&ev, expr, start, end, step) {
             return Ok(QueryValue::Matrix(finish_matrix(series?)?));
         }

@@ -18,7 +18,10 @@ use super::engine::{EngineOptions, QueryLimits};
 use super::error::QueryError;
 use super::source::{Matcher, SeriesSource, compile_anchored};
 use super::value::{InstantSample, Points, RangeSeries, RangeWindow, Value};
-use super::{aggregate, binary, functions};
+use super::{aggregate, binary, functions, rollup};
+
+/// An expression's vector at every step of a range query.
+type StepVectors = Vec<Vec<InstantSample>>;
 
 pub(crate) struct Evaluator<'a> {
     source: &'a dyn SeriesSource,
@@ -33,6 +36,12 @@ pub(crate) struct Evaluator<'a> {
     /// Per range selector, per fetched series: where its last window started and ended
     /// (the steps of a range query move forward, so the next window is found from there).
     cursors: RefCell<HashMap<usize, Vec<(usize, usize)>>>,
+    /// Per aggregation node of a range query evaluated series by series: its vector at
+    /// every step (`None`: not of that shape).
+    rollups: RefCell<HashMap<usize, Option<Rc<StepVectors>>>>,
+    /// Whether aggregations may be evaluated series by series (off to compare with the
+    /// step-by-step evaluation).
+    pub(crate) series_by_series: bool,
     limits: QueryLimits,
     retained: Cell<usize>,
     step_samples: Cell<usize>,
@@ -118,6 +127,8 @@ impl<'a> Evaluator<'a> {
             maxt: i64::MIN,
             cache: RefCell::new(HashMap::new()),
             cursors: RefCell::new(HashMap::new()),
+            rollups: RefCell::new(HashMap::new()),
+            series_by_series: true,
             limits,
             retained: Cell::new(0),
             step_samples: Cell::new(0),
@@ -251,10 +262,42 @@ impl<'a> Evaluator<'a> {
                 Ok(Value::Matrix(m, w))
             }
             Expr::Call(c) => functions::eval_call(self, c, t),
-            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, t),
+            Expr::Aggregate(a) => match self.rolled_up(expr, t)? {
+                Some(vector) => Ok(Value::Vector(vector)),
+                None => aggregate::eval_aggregate(self, a, t),
+            },
             Expr::Binary(b) => binary::eval_binary(self, b, t),
             Expr::Extension(_) => Err(QueryError::Unsupported { what: "extension expressions".into() }),
         }
+    }
+
+    /// The vector of an aggregation evaluated series by series for every step of the range
+    /// query (at its first use), when it has that shape and `t` is one of the steps.
+    fn rolled_up(&self, expr: &Expr, t: i64) -> Result<Option<Vec<InstantSample>>, QueryError> {
+        let step = self.query_step;
+        if !self.series_by_series
+            || step <= 0
+            || t < self.query_start
+            || t > self.query_end
+            || (t - self.query_start) % step != 0
+        {
+            return Ok(None);
+        }
+        let key = expr as *const Expr as usize;
+        let known = self.rollups.borrow().get(&key).cloned();
+        let vectors = match known {
+            Some(v) => v,
+            None => {
+                let v = match rollup::step_vectors(self, expr) {
+                    Some(r) => Some(Rc::new(r?)),
+                    None => None,
+                };
+                self.rollups.borrow_mut().insert(key, v.clone());
+                v
+            }
+        };
+        let k = ((t - self.query_start) / step) as usize;
+        Ok(vectors.and_then(|v| v.get(k).cloned()))
     }
 
     /// Evaluates an expression that must yield a scalar (function or aggregation parameter).

@@ -7,6 +7,9 @@
 //! its windows move forward along its samples, and each step's values are combined per group
 //! in the same order (so the sums are the same to the bit). The answers, errors and sample
 //! limits are those of the step-by-step evaluation; a test compares the two on random data.
+//! Inside a larger expression, such an aggregation is evaluated for all steps at its first use
+//! and its vectors handed out step by step (there the sample limit applies to what it selects
+//! at each step and to its own result).
 
 use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector};
 
@@ -16,7 +19,7 @@ use super::aggregate;
 use super::error::QueryError;
 use super::eval::{Evaluator, duration_ms, offset_ms, unparen, window_at};
 use super::functions;
-use super::value::{Points, RangeSeries, RangeWindow};
+use super::value::{InstantSample, Points, RangeSeries, RangeWindow};
 
 /// The range query's series when `expr` has a shape this module evaluates, else `None` (the
 /// caller evaluates step by step).
@@ -27,6 +30,52 @@ pub(crate) fn try_range(
     end: i64,
     step: i64,
 ) -> Option<Result<Vec<RangeSeries>, QueryError>> {
+    let (agg, name, ms) = shape_of(expr)?;
+    Some(
+        evaluate(ev, agg, name, ms, &steps(start, end, step))
+            .map(|all| all.into_iter().map(|(s, _)| s).collect()),
+    )
+}
+
+/// For an aggregation of this shape inside a larger expression (`histogram_quantile(0.9, sum
+/// by (le) (rate(x[5m])))`, `sum(rate(a[1m])) / sum(rate(b[1m]))`): its vector at every step
+/// of the range query, in the order the step-by-step evaluation gives; `None` for other
+/// expressions.
+pub(crate) fn step_vectors(
+    ev: &Evaluator<'_>,
+    expr: &Expr,
+) -> Option<Result<Vec<Vec<InstantSample>>, QueryError>> {
+    let (Some(agg), name, ms) = shape_of(expr)? else { return None };
+    let steps = steps(ev.query_start, ev.query_end, ev.query_step);
+    Some(evaluate(ev, Some(agg), name, ms, &steps).map(|groups| {
+        // Step by step, groups come in the order of their first member present at that step.
+        let mut at_step: Vec<Vec<(usize, usize, f64)>> = vec![Vec::new(); steps.len()];
+        for (g, (series, first)) in groups.iter().enumerate() {
+            for (p, member) in series.points.iter().zip(first) {
+                if let Ok(k) = steps.binary_search(&p.t) {
+                    at_step[k].push((*member, g, p.v));
+                }
+            }
+        }
+        let vectors: Vec<Vec<InstantSample>> = at_step
+            .into_iter()
+            .map(|mut at| {
+                at.sort_unstable_by_key(|&(member, _, _)| member);
+                at.into_iter()
+                    .map(|(_, g, v)| {
+                        let (series, _) = &groups[g];
+                        InstantSample { labels: series.labels.clone(), v, drop_name: series.drop_name }
+                    })
+                    .collect()
+            })
+            .collect();
+        vectors
+    }))
+}
+
+/// `agg(f(selector[range]))` or `f(selector[range])` with a plain aggregation and a range
+/// function of the range vector alone.
+fn shape_of(expr: &Expr) -> Option<(Option<&AggregateExpr>, &'static str, &MatrixSelector)> {
     let (agg, call): (Option<&AggregateExpr>, &Call) = match unparen(expr) {
         Expr::Aggregate(a) if aggregate::is_plain_aggregation(a) => match unparen(&a.expr) {
             Expr::Call(c) => (Some(a), c),
@@ -40,16 +89,20 @@ pub(crate) fn try_range(
         return None;
     }
     let Expr::MatrixSelector(ms) = unparen(&call.args.args[0]) else { return None };
+    Some((agg, name, ms))
+}
+
+fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
     let mut steps = Vec::new();
     let mut t = start;
-    while t <= end {
+    while t <= end && step > 0 {
         steps.push(t);
         t = match t.checked_add(step) {
             Some(n) => n,
             None => break,
         };
     }
-    Some(evaluate(ev, agg, name, ms, &steps))
+    steps
 }
 
 /// Each series' values at every step (`NaN` payloads are values too, so presence is kept apart).
@@ -66,13 +119,15 @@ impl Table {
     }
 }
 
+/// The result's series, each with, for every point, the position of the first fetched series
+/// that contributed to it.
 fn evaluate(
     ev: &Evaluator<'_>,
     agg: Option<&AggregateExpr>,
     name: &str,
     ms: &MatrixSelector,
     steps: &[i64],
-) -> Result<Vec<RangeSeries>, QueryError> {
+) -> Result<Vec<(RangeSeries, Vec<usize>)>, QueryError> {
     let limits = ev.limits();
     let max = limits.max_samples;
     let series = ev.fetch(&ms.vs)?;
@@ -149,7 +204,11 @@ fn evaluate(
                 if total > max {
                     return Err(QueryError::TooManySamples { limit: max });
                 }
-                out.push(RangeSeries { labels: s.labels.clone(), points: Points::Owned(points), drop_name });
+                let first = vec![si; points.len()];
+                out.push((
+                    RangeSeries { labels: s.labels.clone(), points: Points::Owned(points), drop_name },
+                    first,
+                ));
             }
             out
         }
@@ -161,19 +220,24 @@ fn evaluate(
             for (group_labels, members) in aggregate::groups_of(agg, &labels) {
                 limits.check()?;
                 let mut points = Vec::new();
+                let mut first = Vec::new();
                 for (k, &t) in steps.iter().enumerate() {
                     vals.clear();
                     vals.extend(members.iter().filter_map(|&si| table.get(si, k)));
                     if vals.is_empty() {
                         continue;
                     }
+                    first.extend(members.iter().copied().find(|&si| table.get(si, k).is_some()));
                     let Some(v) = aggregate::combine(op, vals.clone(), None) else {
                         return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
                     };
                     points.push(Sample { t, v });
                 }
                 if !points.is_empty() {
-                    out.push(RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name });
+                    out.push((
+                        RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name },
+                        first,
+                    ));
                 }
             }
             out
@@ -182,7 +246,7 @@ fn evaluate(
     // The limit as the step-by-step evaluation applies it: at each step, the samples selected
     // plus the points of the result so far; then the result's points.
     let mut per_step = vec![0usize; n];
-    for s in &out {
+    for (s, _) in &out {
         for p in s.points.iter() {
             if let Ok(k) = steps.binary_search(&p.t) {
                 per_step[k] += 1;
@@ -313,6 +377,45 @@ mod tests {
                 )
                 .unwrap();
                 assert!(try_range(&ev, &expr, 600_000, 3_600_000, 30_000).is_some(), "{q} takes this path");
+                let fast = engine.range(&source, &expr, 600_000, 3_600_000, 30_000, &CancelToken::default());
+                let slow = engine.range_step_by_step(
+                    &source,
+                    &expr,
+                    600_000,
+                    3_600_000,
+                    30_000,
+                    &CancelToken::default(),
+                );
+                match (fast, slow) {
+                    (Ok(a), Ok(b)) => assert!(same(&a, &b), "{q} (seed {seed}):\n{a:?}\n!=\n{b:?}"),
+                    (a, b) => assert_eq!(
+                        a.map(|_| ()).map_err(|e| e.to_string()),
+                        b.map(|_| ()).map_err(|e| e.to_string()),
+                        "{q}"
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn aggregations_inside_larger_expressions_answer_as_step_by_step() {
+        let queries = [
+            "sum(sum by (job) (rate(requests_total[5m])))",
+            "sum by (job) (rate(requests_total[5m])) / on (job) group_left sum by (job) (rate(requests_total[10m]))",
+            "max(avg by (job) (avg_over_time(temperature[5m]))) - min(min_over_time(temperature[5m]))",
+            "sum(rate(requests_total[5m])) * 2 > 1",
+            "abs(sum by (instance) (delta(temperature[5m])))",
+            "topk(2, sum by (job) (increase(requests_total[5m])))",
+            "max_over_time(sum(rate(requests_total[5m]))[10m:30s])",
+            "sum(rate(requests_total[5m])) and on () vector(1)",
+            "count(count by (job) (changes(temperature[5m])))",
+        ];
+        let engine = Engine::new(EngineOptions::default());
+        for seed in [2, 9] {
+            let source = data(seed);
+            for q in queries {
+                let expr = parse(q).unwrap();
                 let fast = engine.range(&source, &expr, 600_000, 3_600_000, 30_000, &CancelToken::default());
                 let slow = engine.range_step_by_step(
                     &source,
