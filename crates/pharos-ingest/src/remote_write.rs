@@ -423,7 +423,10 @@ fn prepare(
                         |s| (s.timestamp, s.value),
                         &mut rejections,
                     );
-                    if items > 0 && series.samples.is_empty() && series.histograms.is_empty() {
+                    if series.samples.is_empty()
+                        && series.histograms.is_empty()
+                        && series.exemplars.is_empty()
+                    {
                         continue;
                     }
                 }

@@ -124,26 +124,23 @@ pub(crate) fn is_plain_aggregation(agg: &AggregateExpr) -> bool {
 
 /// One group's values (at least one) combined by the aggregation `op`; `None` for an
 /// operator that does not combine values this way.
-pub(crate) fn combine(op: TokenId, vals: Vec<f64>, param: Option<f64>) -> Option<f64> {
+pub(crate) fn combine(op: TokenId, vals: &mut [f64], param: Option<f64>) -> Option<f64> {
     Some(match op {
         T_SUM => {
             let (mut s, mut c) = (0.0, 0.0);
-            for v in &vals {
+            for v in vals.iter() {
                 (s, c) = kahan_inc(*v, s, c);
             }
             if s.is_infinite() { s } else { s + c }
         }
-        T_AVG => average(&vals),
+        T_AVG => average(vals),
         T_COUNT => vals.len() as f64,
         T_GROUP => 1.0,
         T_MIN => vals[1..].iter().fold(vals[0], |m, &v| if m > v || m.is_nan() { v } else { m }),
         T_MAX => vals[1..].iter().fold(vals[0], |m, &v| if m < v || m.is_nan() { v } else { m }),
-        T_STDDEV => std_variance(&vals).sqrt(),
-        T_STDVAR => std_variance(&vals),
-        T_QUANTILE => {
-            let mut v = vals;
-            quantile(param.unwrap_or(f64::NAN), &mut v)
-        }
+        T_STDDEV => std_variance(vals).sqrt(),
+        T_STDVAR => std_variance(vals),
+        T_QUANTILE => quantile(param.unwrap_or(f64::NAN), vals),
         _ => return None,
     })
 }
@@ -178,9 +175,9 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
     let groups = group_samples(&input, &grouping);
     let mut out = Vec::with_capacity(groups.len());
     for g in groups {
-        let vals: Vec<f64> = g.members.iter().map(|&i| input[i].v).collect();
+        let mut vals: Vec<f64> = g.members.iter().map(|&i| input[i].v).collect();
         let drop_name = g.members.iter().any(|&i| input[i].drop_name);
-        let Some(v) = combine(op, vals, param) else {
+        let Some(v) = combine(op, &mut vals, param) else {
             return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
         };
         out.push(InstantSample { labels: g.labels, v, drop_name });

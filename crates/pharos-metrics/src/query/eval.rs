@@ -20,9 +20,6 @@ use super::source::{Matcher, SeriesSource, compile_anchored};
 use super::value::{InstantSample, Points, RangeSeries, RangeWindow, Value};
 use super::{aggregate, binary, functions, rollup};
 
-/// An expression's vector at every step of a range query.
-type StepVectors = Vec<Vec<InstantSample>>;
-
 pub(crate) struct Evaluator<'a> {
     source: &'a dyn SeriesSource,
     lookback: i64,
@@ -38,7 +35,7 @@ pub(crate) struct Evaluator<'a> {
     cursors: RefCell<HashMap<usize, Vec<(usize, usize)>>>,
     /// Per aggregation node of a range query evaluated series by series: its vector at
     /// every step (`None`: not of that shape).
-    rollups: RefCell<HashMap<usize, Option<Rc<StepVectors>>>>,
+    rollups: RefCell<HashMap<usize, Option<Rc<rollup::StepVectors>>>>,
     /// Whether aggregations may be evaluated series by series (off to compare with the
     /// step-by-step evaluation).
     pub(crate) series_by_series: bool,
@@ -297,7 +294,10 @@ impl<'a> Evaluator<'a> {
             }
         };
         let k = ((t - self.query_start) / step) as usize;
-        Ok(vectors.and_then(|v| v.get(k).cloned()))
+        let Some(v) = vectors else { return Ok(None) };
+        let Some(vector) = v.vectors.get(k) else { return Ok(None) };
+        self.count_samples(v.selected[k])?;
+        Ok(Some(vector.clone()))
     }
 
     /// Evaluates an expression that must yield a scalar (function or aggregation parameter).
