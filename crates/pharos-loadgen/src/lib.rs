@@ -297,9 +297,10 @@ fn json_of<T: Serialize>(m: &T) -> Bytes {
 }
 
 impl Source {
-    /// Request `seq` (history mode: request `seq` of worker `worker`'s shard), or None when the
-    /// history is all sent.
-    fn build(&self, plan: &Plan, worker: u64, seq: u64, want: bool) -> Option<Built> {
+    /// Request `seq` of the run, the `local`-th of worker `worker` (live metrics and history
+    /// mode: request `local` of that worker's shard of the series), or None when the history is
+    /// all sent.
+    fn build(&self, plan: &Plan, worker: u64, seq: u64, local: u64, want: bool) -> Option<Built> {
         let seed = plan.seed;
         Some(match self {
             Source::Traces { pool, json } => {
@@ -347,7 +348,7 @@ impl Source {
             Source::Live { live, form } => {
                 let epoch = (plan.start.elapsed().as_secs_f64() / live.shape.churn_every_s) as u64;
                 let epoch = if live.shape.churn > 0.0 { epoch } else { 0 };
-                let points = live.points(seq, epoch);
+                let points = live.points(worker, local, epoch);
                 let body = match form {
                     LiveForm::Rw1 => Bytes::from(live.rw1(&points)),
                     LiveForm::Rw2 => Bytes::from(live.rw2(&points, seq).0),
@@ -358,8 +359,8 @@ impl Source {
                 let content = want.then(|| {
                     let mut series: Vec<String> =
                         points.iter().map(|p| metrics::selector(p.id, otlp)).collect();
+                    // One entry per sample (a small shard may hold a series more than once).
                     series.sort();
-                    series.dedup();
                     Content::Samples {
                         series,
                         from_ms: points.iter().map(|p| p.timestamp_ms).min().unwrap_or(0),
@@ -369,7 +370,7 @@ impl Source {
                 Built { body, items: points.len() as u64, content }
             }
             Source::History(h) => {
-                let series = h.request(worker, seq)?;
+                let series = h.request(worker, local)?;
                 let content = want.then(|| {
                     let mut sel: Vec<String> = series
                         .iter()
@@ -386,8 +387,8 @@ impl Source {
                             format!("{name}{{{}}}", rest.join(","))
                         })
                         .collect();
+                    // One entry per sample (a small shard may hold a series more than once).
                     sel.sort();
-                    sel.dedup();
                     let ts = series.iter().flat_map(|t| t.samples.iter().map(|s| s.timestamp));
                     Content::Samples {
                         series: sel,
@@ -438,9 +439,15 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
             break;
         }
         // History mode: request number `local` of this worker's shard, sent again after an
-        // error; otherwise the next number of the run.
+        // error; otherwise the next number of the run (live metrics: and the next request of
+        // this worker's shard, not sent again).
         let seq = if history { local } else { plan.seq.fetch_add(1, Ordering::Relaxed) };
-        let Some(built) = plan.source.build(&plan, idx as u64, seq, plan.manifest.is_some()) else { break };
+        let Some(built) = plan.source.build(&plan, idx as u64, seq, local, plan.manifest.is_some()) else {
+            break;
+        };
+        if !history {
+            local += 1;
+        }
         let items = built.items;
         let len = built.body.len() as u64;
         st.all_requests += 1;
@@ -458,15 +465,16 @@ async fn worker(idx: usize, mut client: Client, plan: Arc<Plan>) -> WorkerStats 
         let mut unwritten = 0;
         match &outcome {
             Outcome::Ok { rejected, written } => {
+                // Remote write 2.0: what the `-Written` headers fall short of is refused too.
+                if let Some(w) = written {
+                    unwritten = items.saturating_sub(rejected + w.samples + w.histograms);
+                }
                 if let (Some(m), Some(c)) = (&plan.manifest, &built.content) {
-                    m.record(seq, signal_name(plan.signal), items, *rejected, c);
+                    m.record(seq, signal_name(plan.signal), items, rejected + unwritten, c);
                     st.manifest_lines += 1;
                 }
                 if history {
                     local += 1;
-                }
-                if let Some(w) = written {
-                    unwritten = items.saturating_sub(rejected + w.samples + w.histograms);
                 }
             }
             Outcome::Err(_) if history => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -659,6 +667,16 @@ fn check(args: &Args) -> Result<()> {
     if args.history > 0 && args.protocol != Protocol::RemoteWrite {
         bail!("--history is a mode of --protocol remote-write");
     }
+    // Live metrics: each worker writes its own shard of the series, so that no series ever
+    // goes backwards (the history mode shards too; its spare workers just have nothing to do).
+    if args.signal == Signal::Metrics && args.history == 0 && args.series < args.workers as u64 {
+        bail!(
+            "--series {} is less than --workers {}: each worker writes its own series (so that no \
+             series goes backwards), give every worker at least one",
+            args.series,
+            args.workers
+        );
+    }
     if args.duration <= 0.0 || args.warmup < 0.0 || args.timeout <= 0.0 {
         bail!("--duration and --timeout must be positive, --warmup not negative");
     }
@@ -702,6 +720,7 @@ pub async fn run(args: Args) -> Result<Summary> {
             live: metrics::Live {
                 shape: shape.clone(),
                 batch: args.batch as u64,
+                workers: args.workers as u64,
                 seed: args.seed,
                 start_ms: now_ms,
             },
@@ -903,5 +922,20 @@ mod tests {
         assert!(parse(&["--protocol", "loki", "--signal", "logs", "--encoding", "json"]).is_ok());
         assert!(parse(&["--churn", "1.5", "--signal", "metrics", "--protocol", "remote-write"]).is_err());
         assert!(parse(&["--span-depth", "0"]).is_err());
+        let few = ["--protocol", "remote-write", "--signal", "metrics", "--series", "4", "--workers", "8"];
+        let err = parse(&few).unwrap_err().to_string();
+        assert!(err.contains("--series 4") && err.contains("--workers 8"), "{err}");
+        assert!(
+            parse(&["--protocol", "remote-write2", "--signal", "metrics", "--series", "8", "--workers", "8"])
+                .is_ok()
+        );
+        // The bench scripts' live remote-write loads.
+        for (series, batch, workers) in
+            [("1000000", "2000", "8"), ("200000", "2000", "4"), ("100000", "2000", "4")]
+        {
+            let flags =
+                ["--protocol", "remote-write", "--signal", "metrics", "--series", series, "--batch", batch];
+            assert!(parse(&[&flags[..], &["--workers", workers]].concat()).is_ok());
+        }
     }
 }

@@ -61,8 +61,9 @@ struct Line<'a> {
     seq: u64,
     signal: &'a str,
     items: u64,
-    /// Items the receiver reported as rejected in its (partial) success answer; the content
-    /// lists what was sent, so with `rejected` > 0 some of it may be missing.
+    /// Items the receiver refused in its successful answer (OTLP partial success; remote write
+    /// 2.0: what its `-Written` headers fall short of what was sent); the content lists what was
+    /// sent, so with `rejected` > 0 some of it may be missing.
     rejected: u64,
     #[serde(flatten)]
     content: &'a Content,

@@ -1,6 +1,7 @@
-//! Live metrics: `--series` active series, written once per cycle through them (`--batch`
-//! samples per request), one second of sample time apart, so no series ever goes backwards;
-//! `--churn` replaces a fraction of them every `--churn-every` seconds. The same series are sent
+//! Live metrics: `--series` active series, split into one shard per worker (series slot `s`
+//! belongs to worker `s % workers`); each worker writes its shard once per cycle (`--batch`
+//! samples per request, one request in flight), one second of sample time apart, so no series
+//! ever goes backwards, even with several workers in flight; `--churn` replaces a fraction of them every `--churn-every` seconds. The same series are sent
 //! as Prometheus remote write 1.0, remote write 2.0 (symbols, metadata, exemplars, created
 //! timestamps) or OTLP metrics (cumulative monotonic sums and gauges).
 
@@ -30,6 +31,8 @@ pub(crate) struct Point {
 pub(crate) struct Live {
     pub(crate) shape: Shape,
     pub(crate) batch: u64,
+    /// The workers, one shard of the series each.
+    pub(crate) workers: u64,
     pub(crate) seed: u64,
     pub(crate) start_ms: i64,
 }
@@ -40,15 +43,26 @@ pub(crate) fn series_name(id: u64) -> (String, String) {
 }
 
 impl Live {
-    /// The samples of send `seq` at churn period `epoch`: the samples `seq * batch ..` of the
-    /// endless sequence slot 0, 1, ..., N-1, 0, 1, ...; time = start + cycle seconds.
-    pub(crate) fn points(&self, seq: u64, epoch: u64) -> Vec<Point> {
+    /// Series slots in worker `w`'s shard (slots `w`, `w + workers`, ...).
+    pub(crate) fn shard_len(&self, w: u64) -> u64 {
         let n = self.shape.series;
-        let first = seq * self.batch;
+        if w >= n { 0 } else { (n - w).div_ceil(self.workers) }
+    }
+
+    /// The samples of request `k` of worker `w` at churn period `epoch`: the samples
+    /// `k * batch ..` of the endless sequence of its shard's slots, cycle after cycle;
+    /// time = start + cycle seconds. Only worker `w` writes its slots, one request at a time,
+    /// so every series gets its samples in time order.
+    pub(crate) fn points(&self, w: u64, k: u64, epoch: u64) -> Vec<Point> {
+        let len = self.shard_len(w);
+        if len == 0 {
+            return Vec::new();
+        }
+        let first = k * self.batch;
         (first..first + self.batch)
             .map(|g| {
-                let slot = g % n;
-                let cycle = g / n;
+                let slot = w + (g % len) * self.workers;
+                let cycle = g / len;
                 let id = self.shape.series_id(slot, epoch);
                 Point {
                     id,
@@ -207,16 +221,26 @@ pub(crate) fn snappy(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn live(series: u64, churn: f64) -> Live {
-        Live { shape: Shape { series, churn, ..Shape::default() }, batch: 50, seed: 1, start_ms: 1_000_000 }
+        live_of(series, churn, 1)
+    }
+
+    fn live_of(series: u64, churn: f64, workers: u64) -> Live {
+        Live {
+            shape: Shape { series, churn, ..Shape::default() },
+            batch: 50,
+            workers,
+            seed: 1,
+            start_ms: 1_000_000,
+        }
     }
 
     #[test]
     fn each_cycle_writes_every_series_once_and_moves_on_a_second() {
         let l = live(200, 0.0);
-        let pts: Vec<Point> = (0..8).flat_map(|seq| l.points(seq, 0)).collect();
+        let pts: Vec<Point> = (0..8).flat_map(|seq| l.points(0, seq, 0)).collect();
         assert_eq!(pts.len(), 400);
         let ids: BTreeSet<u64> = pts.iter().map(|p| p.id).collect();
         assert_eq!(ids.len(), 200, "exactly --series series");
@@ -229,14 +253,38 @@ mod tests {
     }
 
     #[test]
+    fn workers_write_disjoint_shards_so_no_series_goes_backwards() {
+        // Fewer series than batch x workers: with one shared sequence, two requests in flight
+        // would carry two cycles of the same series.
+        let l = live_of(70, 0.0, 3);
+        let mut owner: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut seen: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        for w in 0..3 {
+            for k in 0..4 {
+                for p in l.points(w, k, 0) {
+                    assert_eq!(*owner.entry(p.id).or_insert(w), w, "series {} in two shards", p.id);
+                    seen.entry(p.id).or_default().push(p.timestamp_ms);
+                }
+            }
+        }
+        assert_eq!(seen.len(), 70, "every series written");
+        for (id, ts) in &seen {
+            assert!(ts.windows(2).all(|t| t[1] == t[0] + 1000), "series {id}: {ts:?}");
+        }
+        // Every cycle of a worker writes each series of its shard once.
+        let shard: Vec<u64> = l.points(1, 0, 0).iter().map(|p| p.id).take(l.shard_len(1) as usize).collect();
+        assert_eq!(shard, (0..70).filter(|s| s % 3 == 1).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn churn_periods_bring_new_series() {
         let l = live(200, 0.25);
         let ids = |epoch| {
-            l.points(0, epoch)
+            l.points(0, 0, epoch)
                 .iter()
-                .chain(&l.points(1, epoch))
-                .chain(&l.points(2, epoch))
-                .chain(&l.points(3, epoch))
+                .chain(&l.points(0, 1, epoch))
+                .chain(&l.points(0, 2, epoch))
+                .chain(&l.points(0, 3, epoch))
                 .map(|p| p.id)
                 .collect::<BTreeSet<_>>()
         };
@@ -249,7 +297,7 @@ mod tests {
     #[test]
     fn remote_write_2_has_a_symbol_table_metadata_exemplars_and_created_timestamps() {
         let l = live(1000, 0.0);
-        let pts = l.points(0, 0);
+        let pts = l.points(0, 0, 0);
         let (body, exemplars) = l.rw2(&pts, 0);
         let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
         let req = v2::Request::decode(&raw[..]).unwrap();
@@ -274,7 +322,7 @@ mod tests {
     #[test]
     fn otlp_metrics_carry_every_point_once() {
         let l = live(300, 0.0);
-        let pts = l.points(2, 0);
+        let pts = l.points(0, 2, 0);
         let req = l.otlp(&pts);
         let n: usize = req
             .resource_metrics

@@ -124,19 +124,25 @@ async fn otlp_json_traces_are_all_found_by_id() {
 }
 
 /// Sums the manifest's sample counts: (series selector, samples), the earliest and the latest
-/// timestamp.
-fn samples_of(lines: &[serde_json::Value]) -> (BTreeMap<String, u64>, i64, i64) {
+/// timestamp. Requests with rejected samples are left out (the manifest cannot say which of
+/// their samples are missing); the second value is how many were.
+fn samples_of(lines: &[serde_json::Value]) -> (BTreeMap<String, u64>, u64, i64, i64) {
     let mut per: BTreeMap<String, u64> = BTreeMap::new();
+    let mut skipped = 0;
     let mut first = i64::MAX;
     let mut last = 0;
     for l in lines {
+        if l["rejected"].as_u64().unwrap() > 0 {
+            skipped += 1;
+            continue;
+        }
         for s in l["series"].as_array().unwrap() {
             *per.entry(s.as_str().unwrap().to_string()).or_default() += 1;
         }
         first = first.min(l["from_ms"].as_i64().unwrap());
         last = last.max(l["to_ms"].as_i64().unwrap());
     }
-    (per, first, last)
+    (per, skipped, first, last)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,7 +150,8 @@ async fn remote_write_2_and_otlp_metrics_samples_are_all_queryable() {
     let dir = tempfile::tempdir().unwrap();
     let pharos = Pharos::start(&dir.path().join("data"), &[]);
     let endpoint = pharos.http.to_string();
-    // One cycle through the 40 series per second, one worker: samples in time order per series.
+    // Two workers, each writing its shard of 20 of the 40 series once per request, two
+    // requests a second: every series gets its samples in time order (Pharos refuses older ones).
     let rw2 = [
         "--protocol",
         "remote-write2",
@@ -155,17 +162,19 @@ async fn remote_write_2_and_otlp_metrics_samples_are_all_queryable() {
         "--batch",
         "20",
         "--workers",
-        "1",
+        "2",
         "--rate",
-        "40",
+        "80",
         "--duration",
         "2",
     ];
     let (summary, lines) = load(&endpoint, dir.path(), &rw2).await;
     let w = summary.rw2_written.as_ref().unwrap();
     assert_eq!(w.answers_without_headers, 0);
-    assert_eq!(w.samples, summary.items_accepted, "{summary:?}");
-    let (per, _, last) = samples_of(&lines);
+    assert_eq!(summary.items_rejected, 0, "{summary:?}");
+    assert_eq!(w.samples, summary.items_sent, "every sample sent written: {summary:?}");
+    let (per, skipped, _, last) = samples_of(&lines);
+    assert_eq!(skipped, 0, "requests with rejected samples in the manifest");
     let total: u64 = per.values().sum();
     assert_eq!(per.len(), 40);
     let url = format!("http://{}/api/v1/query", pharos.api);
@@ -197,8 +206,10 @@ async fn remote_write_2_and_otlp_metrics_samples_are_all_queryable() {
         "--connections",
         "1",
     ];
-    let (_, lines) = load(&grpc, dir.path(), &otlp).await;
-    let (per, first, last) = samples_of(&lines);
+    let (summary, lines) = load(&grpc, dir.path(), &otlp).await;
+    assert_eq!(summary.items_rejected, 0, "{summary:?}");
+    let (per, skipped, first, last) = samples_of(&lines);
+    assert_eq!(skipped, 0);
     assert!(per.keys().any(|s| s.starts_with("bench_metric_0_total{")), "{per:?}");
     // The gauges have the names of series remote write wrote before: count over this run's
     // time range only.
