@@ -3,7 +3,9 @@
 //! An item enters the ledger when Pharos acknowledged its write. It is *pending* until a query
 //! first shows it: then it is *found* (with the time from acknowledgement to visibility), or
 //! *wrong* if what came back differs from what was written. A pending item still absent after
-//! `late_after` is counted late (once); after `missing_after` it is *missing*. Found items stay
+//! `late_after` is counted late (once), and so is one first seen after `late_after` without an
+//! answer in between that counted it (e.g. while the queries failed); after `missing_after` it is
+//! *missing*. Found items stay
 //! in the ledger for `recheck_window` and are looked for again now and then: one that is gone
 //! (absent from two answers in a row) is missing too, one that changed is wrong. Missing and
 //! wrong are final. Memory is bounded: at most `max_pending` pending items (the writer skips
@@ -67,10 +69,28 @@ pub(crate) enum Seen {
 /// What changed for one item after an answer; the caller counts and logs these.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Event {
-    Found { seq: u64, latency: Duration },
-    Late { seq: u64, age: Duration },
-    Missing { seq: u64, ts_ns: i64, age: Duration, was_found: bool },
-    Wrong { seq: u64, ts_ns: i64, what: String },
+    /// First seen as written. `late`: first seen at or after `late_after` and not counted late
+    /// before (no answer without it came in time): count it late too.
+    Found {
+        seq: u64,
+        latency: Duration,
+        late: bool,
+    },
+    Late {
+        seq: u64,
+        age: Duration,
+    },
+    Missing {
+        seq: u64,
+        ts_ns: i64,
+        age: Duration,
+        was_found: bool,
+    },
+    Wrong {
+        seq: u64,
+        ts_ns: i64,
+        what: String,
+    },
 }
 
 /// Counts of items by state, now.
@@ -133,8 +153,9 @@ impl Ledger {
         let item = &mut self.items[index];
         let age = now.saturating_duration_since(item.acked);
         let (state, event) = match (item.state, seen) {
-            (State::Pending { .. }, Seen::Intact) => {
-                (State::Found { absences: 0 }, Some(Event::Found { seq, latency: age }))
+            (State::Pending { late }, Seen::Intact) => {
+                let late = !late && age >= limits.late_after;
+                (State::Found { absences: 0 }, Some(Event::Found { seq, latency: age, late }))
             }
             (State::Pending { .. } | State::Found { .. }, Seen::Different(what)) => {
                 (State::Wrong, Some(Event::Wrong { seq, ts_ns: item.ts_ns, what }))
@@ -235,11 +256,34 @@ mod tests {
     }
 
     #[test]
+    fn ledger_item_first_seen_after_late_after_is_late_once() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new(limits());
+        l.record(1, 10, t0);
+        l.record(2, 20, t0);
+        // Item 1: no answer before late_after (the queries failed), then found: late as well.
+        assert_eq!(
+            l.observe(1, Seen::Intact, t0 + 6 * S),
+            Some(Event::Found { seq: 1, latency: 6 * S, late: true })
+        );
+        // Item 2: counted late by an absent answer already; found later, not late a second time.
+        assert_eq!(l.observe(2, Seen::Absent, t0 + 5 * S), Some(Event::Late { seq: 2, age: 5 * S }));
+        assert_eq!(
+            l.observe(2, Seen::Intact, t0 + 7 * S),
+            Some(Event::Found { seq: 2, latency: 7 * S, late: false })
+        );
+        assert_eq!(l.census().pending, 0);
+    }
+
+    #[test]
     fn ledger_found_item_reports_latency_and_is_lost_after_two_absences() {
         let t0 = Instant::now();
         let mut l = Ledger::new(limits());
         l.record(1, 10, t0);
-        assert_eq!(l.observe(1, Seen::Intact, t0 + 2 * S), Some(Event::Found { seq: 1, latency: 2 * S }));
+        assert_eq!(
+            l.observe(1, Seen::Intact, t0 + 2 * S),
+            Some(Event::Found { seq: 1, latency: 2 * S, late: false })
+        );
         assert_eq!(l.found(), vec![Probe { seq: 1, ts_ns: 10 }]);
         assert_eq!(l.observe(1, Seen::Absent, t0 + 3 * S), None);
         assert_eq!(l.observe(1, Seen::Intact, t0 + 4 * S), None, "back: the absence was a race");

@@ -6,7 +6,8 @@
 //! signal over OTLP/HTTP and records the acknowledged ones. The checker, every `--interval`, asks
 //! for the items that have waited `--check-delay` (a trace by id each; logs and metrics with one
 //! range query for all of them) and, every `--recheck-interval`, for items found before. At exit
-//! the writer stops and the checker keeps going until no item is pending.
+//! the writer stops and the checker keeps going until no item is pending, then looks for the
+//! found items once more, all within `--final-check-timeout`.
 
 mod client;
 mod ledger;
@@ -109,6 +110,10 @@ pub struct CanaryArgs {
     /// The longest one write or query may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// The longest the final check at exit may take; what it did not get to is reported as
+    /// unchecked (pending items) or not rechecked (found items).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    final_check_timeout: Duration,
 }
 
 type SignalLabel = Vec<(&'static str, &'static str)>;
@@ -198,6 +203,8 @@ struct SignalState {
     failing: Mutex<bool>,
     /// Whether the last query failed (likewise).
     query_failing: Mutex<bool>,
+    /// Found items the final check at exit did not get to look at (its time was up).
+    not_rechecked: Mutex<usize>,
 }
 
 struct Canary {
@@ -274,6 +281,7 @@ async fn run(mut args: CanaryArgs) -> anyhow::Result<Value> {
             recheck_cursor: Mutex::new(0),
             failing: Mutex::new(false),
             query_failing: Mutex::new(false),
+            not_rechecked: Mutex::new(0),
         })
         .collect();
     let metrics = CanaryMetrics::new();
@@ -429,7 +437,12 @@ async fn write_loop(canary: Arc<Canary>, stop: CancellationToken) {
             let canary = canary.clone();
             writes.spawn(async move { canary.write(&canary.signals[index], seq, ts_ns).await });
         }
-        while writes.join_next().await.is_some() {}
+        // A stop cuts the writes in flight (dropping the set aborts them): an answer not seen is
+        // no acknowledgement, as when it is lost.
+        tokio::select! {
+            () = async { while writes.join_next().await.is_some() {} } => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -447,7 +460,12 @@ async fn check_loop(canary: Arc<Canary>, stop: CancellationToken) {
         if recheck {
             last_recheck = Instant::now();
         }
-        canary.check_round(recheck, false).await;
+        // A stop cuts the round in flight (the ledger is updated in single steps): the final
+        // check takes over.
+        tokio::select! {
+            _ = canary.check_round(recheck, false, None) => {}
+            () = stop.cancelled() => return,
+        }
         if last_summary.elapsed() >= canary.args.summary_interval {
             last_summary = Instant::now();
             canary.log_summary();
@@ -456,27 +474,49 @@ async fn check_loop(canary: Arc<Canary>, stop: CancellationToken) {
 }
 
 /// After the last write: looks for pending items until each is found or missing (bounded by
-/// `--missing-after` and a little more), then looks for every found item once more.
+/// `--missing-after` and a little more), then looks for every found item twice more; all of it
+/// within `--final-check-timeout`. Items still pending then stay unchecked; found items the last
+/// look did not reach are counted as not rechecked.
 async fn final_pass(canary: &Canary) {
-    info!("final check: waiting for the pending items");
-    let deadline = Instant::now() + canary.args.missing_after + 2 * canary.args.request_timeout;
-    while canary.signals.iter().any(|s| lock(&s.ledger).census().pending > 0) && Instant::now() < deadline {
-        canary.check_round(false, false).await;
-        tokio::time::sleep(canary.args.interval).await;
+    info!(timeout = ?canary.args.final_check_timeout, "final check: waiting for the pending items");
+    let started = Instant::now();
+    let deadline = started + canary.args.final_check_timeout;
+    let pending_deadline =
+        deadline.min(started + canary.args.missing_after + 2 * canary.args.request_timeout);
+    while canary.signals.iter().any(|s| lock(&s.ledger).census().pending > 0)
+        && Instant::now() < pending_deadline
+    {
+        canary.check_round(false, false, Some(pending_deadline)).await;
+        sleep_until_or(canary.args.interval, deadline).await;
     }
     for s in &canary.signals {
         let unchecked = lock(&s.ledger).pending_items();
         if !unchecked.is_empty() {
             let ids: Vec<String> =
                 unchecked.iter().take(20).map(|p| canary.item_id(s.signal, p.seq)).collect();
-            warn!(signal = %s.signal, count = unchecked.len(), first = ?ids, "canary items left unchecked: the queries for them failed");
+            warn!(signal = %s.signal, count = unchecked.len(), first = ?ids, "canary items left unchecked: the queries for them failed or the final check's time was up");
         }
     }
-    // Twice: an item found before is missing only when absent from two answers in a row.
-    for _ in 0..2 {
-        canary.check_round(true, true).await;
-        tokio::time::sleep(canary.args.interval).await;
+    // Twice: an item found before is missing only when absent from two answers in a row. What the
+    // last look did not reach (its time up) is counted as not rechecked.
+    let mut unreached = Vec::new();
+    for round in 0..2 {
+        if round > 0 {
+            sleep_until_or(canary.args.interval, deadline).await;
+        }
+        unreached = canary.check_round(true, true, Some(deadline)).await;
     }
+    for (s, count) in canary.signals.iter().zip(unreached) {
+        *lock(&s.not_rechecked) = count;
+        if count > 0 {
+            warn!(signal = %s.signal, count, timeout = ?canary.args.final_check_timeout, "canary found items not looked at again at exit: the final check's time was up");
+        }
+    }
+}
+
+/// Sleeps `d`, or until `deadline` if that comes first.
+async fn sleep_until_or(d: Duration, deadline: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std((Instant::now() + d).min(deadline))).await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -533,8 +573,11 @@ impl Canary {
     }
 
     /// Looks for due pending items and, with `recheck`, for found ones (all found traces with
-    /// `all_traces`, else `--recheck-traces` of them).
-    async fn check_round(&self, recheck: bool, all_traces: bool) {
+    /// `all_traces`, else `--recheck-traces` of them). With a `deadline`, no request goes on past
+    /// it (what was not answered by then is looked for again at the next round, if any). Returns,
+    /// per signal, how many of the found items looked for got no answer.
+    async fn check_round(&self, recheck: bool, all_traces: bool, deadline: Option<Instant>) -> Vec<usize> {
+        let mut unanswered = Vec::with_capacity(self.signals.len());
         for s in &self.signals {
             let now = Instant::now();
             let (mut probes, found) = {
@@ -558,17 +601,25 @@ impl Canary {
                 }
                 probes.extend(picked);
             } else {
-                probes.extend(found);
+                probes.extend(found.iter().copied());
             }
-            if !probes.is_empty() {
+            let mut found_unanswered = found.len();
+            let time_left = deadline.is_none_or(|d| Instant::now() < d);
+            if !probes.is_empty() && time_left {
                 let (seen, error) = match s.signal {
-                    Signal::Traces => self.look_up_traces(&probes).await,
-                    Signal::Logs => split(self.query_logs(&probes).await),
-                    Signal::Metrics => split(self.query_metrics(&probes).await),
+                    Signal::Traces => self.look_up_traces(&probes, deadline).await,
+                    Signal::Logs => split(within(deadline, self.query_logs(&probes)).await),
+                    Signal::Metrics => split(within(deadline, self.query_metrics(&probes)).await),
                 };
                 match error {
-                    Some(e) => self.query_error(s, &e),
+                    Some(Failure::Error(e)) => self.query_error(s, &e),
+                    // Cut short at exit: no judgement, and not the fault of Pharos.
+                    Some(Failure::OutOfTime) => {}
                     None => self.query_ok(s),
+                }
+                if !found.is_empty() {
+                    let answered: std::collections::HashSet<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+                    found_unanswered = found.iter().filter(|p| !answered.contains(&p.seq)).count();
                 }
                 let now = Instant::now();
                 let events: Vec<Event> = {
@@ -579,10 +630,12 @@ impl Canary {
                     self.report(s, event);
                 }
             }
+            unanswered.push(found_unanswered);
             let mut ledger = lock(&s.ledger);
             ledger.expire(Instant::now());
             self.metrics.pending.get_or_create(&s.label).set(ledger.census().pending as i64);
         }
+        unanswered
     }
 
     /// Counts a failed query (logged once per streak of failures).
@@ -610,19 +663,34 @@ impl Canary {
     }
 
     /// What the answers said about the probes, and the error that stopped the look-ups, if any.
-    async fn look_up_traces(&self, probes: &[Probe]) -> (Vec<(u64, Seen)>, Option<String>) {
+    /// One request per trace, in order, until one fails or the `deadline` comes.
+    async fn look_up_traces(
+        &self,
+        probes: &[Probe],
+        deadline: Option<Instant>,
+    ) -> (Vec<(u64, Seen)>, Option<Failure>) {
         let mut seen = Vec::with_capacity(probes.len());
         for p in probes {
             let url = format!("{}/api/traces/{}", self.api, self.run.trace_id_hex(p.seq));
-            match self.http.get(&url, Some("application/protobuf")).await {
-                Ok(a) if a.status == hyper::StatusCode::NOT_FOUND => seen.push((p.seq, Seen::Absent)),
-                Ok(a) if a.status.is_success() => seen.push((p.seq, self.run.judge_trace(*p, &a.body))),
-                Ok(a) => {
-                    let error =
-                        format!("{url}: status {}: {}", a.status, String::from_utf8_lossy(&a.body).trim());
-                    return (seen, Some(error));
-                }
-                Err(e) => return (seen, Some(e.to_string())),
+            let answer = match within(deadline, async {
+                self.http.get(&url, Some("application/protobuf")).await.map_err(|e| e.to_string())
+            })
+            .await
+            {
+                Ok(a) => a,
+                Err(failure) => return (seen, Some(failure)),
+            };
+            if answer.status == hyper::StatusCode::NOT_FOUND {
+                seen.push((p.seq, Seen::Absent));
+            } else if answer.status.is_success() {
+                seen.push((p.seq, self.run.judge_trace(*p, &answer.body)));
+            } else {
+                let error = format!(
+                    "{url}: status {}: {}",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body).trim()
+                );
+                return (seen, Some(Failure::Error(error)));
             }
         }
         (seen, None)
@@ -694,8 +762,13 @@ impl Canary {
     fn report(&self, s: &SignalState, event: Event) {
         let m = &self.metrics;
         match event {
-            Event::Found { seq, latency } => {
+            Event::Found { seq, latency, late } => {
                 m.found.get_or_create(&s.label).inc();
+                if late {
+                    // No answer in time said it was absent (e.g. the queries failed until then).
+                    m.late.get_or_create(&s.label).inc();
+                    warn!(signal = %s.signal, seq, id = self.item_id(s.signal, seq), age = ?latency, "canary item is late (first seen after --late-after)");
+                }
                 m.latency.get_or_create(&s.label).observe(latency.as_secs_f64());
                 let mut latencies = lock(&s.latencies);
                 if latencies.len() == LATENCY_SAMPLE {
@@ -738,6 +811,7 @@ impl Canary {
             "missing": get(&m.missing),
             "wrong": get(&m.wrong),
             "unchecked": lock(&s.ledger).census().pending,
+            "not_rechecked": *lock(&s.not_rechecked),
             "query_errors": get(&m.query_errors),
             "latency_p50_seconds": round(percentile(&latencies, 0.5)),
             "latency_p99_seconds": round(percentile(&latencies, 0.99)),
@@ -776,6 +850,7 @@ impl Canary {
                 missing = n("missing"),
                 wrong = n("wrong"),
                 pending = n("unchecked"),
+                not_rechecked = n("not_rechecked"),
                 query_errors = n("query_errors"),
                 p50 = c["latency_p50_seconds"].as_f64().unwrap_or(0.0),
                 p99 = c["latency_p99_seconds"].as_f64().unwrap_or(0.0),
@@ -785,7 +860,30 @@ impl Canary {
     }
 }
 
-fn split<T>(result: Result<Vec<T>, String>) -> (Vec<T>, Option<String>) {
+/// Why a query gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// It failed: counted and logged.
+    Error(String),
+    /// The final check's time was up before it finished (or started).
+    OutOfTime,
+}
+
+/// Runs `query` until `deadline` at most (no deadline: until it ends).
+async fn within<T>(
+    deadline: Option<Instant>,
+    query: impl Future<Output = Result<T, String>>,
+) -> Result<T, Failure> {
+    match deadline {
+        None => query.await.map_err(Failure::Error),
+        Some(d) => match tokio::time::timeout_at(tokio::time::Instant::from_std(d), query).await {
+            Ok(result) => result.map_err(Failure::Error),
+            Err(_) => Err(Failure::OutOfTime),
+        },
+    }
+}
+
+fn split<T>(result: Result<Vec<T>, Failure>) -> (Vec<T>, Option<Failure>) {
     match result {
         Ok(v) => (v, None),
         Err(e) => (Vec::new(), Some(e)),

@@ -2,7 +2,7 @@
 //! whose blocks were deleted are reported missing and the canary exits nonzero.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -11,9 +11,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{BIN, Pharos, free_port, metric_value};
+use crate::harness::{BIN, Pharos, metric_value, read_stderr};
 
-/// Fixed ports, so that a restarted Pharos is where the canary writes and reads.
+/// The ports the first Pharos bound (it picks them: port 0), so that a restarted Pharos is where
+/// the canary writes and reads.
 struct Ports {
     sets: Vec<String>,
     api: String,
@@ -21,22 +22,43 @@ struct Ports {
 }
 
 impl Ports {
-    fn pick() -> Ports {
-        let (api, http, grpc) = (free_port(), free_port(), free_port());
-        Ports {
+    /// Starts the first Pharos on ports of its choosing and remembers them.
+    fn first(dir: &Path, extra: &[&str]) -> (Ports, Pharos) {
+        let pharos = Pharos::start(dir, extra);
+        let ports = Ports {
             sets: vec![
-                format!("api.listen=127.0.0.1:{api}"),
-                format!("otlp.http.listen=127.0.0.1:{http}"),
-                format!("otlp.grpc.listen=127.0.0.1:{grpc}"),
+                format!("api.listen={}", pharos.api),
+                format!("otlp.http.listen={}", pharos.http),
+                format!("otlp.grpc.listen={}", pharos.grpc),
             ],
-            api: format!("http://127.0.0.1:{api}"),
-            http: format!("http://127.0.0.1:{http}"),
-        }
+            api: format!("http://{}", pharos.api),
+            http: format!("http://{}", pharos.http),
+        };
+        (ports, pharos)
     }
 
-    fn start(&self, dir: &Path, extra: &[&str]) -> Pharos {
+    /// Starts Pharos again on the same ports. Between the stop and now another process may have
+    /// taken one for a moment: a few tries, then a panic that says so.
+    fn restart(&self, dir: &Path, extra: &[&str]) -> Pharos {
         let sets: Vec<&str> = self.sets.iter().map(String::as_str).chain(extra.iter().copied()).collect();
-        Pharos::start(dir, &sets)
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
+            match Pharos::try_start(dir, &sets) {
+                Ok(pharos) => return pharos,
+                Err(log) if attempt < TRIES => {
+                    eprintln!(
+                        "restart on {:?} failed (try {attempt} of {TRIES}), again in 500ms:\n{log}",
+                        self.sets
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(log) => panic!(
+                    "Pharos could not be started again on the ports of the first start {:?} ({TRIES} tries; a port taken by another process?):\n{log}",
+                    self.sets
+                ),
+            }
+        }
+        unreachable!("the last try returns or panics")
     }
 }
 
@@ -57,24 +79,7 @@ impl Canary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn pharos canary");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("canary is running")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(line.clone());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let (log, rx) = read_stderr(child.stderr.take().unwrap(), "canary is running");
         let ready = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("the canary did not start:\n{}", log.lock().unwrap())
@@ -117,6 +122,31 @@ impl Canary {
     }
 }
 
+impl Canary {
+    /// SIGTERM: the canary stops writing, runs its final check and exits.
+    fn terminate(&self) {
+        signal(self.child.id(), "-TERM");
+    }
+
+    /// Waits until `series` is at least `want`.
+    async fn wait_for(&self, series: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric(series).await < want {
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached {want}:\n{}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill").arg(which).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
 impl Drop for Canary {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -133,8 +163,7 @@ const SIGNALS: [&str; 3] = ["traces", "logs", "metrics"];
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_across_sigkill_and_restart_reports_nothing_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::pick();
-    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let (ports, pharos) = Ports::first(dir.path(), &["queue.partitions=2"]);
     let canary = Canary::start(
         &ports,
         &[
@@ -149,10 +178,10 @@ async fn canary_across_sigkill_and_restart_reports_nothing_missing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     pharos.kill9();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let pharos = ports.restart(dir.path(), &["queue.partitions=2"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     pharos.kill9();
-    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let pharos = ports.restart(dir.path(), &["queue.partitions=2"]);
 
     let (status, summary, log) =
         tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
@@ -181,10 +210,9 @@ async fn canary_across_sigkill_and_restart_reports_nothing_missing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::pick();
     // Blocks written often, so that most items are in blocks (and out of the WAL) soon.
     let quick = ["queue.partitions=2", "logs.flush_interval=200ms", "traces.flush_interval=200ms"];
-    let pharos = ports.start(dir.path(), &quick);
+    let (ports, pharos) = Ports::first(dir.path(), &quick);
     let canary = Canary::start(
         &ports,
         &[
@@ -212,7 +240,7 @@ async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero
     assert!(deleted > 0, "no log blocks in {}", blocks.display());
     std::fs::remove_dir_all(&blocks).unwrap();
 
-    let pharos = ports.start(dir.path(), &quick);
+    let pharos = ports.restart(dir.path(), &quick);
     let (status, summary, log) =
         tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
     println!("deleted {deleted} log blocks holding {written_before} canary lines\n{summary:#}");
@@ -236,8 +264,7 @@ async fn canary_reports_log_items_of_deleted_blocks_as_missing_and_exits_nonzero
 #[tokio::test(flavor = "multi_thread")]
 async fn canary_reports_a_second_line_with_a_found_sequence_number_as_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::pick();
-    let pharos = ports.start(dir.path(), &["queue.partitions=2"]);
+    let (ports, pharos) = Ports::first(dir.path(), &["queue.partitions=2"]);
     let canary = Canary::start(
         &ports,
         &[
@@ -246,15 +273,10 @@ async fn canary_reports_a_second_line_with_a_found_sequence_number_as_wrong() {
             "--interval=100ms",
             "--check-delay=200ms",
             "--recheck-interval=300ms",
-            "--duration=4s",
+            "--duration=60s", // ended below, once the damage is done
         ],
     );
-    let found = r#"pharos_canary_found_total{signal="logs"}"#;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while canary.metric(found).await < 3.0 {
-        assert!(Instant::now() < deadline, "items 1-3 never found:\n{}", canary.log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    canary.wait_for(r#"pharos_canary_found_total{signal="logs"}"#, 3.0).await;
     // Someone else writes a line claiming to be the canary's item 3, in its stream and time range.
     let run = &canary.run;
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -277,6 +299,9 @@ async fn canary_reports_a_second_line_with_a_found_sequence_number_as_wrong() {
         .await
         .unwrap();
     assert!(response.status().is_success(), "{:?}", response.text().await);
+    // Enough for a recheck round or two; the final check at exit looks twice more in any case.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    canary.terminate();
 
     let (status, summary, log) =
         tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
@@ -286,6 +311,55 @@ async fn canary_reports_a_second_line_with_a_found_sequence_number_as_wrong() {
     assert!(log.contains("2 entries with this sequence number"), "{log}");
     assert_eq!(count(&summary, "logs", "missing"), 0, "{log}");
     assert_eq!(status.code(), Some(1), "{log}");
+    let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
+    assert!(status.success(), "{plog}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_final_check_ends_at_its_timeout_when_pharos_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ports, pharos) = Ports::first(dir.path(), &["queue.partitions=2"]);
+    let canary = Canary::start(
+        &ports,
+        &[
+            "--interval=100ms",
+            "--check-delay=200ms",
+            "--request-timeout=2s",
+            "--final-check-timeout=2s",
+            "--duration=60s", // ended below
+        ],
+    );
+    for signal in SIGNALS {
+        canary.wait_for(&format!("pharos_canary_found_total{{signal=\"{signal}\"}}"), 3.0).await;
+    }
+    // Pharos stops answering (its sockets still take connections): every request of the final
+    // check waits for its timeout. Without an overall bound the final check would wait for the
+    // pending items up to --missing-after (2m) and then look up each found trace.
+    signal(pharos.pid(), "-STOP");
+    let stopped = Instant::now();
+    canary.terminate();
+    let (status, summary, log) =
+        tokio::task::spawn_blocking(move || canary.wait(Duration::from_secs(40))).await.unwrap();
+    let took = stopped.elapsed();
+    signal(pharos.pid(), "-CONT");
+    println!("exit {took:?} after SIGTERM\n{summary:#}");
+    // The stop cuts the writes and checks in flight; the final check takes up to 2s.
+    assert!(took < Duration::from_secs(8), "the canary took {took:?} to exit\n{log}");
+    for signal in SIGNALS {
+        let found = count(&summary, signal, "found");
+        assert!(found >= 3, "{signal}\n{log}");
+        assert_eq!(
+            count(&summary, signal, "not_rechecked"),
+            found,
+            "{signal}: nothing answered at exit\n{log}"
+        );
+        assert_eq!(count(&summary, signal, "missing"), 0, "{signal}: nothing judged without answers\n{log}");
+    }
+    assert!(log.contains("the final check's time was up"), "{log}");
+    // Items still pending (unchecked) fail the run; found items not looked at again do not.
+    let unchecked: u64 = SIGNALS.iter().map(|s| count(&summary, s, "unchecked")).sum();
+    assert_eq!(summary["ok"], unchecked == 0, "{log}");
+    assert_eq!(status.code(), Some(if unchecked == 0 { 0 } else { 1 }), "{log}");
     let (status, plog) = tokio::task::spawn_blocking(move || pharos.terminate()).await.unwrap();
     assert!(status.success(), "{plog}");
 }

@@ -4,8 +4,8 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc::Receiver},
     time::{Duration, Instant},
 };
 
@@ -27,9 +27,38 @@ fn field(line: &str, key: &str) -> SocketAddr {
     rest[..end].parse().unwrap()
 }
 
+/// Collects a child's stderr lines into the returned log, on a thread; the first line containing
+/// `ready` is also sent on the receiver (which disconnects when the child closes its stderr).
+pub fn read_stderr(stderr: ChildStderr, ready: &'static str) -> (Arc<Mutex<String>>, Receiver<String>) {
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(ready)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line.clone());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    (log, rx)
+}
+
 impl Pharos {
     /// Starts pharos on `data_dir` with extra `--set key=value` overrides.
     pub fn start(data_dir: &Path, sets: &[&str]) -> Pharos {
+        Pharos::try_start(data_dir, sets).unwrap_or_else(|log| panic!("pharos did not become ready:\n{log}"))
+    }
+
+    /// Like [`Pharos::start`], but a Pharos that exits or does not become ready is an `Err` with
+    /// its log (e.g. a port taken).
+    pub fn try_start(data_dir: &Path, sets: &[&str]) -> Result<Pharos, String> {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg("--data-dir").arg(data_dir);
         for s in ["api.listen=127.0.0.1:0", "otlp.http.listen=127.0.0.1:0", "otlp.grpc.listen=127.0.0.1:0"]
@@ -40,39 +69,28 @@ impl Pharos {
         }
         cmd.env("PHAROS_LOG_LEVEL", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn pharos");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("pharos is ready")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(line.clone());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let (log, rx) = read_stderr(child.stderr.take().unwrap(), "pharos is ready");
         let ready = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("pharos did not become ready:\n{}", log.lock().unwrap());
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(50)); // let the log reader finish
+                return Err(log.lock().unwrap().clone());
             }
         };
-        Pharos {
+        Ok(Pharos {
             child,
             grpc: field(&ready, "otlp_grpc"),
             http: field(&ready, "otlp_http"),
             api: field(&ready, "api"),
             data_dir: data_dir.to_path_buf(),
             log,
-        }
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
