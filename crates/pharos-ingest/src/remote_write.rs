@@ -53,23 +53,23 @@ pub trait SampleCheck: Send + Sync {
     -> Vec<RefusedSample>;
 }
 
-/// Removes the samples `check` refuses from one series, recording them in `rejections`.
-fn drop_refused<S>(
+/// Removes the samples `check` refuses from one series (`labels` gives its sorted pairs),
+/// recording them in `rejections`; true when it had samples and none is left.
+fn drop_refused<'a>(
     check: Option<&dyn SampleCheck>,
     tenant: &Tenant,
-    labels: &[(&str, &str)],
-    samples: &mut Vec<S>,
-    point: impl Fn(&S) -> (i64, f64),
+    labels: impl FnOnce() -> Vec<(&'a str, &'a str)>,
+    samples: &mut Vec<prompb::v1::Sample>,
     rejections: &mut Rejections,
-) {
-    let Some(check) = check else { return };
+) -> bool {
+    let Some(check) = check else { return false };
     if samples.is_empty() {
-        return;
+        return false;
     }
-    let points: Vec<(i64, f64)> = samples.iter().map(&point).collect();
-    let refused = check.refused(tenant, labels, &points);
+    let points: Vec<(i64, f64)> = samples.iter().map(|s| (s.timestamp, s.value)).collect();
+    let refused = check.refused(tenant, &labels(), &points);
     if refused.is_empty() {
-        return;
+        return false;
     }
     let mut gone = vec![false; samples.len()];
     for r in refused {
@@ -83,6 +83,7 @@ fn drop_refused<S>(
         i += 1;
         !gone[i - 1]
     });
+    samples.is_empty()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -327,25 +328,17 @@ fn prepare(
                     rejections.add(v, items.max(1));
                     continue;
                 }
-                if ingestor.sample_check().is_some() && !series.samples.is_empty() {
-                    let pairs: Vec<(&str, &str)> =
-                        series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
-                    drop_refused(
-                        ingestor.sample_check(),
-                        tenant,
-                        &pairs,
-                        &mut series.samples,
-                        |s| (s.timestamp, s.value),
-                        &mut rejections,
-                    );
-                    if series.samples.is_empty()
-                        && series.histograms.is_empty()
-                        && series.exemplars.is_empty()
-                    {
-                        continue;
-                    }
+                let pairs = || labels().collect();
+                let emptied = drop_refused(
+                    ingestor.sample_check(),
+                    tenant,
+                    pairs,
+                    &mut series.samples,
+                    &mut rejections,
+                );
+                if emptied && series.histograms.is_empty() && series.exemplars.is_empty() {
+                    continue;
                 }
-                let labels = || series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()));
                 written.samples += series.samples.len() as u64;
                 written.histograms += series.histograms.len() as u64;
                 written.exemplars += series.exemplars.len() as u64;
@@ -414,21 +407,16 @@ fn prepare(
                     rejections.add(v, items.max(1));
                     continue;
                 }
-                if !series.samples.is_empty() {
-                    drop_refused(
-                        ingestor.sample_check(),
-                        tenant,
-                        &labels,
-                        &mut series.samples,
-                        |s| (s.timestamp, s.value),
-                        &mut rejections,
-                    );
-                    if series.samples.is_empty()
-                        && series.histograms.is_empty()
-                        && series.exemplars.is_empty()
-                    {
-                        continue;
-                    }
+                let pairs = || labels.clone();
+                let emptied = drop_refused(
+                    ingestor.sample_check(),
+                    tenant,
+                    pairs,
+                    &mut series.samples,
+                    &mut rejections,
+                );
+                if emptied && series.histograms.is_empty() && series.exemplars.is_empty() {
+                    continue;
                 }
                 written.samples += series.samples.len() as u64;
                 written.histograms += series.histograms.len() as u64;
