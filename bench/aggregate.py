@@ -127,7 +127,7 @@ def collect(out, quick):
         x = runs.get(r)
         return min(x["acked_spans_per_s"], x["processed_spans_per_s"]) if x else None
     col = runs.get("otelcol")
-    no_col = "did not run (bench/collector/build-collector-pipeline.sh)"
+    no_col = "did not run (bench/collector/build-collector.sh pipeline)"
     t.add("ingest, full pipeline", "OTLP/gRPC traces", "spans/s", "higher", sustained("full"),
           {"Pharos, pipeline off": sustained("off"),
            "otelcol": sustained("otelcol") if col else no_col},

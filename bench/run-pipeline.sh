@@ -46,7 +46,7 @@
 #   KEEP_DATA [0] (1: keep the data dirs and the binaries' copies in the work dir),
 #   COLLECTOR [1 when the binary exists, else 0; 1 builds it if missing] run the Collector peer,
 #   OTELCOL_PIPELINE [$PHAROS_BENCH_CACHE/otelcol-pipeline, built by
-#   bench/collector/build-collector-pipeline.sh], OTELCOL_FSYNC [true] fsync of its file_storage.
+#   bench/collector/build-collector.sh pipeline], OTELCOL_FSYNC [true] fsync of its file_storage.
 # Everything listens on 127.0.0.1, every step is bounded in time, and every process the
 # script started is stopped on exit.
 set -euo pipefail
@@ -82,7 +82,7 @@ OTELCOL_FSYNC="${OTELCOL_FSYNC:-true}"
 if [[ -z "${COLLECTOR:-}" ]]; then
   COLLECTOR=0
   if [[ -x "$OTELCOL_PIPELINE" ]]; then COLLECTOR=1
-  else echo "no Collector peer: $OTELCOL_PIPELINE not built (bench/collector/build-collector-pipeline.sh)" >&2; fi
+  else echo "no Collector peer: $OTELCOL_PIPELINE not built (bench/collector/build-collector.sh pipeline)" >&2; fi
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/pharos/target}"
 WORK="${BENCH_WORK:-$(mktemp -d /tmp/pharos-pipeline-bench.XXXXXX)}"
@@ -99,7 +99,7 @@ PHAROS="$WORK/bin/pharos"
 LOADGEN="$WORK/bin/pharos-loadgen"
 OTELCOL=""
 if [[ "$COLLECTOR" == 1 ]]; then
-  [[ -x "$OTELCOL_PIPELINE" ]] || "$HERE/collector/build-collector-pipeline.sh" >/dev/null
+  [[ -x "$OTELCOL_PIPELINE" ]] || "$HERE/collector/build-collector.sh" pipeline >/dev/null
   # Named `otelcol` so that bench/run's pinning (bench/peers/pin.py, by command name) moves it
   # to the servers' CPU like the other Collector.
   cp "$OTELCOL_PIPELINE" "$WORK/bin/otelcol"

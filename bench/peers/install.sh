@@ -9,7 +9,7 @@
 #   otelcol       the OpenTelemetry Collector built with its builder from Go modules
 #                 (bench/collector/build-collector.sh: OTLP receiver, nop and debug exporters,
 #                 file_storage extension), and the pipeline benchmark's Collector with the contrib
-#                 processors (bench/collector/build-collector-pipeline.sh: otelcol-pipeline).
+#                 processors (bench/collector/build-collector.sh pipeline: otelcol-pipeline).
 #   rotel         rotel, a Rust OpenTelemetry collector packaged as a Python wheel, installed
 #                 with pip into a virtual environment of its own.
 #   telemetrygen  the OpenTelemetry load generator, `go install`ed from its Go module.
@@ -61,7 +61,7 @@ install_apt() {
 install_otelcol() {
   local rc=0
   "$HERE/../collector/build-collector.sh" >/dev/null || rc=1
-  "$HERE/../collector/build-collector-pipeline.sh" >/dev/null || rc=1
+  "$HERE/../collector/build-collector.sh" pipeline >/dev/null || rc=1
   return "$rc"
 }
 
