@@ -339,6 +339,30 @@ open(f"{run_dir}/metrics-end.txt", "w").write(last_text)
 json.dump(result, open(f"{run_dir}/run.json", "w"), indent=1)
 PY
 
+# load_and_stop <name> <grpc endpoint> <run dir> <data dir>: the load generator against the
+# server started as $PID (its monitor running as $MONITOR), then waits for the monitor, stops
+# the server and removes its data (unless KEEP_DATA=1).
+load_and_stop() {
+  local name=$1 endpoint=$2 run=$3 data=$4
+  "$LOADGEN" --protocol grpc --signal traces --endpoint "$endpoint" --duration "$DURATION" --warmup "$WARMUP" \
+    --workers "$WORKERS" --connections "$CONNECTIONS" --batch "$BATCH" --rate "$RATE" \
+    --label "pharos-pipeline-$name" >"$run/loadgen.txt" 2>"$run/loadgen.err" &
+  LOADGEN_PID=$!
+  wait "$LOADGEN_PID" || { echo "[$name] the load generator failed:" >&2; cat "$run/loadgen.err" >&2; }
+  LOADGEN_PID=""
+  tail -1 "$run/loadgen.txt" >"$run/loadgen.json"
+  date +%s.%N >"$run/load.done"
+  sed -n '2,4p' "$run/loadgen.txt" | sed "s/^/[$name] /" >&2
+  wait "$MONITOR" || true
+  MONITOR=""
+  kill -TERM "$PID" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$PID" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
+  PID=""
+  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$data"; fi
+}
+
 run_one() {
   local name="$1" run="$OUT/$1" data="$WORK/run-$1/data" keys first="" cfg=()
   mkdir -p "$run" "$data"
@@ -367,23 +391,7 @@ run_one() {
 
   python3 "$WORK/monitor.py" "$api" "$PID" "$run" "$name" "$first" "$DRAIN_TIMEOUT" &
   MONITOR=$!
-  "$LOADGEN" --protocol grpc --signal traces --endpoint "$grpc" --duration "$DURATION" --warmup "$WARMUP" \
-    --workers "$WORKERS" --connections "$CONNECTIONS" --batch "$BATCH" --rate "$RATE" \
-    --label "pharos-pipeline-$name" >"$run/loadgen.txt" 2>"$run/loadgen.err" &
-  LOADGEN_PID=$!
-  wait "$LOADGEN_PID" || { echo "[$name] the load generator failed:" >&2; cat "$run/loadgen.err" >&2; }
-  LOADGEN_PID=""
-  tail -1 "$run/loadgen.txt" >"$run/loadgen.json"
-  date +%s.%N >"$run/load.done"
-  sed -n '2,4p' "$run/loadgen.txt" | sed "s/^/[$name] /" >&2
-  wait "$MONITOR" || true
-  MONITOR=""
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  PID=""
-  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$data"; fi
+  load_and_stop "$name" "$grpc" "$run" "$data"
   grep -E " (WARN|ERROR) " "$run/pharos.log" | head -5 | sed "s/^/[$name] pharos log: /" >&2 || true
   [[ -f "$run/run.json" ]] || { echo "[$name] no figures (see $run)" >&2; return 1; }
 }
@@ -584,23 +592,7 @@ run_otelcol() {
 
   python3 "$WORK/otelcol_monitor.py" "127.0.0.1:$mp" "$PID" "$run" "$DRAIN_TIMEOUT" "$shards" &
   MONITOR=$!
-  "$LOADGEN" --protocol grpc --signal traces --endpoint "127.0.0.1:$gp" --duration "$DURATION" --warmup "$WARMUP" \
-    --workers "$WORKERS" --connections "$CONNECTIONS" --batch "$BATCH" --rate "$RATE" \
-    --label "pharos-pipeline-otelcol" >"$run/loadgen.txt" 2>"$run/loadgen.err" &
-  LOADGEN_PID=$!
-  wait "$LOADGEN_PID" || { echo "[otelcol] the load generator failed:" >&2; cat "$run/loadgen.err" >&2; }
-  LOADGEN_PID=""
-  tail -1 "$run/loadgen.txt" >"$run/loadgen.json"
-  date +%s.%N >"$run/load.done"
-  sed -n '2,4p' "$run/loadgen.txt" | sed "s/^/[otelcol] /" >&2
-  wait "$MONITOR" || true
-  MONITOR=""
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  PID=""
-  if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$data"; fi
+  load_and_stop otelcol "127.0.0.1:$gp" "$run" "$data"
   grep -iE "\berror\b" "$run/otelcol.log" | head -5 | sed "s/^/[otelcol] log: /" >&2 || true
   [[ -f "$run/run.json" ]] || { echo "[otelcol] no figures (see $run)" >&2; return 1; }
 }
