@@ -91,7 +91,50 @@ pub struct Engine {
 
 /// Parses a PromQL expression.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
-    promql_parser::parser::parse(query).map_err(|message| QueryError::Parse { message })
+    promql_parser::parser::parse(query).map_err(|message| located(query, message))
+}
+
+/// Longest query whose error position is looked for (each look parses prefixes of it).
+const MAX_LOCATED_QUERY: usize = 4096;
+
+/// The parse error with where it is, as `line:column` (1-based, in characters). The parser
+/// does not say where, so: for an error of the lexer, where the shortest prefix of the query
+/// gives the same error; for an error of the grammar, the first character after the longest
+/// prefix that is a whole expression (and "unexpected ..." naming what stands there when the
+/// parser has nothing better to say).
+fn located(query: &str, message: String) -> QueryError {
+    const GENERIC: &str = "invalid promql query";
+    if query.len() > MAX_LOCATED_QUERY || query.trim().is_empty() {
+        return QueryError::Parse { at: String::new(), message };
+    }
+    let ends: Vec<usize> = query.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
+    let offset = match promql_parser::parser::lex::lexer(query) {
+        Err(lexed) => {
+            let first = ends.iter().find(|&&end| {
+                promql_parser::parser::lex::lexer(&query[..end]).err().as_deref() == Some(&lexed)
+            });
+            // The offending character is the last one of that prefix.
+            first.map(|&end| query[..end].char_indices().last().map_or(0, |(i, _)| i))
+        }
+        Ok(_) => {
+            let whole =
+                ends.iter().rev().skip(1).find(|&&end| promql_parser::parser::parse(&query[..end]).is_ok());
+            let after = whole.copied().unwrap_or(0);
+            // Past the spaces that follow the expression.
+            Some(after + query[after..].len() - query[after..].trim_start().len())
+        }
+    };
+    let Some(offset) = offset else { return QueryError::Parse { at: String::new(), message } };
+    let message = if message == GENERIC {
+        let rest = &query[offset..];
+        let word: String = rest.chars().take_while(|c| !c.is_whitespace()).take(20).collect();
+        if word.is_empty() { "unexpected end of input".to_owned() } else { format!("unexpected {word:?}") }
+    } else {
+        message
+    };
+    let line = query[..offset].matches('\n').count() + 1;
+    let column = query[..offset].rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    QueryError::Parse { at: format!("{line}:{column}: "), message }
 }
 
 impl Engine {
@@ -291,6 +334,25 @@ mod tests {
     use super::*;
     use crate::model::Labels;
     use crate::query::MemSource;
+
+    #[test]
+    fn parse_errors_say_where_as_prometheus_writes_it() {
+        for (query, want) in [
+            ("foo bar", "1:5: parse error: unexpected \"bar\""),
+            ("sum(rate(x[5m])", "1:4: parse error: unclosed left parenthesis"),
+            ("up{job=\"a\"} $", "1:13: parse error: unexpected character: '$'"),
+            ("rate(x[5m]) +", "1:13: parse error: unexpected \"+\""),
+            ("sum(\n  rate(x[5m])\n) by", "3:3: parse error: unexpected \"by\""),
+        ] {
+            let err = parse(query).expect_err(query);
+            assert_eq!(err.to_string(), want, "{query:?}");
+            assert_eq!(err.error_type().as_str(), "bad_data");
+        }
+        // The parser's own message is kept, with where.
+        let err = parse("rate(x)").expect_err("an instant vector to rate");
+        assert!(err.to_string().starts_with("1:5: parse error: "), "{err}");
+        assert!(err.to_string().contains("rate"), "{err}");
+    }
 
     #[test]
     fn parse_error_is_bad_data_with_the_parser_message() {

@@ -4,9 +4,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The query text does not parse.
-    #[error("parse error: {message}")]
+    #[error("{at}parse error: {message}")]
     Parse {
-        /// The parser's message (it names the offending position when it knows it).
+        /// Where, as Prometheus writes it (`line:column: `, 1-based), or empty.
+        at: String,
+        /// What is wrong.
         message: String,
     },
     /// A regex in a matcher or function argument does not compile (or is too large).
@@ -182,7 +184,7 @@ mod tests {
 
     #[test]
     fn error_type_parse_error_is_bad_data() {
-        let e = QueryError::Parse { message: "unexpected end of input".into() };
+        let e = QueryError::Parse { at: String::new(), message: "unexpected end of input".into() };
         assert_eq!(e.error_type().as_str(), "bad_data");
         assert_eq!(QueryError::DuplicateLabelset.error_type().as_str(), "execution");
     }

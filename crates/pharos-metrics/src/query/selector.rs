@@ -13,11 +13,15 @@ use super::source::Matcher;
 pub fn parse_series_selector(selector: &str) -> Result<Vec<Vec<Matcher>>, QueryError> {
     let expr = parse(selector)?;
     let Expr::VectorSelector(vs) = &expr else {
-        return Err(QueryError::Parse { message: format!("{selector:?} is not a series selector") });
+        return Err(QueryError::Parse {
+            at: String::new(),
+            message: format!("{selector:?} is not a series selector"),
+        });
     };
     let sets = selector_matchers(vs)?;
     if sets.iter().any(|set| set.iter().all(Matcher::matches_empty)) {
         return Err(QueryError::Parse {
+            at: String::new(),
             message: "match[] must contain at least one non-empty matcher".into(),
         });
     }
