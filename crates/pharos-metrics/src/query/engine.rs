@@ -94,8 +94,9 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
     promql_parser::parser::parse(query).map_err(|message| located(query, message))
 }
 
-/// Longest query whose error position is looked for (each look parses prefixes of it).
-const MAX_LOCATED_QUERY: usize = 4096;
+/// Longest query whose error position is looked for (each look parses prefixes of it: about
+/// a thousand parses of up to 1 KiB).
+const MAX_LOCATED_QUERY: usize = 1024;
 
 /// The parse error with where it is, as `line:column` (1-based, in characters). The parser
 /// does not say where, so: for an error of the lexer, where the shortest prefix of the query
@@ -348,6 +349,10 @@ mod tests {
             assert_eq!(err.to_string(), want, "{query:?}");
             assert_eq!(err.error_type().as_str(), "bad_data");
         }
+        // Past 1 KiB of query the position is not looked for (each look parses prefixes).
+        let long = format!("sum({})", "x + ".repeat(300));
+        let err = parse(&long).expect_err("unbalanced");
+        assert!(err.to_string().starts_with("parse error: "), "{err}");
         // The parser's own message is kept, with where.
         let err = parse("rate(x)").expect_err("an instant vector to rate");
         assert!(err.to_string().starts_with("1:5: parse error: "), "{err}");
