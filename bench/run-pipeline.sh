@@ -176,31 +176,63 @@ write_config() {
   echo "$keys"
 }
 
+# What both monitors read: a server's /metrics (Prometheus text) and its process's CPU and RSS,
+# and the machine's busy CPU time.
+cat >"$WORK/probe.py" <<'PY'
+import os, re, urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+class Probe:
+    def __init__(self, addr, pid):
+        self.addr, self.pid, self.last_text = addr, pid, ""
+
+    def metrics(self):
+        """[(name, labels, value)] of every sample; keeps the text as last_text."""
+        text = urllib.request.urlopen(f"http://{self.addr}/metrics", timeout=10).read().decode()
+        self.last_text = text
+        out = []
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            m = LINE.match(line)
+            if m:
+                out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+        return out
+
+    def cpu(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def rss_kib(self):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    @staticmethod
+    def machine_busy():
+        """All CPU time but idle and iowait, in CPU-seconds."""
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / TICK
+PY
+
 # The monitor: samples pharos every 0.5 s from load start until the queue is drained (or
 # DRAIN_TIMEOUT after the load), then writes the run's figures to $RUN/run.json.
 cat >"$WORK/monitor.py" <<'PY'
-import json, os, re, sys, time, urllib.request
+import json, os, sys, time
+from probe import Probe
 
 api, pid, run_dir, name, first, drain_timeout = sys.argv[1:7]
 drain_timeout = float(drain_timeout)
 first = first or None          # the first processor's key; None: pipeline off
-tick = os.sysconf("SC_CLK_TCK")
-LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-last_text = ""
-def metrics():
-    global last_text
-    text = urllib.request.urlopen(f"http://{api}/metrics", timeout=10).read().decode()
-    last_text = text
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = LINE.match(line)
-        if m:
-            out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
-    return out
+probe = Probe(api, pid)
+metrics, proc_cpu, proc_rss_kib, machine_busy = probe.metrics, probe.cpu, probe.rss_kib, probe.machine_busy
 
 def total(ms, name, **want):
     return sum(v for n, l, v in ms if n == name and all(l.get(k) == x for k, x in want.items()))
@@ -211,23 +243,6 @@ def by_label(ms, name, label, **want):
         if n == name and all(l.get(k) == x for k, x in want.items()):
             out[l.get(label, "")] = out.get(l.get(label, ""), 0) + v
     return out
-
-def proc_cpu():
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / tick
-
-def proc_rss_kib():
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-def machine_busy():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / tick   # all but idle and iowait, in CPU-seconds
 
 def processed(ms):
     if first:
@@ -335,7 +350,7 @@ result = {
     "metrics_scrape_errors": errors,
 }
 json.dump(samples, open(f"{run_dir}/samples.json", "w"))
-open(f"{run_dir}/metrics-end.txt", "w").write(last_text)
+open(f"{run_dir}/metrics-end.txt", "w").write(probe.last_text)
 json.dump(result, open(f"{run_dir}/run.json", "w"), indent=1)
 PY
 
@@ -399,49 +414,18 @@ run_one() {
 # The Collector's monitor: the same sampling as pharos's (0.5 s), from the Collector's own
 # metrics; writes $RUN/run.json with the keys of pharos's runs that apply, and its own.
 cat >"$WORK/otelcol_monitor.py" <<'PY'
-import json, os, re, sys, time, urllib.request
+import json, os, sys, time
+from probe import Probe
 
 metrics_addr, pid, run_dir, drain_timeout, shards = sys.argv[1:6]
 drain_timeout = float(drain_timeout)
-tick = os.sysconf("SC_CLK_TCK")
-LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-last_text = ""
-def metrics():
-    global last_text
-    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=10).read().decode()
-    last_text = text
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = LINE.match(line)
-        if m:
-            out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
-    return out
+probe = Probe(metrics_addr, pid)
+metrics, proc_cpu, proc_rss_kib, machine_busy = probe.metrics, probe.cpu, probe.rss_kib, probe.machine_busy
 
 def total(ms, name, **want):
     # Counters are exported with or without the `_total` suffix depending on the version.
     return sum(v for n, l, v in ms if n in (name, name + "_total")
                and all(l.get(k) == x for k, x in want.items()))
-
-def proc_cpu():
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / tick
-
-def proc_rss_kib():
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-def machine_busy():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / tick
 
 TS = "otelcol_processor_tail_sampling_"
 def processed(ms):
@@ -553,7 +537,7 @@ result = {
     "metrics_scrape_errors": errors,
 }
 json.dump(samples, open(f"{run_dir}/samples.json", "w"))
-open(f"{run_dir}/metrics-end.txt", "w").write(last_text)
+open(f"{run_dir}/metrics-end.txt", "w").write(probe.last_text)
 json.dump(result, open(f"{run_dir}/run.json", "w"), indent=1)
 PY
 
