@@ -65,11 +65,9 @@ pub(crate) fn step_vectors(ev: &Evaluator<'_>, expr: &Expr) -> Option<Result<Ste
     Some(evaluate(ev, Some(agg), name, ms, &steps, false).map(|Evaluated { series: groups, selected }| {
         // Step by step, groups come in the order of their first member present at that step.
         let mut at_step: Vec<Vec<(usize, usize, f64)>> = vec![Vec::new(); steps.len()];
-        for (g, (series, first)) in groups.iter().enumerate() {
-            for (p, member) in series.points.iter().zip(first) {
-                if let Ok(k) = steps.binary_search(&p.t) {
-                    at_step[k].push((*member, g, p.v));
-                }
+        for (g, (series, origins)) in groups.iter().enumerate() {
+            for (p, &(k, member)) in series.points.iter().zip(origins) {
+                at_step[k].push((member, g, p.v));
             }
         }
         let vectors: Vec<Vec<InstantSample>> = at_step
@@ -143,9 +141,9 @@ impl Table {
 
 /// What [`evaluate`] found.
 struct Evaluated {
-    /// The result's series, each with, for every point, the position of the first fetched
-    /// series that contributed to it.
-    series: Vec<(RangeSeries, Vec<usize>)>,
+    /// The result's series, each with, for every point, its step and the position of the
+    /// first fetched series that contributed to it.
+    series: Vec<(RangeSeries, Vec<(usize, usize)>)>,
     /// Samples selected at each step over all series.
     selected: Vec<usize>,
 }
@@ -222,24 +220,29 @@ fn evaluate(
         }
     }
     let drop_name = !functions::keeps_name(name);
+    // Points of the result at each step.
+    let mut produced = vec![0usize; n];
     let out = match agg {
         None => {
             let mut out = Vec::new();
             let mut total = 0usize;
             for (si, s) in series.iter().enumerate() {
-                let points: Vec<Sample> =
-                    (0..n).filter_map(|k| table.get(si, k).map(|v| Sample { t: steps[k], v })).collect();
-                if points.is_empty() {
+                let (origins, points): (Vec<(usize, usize)>, Vec<Sample>) = (0..n)
+                    .filter_map(|k| table.get(si, k).map(|v| ((k, si), Sample { t: steps[k], v })))
+                    .unzip();
+                if origins.is_empty() {
                     continue;
                 }
-                total += points.len();
+                total += origins.len();
                 if total > max {
                     return Err(QueryError::TooManySamples { limit: max });
                 }
-                let first = vec![si; points.len()];
+                for &(k, _) in &origins {
+                    produced[k] += 1;
+                }
                 out.push((
                     RangeSeries { labels: s.labels.clone(), points: Points::Owned(points), drop_name },
-                    first,
+                    origins,
                 ));
             }
             out
@@ -252,23 +255,28 @@ fn evaluate(
             for (group_labels, members) in aggregate::groups_of(agg, &labels) {
                 limits.check()?;
                 let mut points = Vec::new();
-                let mut first = Vec::new();
+                let mut origins = Vec::new();
                 for (k, &t) in steps.iter().enumerate() {
                     vals.clear();
-                    vals.extend(members.iter().filter_map(|&si| table.get(si, k)));
-                    if vals.is_empty() {
-                        continue;
+                    let mut first = None;
+                    for &si in &members {
+                        if let Some(v) = table.get(si, k) {
+                            first.get_or_insert(si);
+                            vals.push(v);
+                        }
                     }
-                    first.extend(members.iter().copied().find(|&si| table.get(si, k).is_some()));
+                    let Some(first) = first else { continue };
                     let Some(v) = aggregate::combine(op, &mut vals, None) else {
                         return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
                     };
                     points.push(Sample { t, v });
+                    origins.push((k, first));
+                    produced[k] += 1;
                 }
                 if !points.is_empty() {
                     out.push((
                         RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name },
-                        first,
+                        origins,
                     ));
                 }
             }
@@ -278,20 +286,12 @@ fn evaluate(
     if top_level {
         // The limit as the step-by-step evaluation applies it: at each step, the samples
         // selected plus the points of the result so far; then the result's points.
-        let mut per_step = vec![0usize; n];
-        for (s, _) in &out {
-            for p in s.points.iter() {
-                if let Ok(k) = steps.binary_search(&p.t) {
-                    per_step[k] += 1;
-                }
-            }
-        }
         let mut retained = 0usize;
         for k in 0..n {
             if selected[k].saturating_add(retained) > max {
                 return Err(QueryError::TooManySamples { limit: max });
             }
-            retained += per_step[k];
+            retained += produced[k];
             if retained > max {
                 return Err(QueryError::TooManySamples { limit: max });
             }
