@@ -108,19 +108,25 @@ fn located(query: &str, message: String) -> QueryError {
     if query.len() > MAX_LOCATED_QUERY || query.trim().is_empty() {
         return QueryError::Parse { at: String::new(), message };
     }
-    let ends: Vec<usize> = query.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
+    // Each character's start and end.
+    let chars: Vec<(usize, usize)> = query.char_indices().map(|(i, c)| (i, i + c.len_utf8())).collect();
     let offset = match promql_parser::parser::lex::lexer(query) {
         Err(lexed) => {
-            let first = ends.iter().find(|&&end| {
-                promql_parser::parser::lex::lexer(&query[..end]).err().as_deref() == Some(&lexed)
-            });
             // The offending character is the last one of that prefix.
-            first.map(|&end| query[..end].char_indices().last().map_or(0, |(i, _)| i))
+            chars
+                .iter()
+                .find(|&&(_, end)| {
+                    promql_parser::parser::lex::lexer(&query[..end]).err().as_deref() == Some(&lexed)
+                })
+                .map(|&(start, _)| start)
         }
         Ok(_) => {
-            let whole =
-                ends.iter().rev().skip(1).find(|&&end| promql_parser::parser::parse(&query[..end]).is_ok());
-            let after = whole.copied().unwrap_or(0);
+            let whole = chars
+                .iter()
+                .rev()
+                .skip(1)
+                .find(|&&(_, end)| promql_parser::parser::parse(&query[..end]).is_ok());
+            let after = whole.map_or(0, |&(_, end)| end);
             // Past the spaces that follow the expression.
             Some(after + query[after..].len() - query[after..].trim_start().len())
         }
