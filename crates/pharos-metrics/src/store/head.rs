@@ -316,25 +316,15 @@ impl Head {
     pub fn refused_samples(&self, labels: &[(&str, &str)], samples: &[Sample]) -> Vec<(usize, AppendError)> {
         let min_valid = self.min_valid_time();
         let hash = super::index::series_hash_of(labels.iter().copied());
-        let series = self.read_index().find_pairs(hash, labels);
-        let mut out: Vec<(usize, AppendError)> = Vec::new();
-        let mut in_bounds: Vec<Sample> = Vec::with_capacity(samples.len());
-        let mut positions: Vec<usize> = Vec::with_capacity(samples.len());
-        for (i, s) in samples.iter().enumerate() {
-            if s.t < min_valid {
-                out.push((i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));
-            } else {
-                in_bounds.push(*s);
-                positions.push(i);
-            }
+        match self.read_index().find_pairs(hash, labels) {
+            Some(series) => series.refused(samples, self.window_ms, min_valid),
+            None => samples
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.t < min_valid)
+                .map(|(i, s)| (i, AppendError::OutOfBounds { timestamp: s.t, min_valid }))
+                .collect(),
         }
-        if let Some(series) = series {
-            out.extend(
-                series.refused(&in_bounds, self.window_ms).into_iter().map(|(j, e)| (positions[j], e)),
-            );
-            out.sort_by_key(|(i, _)| *i);
-        }
-        out
     }
 
     /// Keeps an exemplar for the series (created if new); a repeat of the newest one is

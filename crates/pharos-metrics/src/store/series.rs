@@ -260,15 +260,26 @@ impl MemSeries {
     /// Which of `samples` (in the order given) [`append`](Self::append) would refuse, and
     /// why, without changing anything: each sample is judged as if the ones before it that
     /// would be accepted were already in (for the newest timestamp; out-of-order samples
-    /// within the window are judged against the stored data only).
-    pub(crate) fn refused(&self, samples: &[Sample], window_ms: i64) -> Vec<(usize, AppendError)> {
+    /// within the window are judged against the stored data only). Samples older than
+    /// `min_valid`, the head's lower bound, are out of bounds.
+    pub(crate) fn refused(
+        &self,
+        samples: &[Sample],
+        window_ms: i64,
+        min_valid: i64,
+    ) -> Vec<(usize, AppendError)> {
         let d = self.lock();
-        if d.removed {
-            return Vec::new();
-        }
         let mut last = d.last;
         let mut out = Vec::new();
         for (i, s) in samples.iter().enumerate() {
+            if s.t < min_valid {
+                out.push((i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));
+                continue;
+            }
+            if d.removed {
+                // Appends look the series up anew: as for a series the head does not have.
+                continue;
+            }
             let bits = s.v.to_bits();
             match d.place_after(last, s.t, bits, window_ms) {
                 Ok(Placement::InOrder) => last = Some((s.t, bits)),
