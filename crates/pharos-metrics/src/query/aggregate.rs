@@ -26,22 +26,6 @@ enum Grouping<'a> {
 }
 
 impl Grouping<'_> {
-    fn key(&self, l: &Labels) -> Vec<(String, String)> {
-        match self {
-            Self::By(names) => {
-                let mut names: Vec<&String> = names.iter().collect();
-                names.sort();
-                names.dedup();
-                names.into_iter().map(|n| (n.clone(), l.get(n).to_owned())).collect()
-            }
-            Self::Without(names) => l
-                .iter()
-                .filter(|x| x.name != METRIC_NAME && !names.contains(&x.name))
-                .map(|x| (x.name.clone(), x.value.clone()))
-                .collect(),
-        }
-    }
-
     fn labels(&self, l: &Labels) -> Labels {
         let mut out = l.clone();
         match self {
@@ -218,44 +202,27 @@ fn format_go_float(v: f64) -> String {
 }
 
 fn count_values(input: &[InstantSample], grouping: &Grouping<'_>, label: &str) -> Vec<InstantSample> {
-    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
-    let mut out: Vec<InstantSample> = Vec::new();
+    let counted: Vec<Labels> = input
+        .iter()
+        .map(|s| {
+            let mut labels = s.labels.clone();
+            labels.set(label, &format_go_float(s.v));
+            labels
+        })
+        .collect();
+    // The value's label is one more to group by (`without` keeps it anyway).
+    let by_names: Vec<String>;
     let grouping = match grouping {
         Grouping::By(names) => {
-            let mut names = names.to_vec();
-            names.push(label.to_owned());
-            GroupingOwned::By(names)
+            by_names = names.iter().cloned().chain([label.to_owned()]).collect();
+            Grouping::By(&by_names)
         }
-        Grouping::Without(names) => GroupingOwned::Without(names.to_vec()),
+        Grouping::Without(names) => Grouping::Without(names),
     };
-    for s in input {
-        let mut labels = s.labels.clone();
-        labels.set(label, &format_go_float(s.v));
-        let g = grouping.as_ref();
-        let key = g.key(&labels);
-        match index.get(&key) {
-            Some(&i) => out[i].v += 1.0,
-            None => {
-                index.insert(key, out.len());
-                out.push(InstantSample { labels: g.labels(&labels), v: 1.0, drop_name: false });
-            }
-        }
-    }
-    out
-}
-
-enum GroupingOwned {
-    By(Vec<String>),
-    Without(Vec<String>),
-}
-
-impl GroupingOwned {
-    fn as_ref(&self) -> Grouping<'_> {
-        match self {
-            Self::By(n) => Grouping::By(n),
-            Self::Without(n) => Grouping::Without(n),
-        }
-    }
+    group_labels(counted.iter(), &grouping)
+        .into_iter()
+        .map(|g| InstantSample { labels: g.labels, v: g.members.len() as f64, drop_name: false })
+        .collect()
 }
 
 /// Orders larger values first, NaN last (topk); `reverse` for bottomk.
