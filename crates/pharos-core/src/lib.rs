@@ -18,6 +18,6 @@ pub use envelope::{
 };
 pub use error::ErrorCode;
 pub use label_cap::{LabelCap, OTHER_LABEL_VALUE};
-pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, partition_of};
+pub use partition::{FNV_OFFSET, PartitionKey, fnv1a, fnv1a_extend, label_set_hash, partition_of};
 pub use signal::Signal;
 pub use tenant::{DEFAULT_TENANT, MAX_TENANT_BYTES, Tenant, TenantError};

@@ -38,9 +38,32 @@ pub fn fnv1a_extend(h: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// FNV-1a over a label set given as sorted `(name, value)` pairs, each name and value followed
+/// by `0xff` (which no UTF-8 text holds): the series hash remote write partitions by and the
+/// metrics head's series id.
+pub fn label_set_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut h = FNV_OFFSET;
+    for (name, value) in pairs {
+        fnv1a_extend(&mut h, name.as_bytes());
+        fnv1a_extend(&mut h, &[0xff]);
+        fnv1a_extend(&mut h, value.as_bytes());
+        fnv1a_extend(&mut h, &[0xff]);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_set_hash_is_fnv1a_of_names_and_values_each_followed_by_0xff() {
+        // Stored in block indexes and used as series ids: the byte stream must not change.
+        let bytes = b"__name__\xffup\xffjob\xffapi\xff";
+        assert_eq!(label_set_hash([("__name__", "up"), ("job", "api")]), fnv1a(bytes));
+        assert_eq!(label_set_hash([]), FNV_OFFSET);
+        assert_ne!(label_set_hash([("a", "bc")]), label_set_hash([("ab", "c")]));
+    }
 
     #[test]
     fn partition_of_stays_in_range_and_spreads() {

@@ -18,9 +18,7 @@ use axum::{
     routing::post,
 };
 use bytes::Bytes;
-use pharos_core::{
-    FNV_OFFSET, PartitionKey, PayloadFormat, Signal, Tenant, fnv1a_extend, partition_of, prompb,
-};
+use pharos_core::{PartitionKey, PayloadFormat, Signal, Tenant, label_set_hash, partition_of, prompb};
 use prost::Message;
 
 use crate::{
@@ -294,14 +292,7 @@ fn check_labels<'a>(
 }
 
 fn series_partition<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>, partitions: u32) -> u32 {
-    let mut h = FNV_OFFSET;
-    for (name, value) in labels {
-        fnv1a_extend(&mut h, name.as_bytes());
-        fnv1a_extend(&mut h, &[0xff]);
-        fnv1a_extend(&mut h, value.as_bytes());
-        fnv1a_extend(&mut h, &[0xff]);
-    }
-    partition_of(PartitionKey::Hash(h), partitions)
+    partition_of(PartitionKey::Hash(label_set_hash(labels)), partitions)
 }
 
 fn prepare(

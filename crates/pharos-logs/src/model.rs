@@ -4,8 +4,6 @@
 use std::fmt::{self, Display, Formatter};
 use std::sync::Arc;
 
-use pharos_core::{FNV_OFFSET, fnv1a_extend};
-
 /// A label set: sorted by name, names unique. Stream labels, and the labels of a query result
 /// (stream labels plus what parsers extracted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,14 +51,7 @@ impl Labels {
     /// A stable 64-bit hash of the label set (FNV-1a over names and values), the same in
     /// every process and version: block indexes store it.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = FNV_OFFSET;
-        for (k, v) in &self.0 {
-            fnv1a_extend(&mut h, k.as_bytes());
-            fnv1a_extend(&mut h, &[0xff]);
-            fnv1a_extend(&mut h, v.as_bytes());
-            fnv1a_extend(&mut h, &[0xff]);
-        }
-        h
+        pharos_core::label_set_hash(self.iter())
     }
 }
 

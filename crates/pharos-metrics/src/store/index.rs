@@ -21,22 +21,7 @@ pub fn series_hash(labels: &Labels) -> u64 {
 
 /// [`series_hash`] of a label set given as sorted `(name, value)` pairs.
 pub fn series_hash_of<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(PRIME);
-        }
-    };
-    for (name, value) in pairs {
-        feed(name.as_bytes());
-        feed(&[0xff]);
-        feed(value.as_bytes());
-        feed(&[0xff]);
-    }
-    h
+    pharos_core::label_set_hash(pairs)
 }
 
 #[derive(Debug, Default)]
