@@ -46,9 +46,13 @@ pub struct RefusedSample {
 /// order only by data still in the queue passes here and is refused when it reaches the store
 /// (counted there).
 pub trait SampleCheck: Send + Sync {
-    /// `labels`: the series' sorted `(name, value)` pairs; `samples`: `(timestamp ms, value)`.
-    fn refused(&self, tenant: &Tenant, labels: &[(&str, &str)], samples: &[(i64, f64)])
-    -> Vec<RefusedSample>;
+    /// `labels`: the series' sorted `(name, value)` pairs; `samples` as sent (timestamps in ms).
+    fn refused(
+        &self,
+        tenant: &Tenant,
+        labels: &[(&str, &str)],
+        samples: &[prompb::v1::Sample],
+    ) -> Vec<RefusedSample>;
 }
 
 /// Removes the samples `check` refuses from one series (`labels` gives its sorted pairs),
@@ -64,8 +68,7 @@ fn drop_refused<'a>(
     if samples.is_empty() {
         return false;
     }
-    let points: Vec<(i64, f64)> = samples.iter().map(|s| (s.timestamp, s.value)).collect();
-    let refused = check.refused(tenant, &labels(), &points);
+    let refused = check.refused(tenant, &labels(), samples);
     if refused.is_empty() {
         return false;
     }

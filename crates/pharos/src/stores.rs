@@ -406,10 +406,10 @@ impl pharos_ingest::remote_write::SampleCheck for HeadSampleCheck {
         &self,
         tenant: &pharos_core::Tenant,
         labels: &[(&str, &str)],
-        samples: &[(i64, f64)],
+        samples: &[pharos_core::prompb::v1::Sample],
     ) -> Vec<pharos_ingest::remote_write::RefusedSample> {
         let samples: Vec<pharos_metrics::model::Sample> =
-            samples.iter().map(|&(t, v)| pharos_metrics::model::Sample { t, v }).collect();
+            samples.iter().map(|s| pharos_metrics::model::Sample { t: s.timestamp, v: s.value }).collect();
         self.0
             .refused_samples(tenant, labels, &samples)
             .into_iter()
