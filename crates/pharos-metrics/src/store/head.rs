@@ -235,17 +235,19 @@ impl Head {
 
     /// Appends one series' samples, keeping the valid ones (as remote write expects).
     pub fn append_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
-        self.append_each(labels, samples, self.window_ms, |_| {})
+        self.append_each(labels, samples, self.window_ms, |_, _| {})
     }
 
-    /// [`Head::append_samples`], collecting the samples it kept into `kept`.
-    pub fn append_samples_into(
+    /// [`append_samples`](Self::append_samples), handing each accepted sample to `kept` with
+    /// the series that took it (the pending part shares the series' labels instead of copying
+    /// them).
+    pub(crate) fn append_samples_with(
         &self,
         labels: &Labels,
         samples: &[Sample],
-        kept: &mut Vec<Sample>,
+        kept: impl FnMut(&Arc<MemSeries>, &Sample),
     ) -> AppendOutcome {
-        self.append_each(labels, samples, self.window_ms, |s| kept.push(*s))
+        self.append_each(labels, samples, self.window_ms, kept)
     }
 
     /// Puts back samples the head had accepted before (read from a part on start): the
@@ -257,7 +259,7 @@ impl Head {
         if from == samples.len() {
             return AppendOutcome::default();
         }
-        self.append_each(labels, &samples[from..], i64::MAX, |_| {})
+        self.append_each(labels, &samples[from..], i64::MAX, |_, _| {})
     }
 
     fn append_each(
@@ -265,7 +267,7 @@ impl Head {
         labels: &Labels,
         samples: &[Sample],
         window_ms: i64,
-        mut kept: impl FnMut(&Sample),
+        mut kept: impl FnMut(&Arc<MemSeries>, &Sample),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
         let mut s = match self.series(labels) {
@@ -298,7 +300,7 @@ impl Head {
                     self.min_t.fetch_min(sample.t, Ordering::Relaxed);
                     self.max_t.fetch_max(sample.t, Ordering::Relaxed);
                     out.accepted += 1;
-                    kept(sample);
+                    kept(&s, sample);
                 }
                 Err(e) => {
                     out.rejected += 1;

@@ -30,7 +30,7 @@ pub use exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars};
 pub use head::{AppendOutcome, Head, HeadOptions, Heads};
 pub use index::{series_hash, series_hash_of};
 pub use metadata::{Metadata, MetricType};
-pub use part::{PART_MAGIC, Part, PartError};
+pub use part::{PART_MAGIC, Part, PartError, PendingPart};
 pub use tsdb::{CompactReport, CutReport, MetricsStore, SIGNAL_DIR, StoreError, StoreOptions, TenantView};
 pub use writer::{
     Batch, Flush, LoadReport, OtlpDecoder, PartStore, PartStoreError, PartitionWriter, WriteStats,

@@ -20,7 +20,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use tracing::{error, info, warn};
 
-use super::{exemplar::Exemplar, head::Heads, metadata::Metadata, part::Part};
+use super::{
+    exemplar::Exemplar,
+    head::Heads,
+    metadata::Metadata,
+    part::{Part, PendingPart},
+};
 use crate::model::{Labels, Sample};
 
 /// Series, exemplars and metadata decoded from one queue record.
@@ -110,10 +115,6 @@ struct PartFile {
     /// Newest sample timestamp in the part (`i64::MIN` without samples).
     max_t: i64,
     path: PathBuf,
-}
-
-fn part_max_t(part: &Part) -> i64 {
-    part.series.values().filter_map(|s| s.last().map(|s| s.t)).max().unwrap_or(i64::MIN)
 }
 
 impl PartStore {
@@ -226,7 +227,7 @@ impl PartStore {
                 tenant: tenant.clone(),
                 partition: part.partition,
                 covers_below: part.covers_below,
-                max_t: part_max_t(&part),
+                max_t: part.max_t(),
                 path: path.clone(),
             });
             let head = heads.head(&tenant);
@@ -283,7 +284,7 @@ impl PartStore {
                 tenant: tenant.clone(),
                 partition: part.partition,
                 covers_below: part.covers_below,
-                max_t: part_max_t(part),
+                max_t: part.max_t(),
                 path,
             });
         }
@@ -295,7 +296,7 @@ impl PartStore {
 #[derive(Debug)]
 pub struct Flush {
     /// One part per tenant with new samples.
-    pub parts: Vec<(Tenant, Part)>,
+    pub parts: Vec<(Tenant, PendingPart)>,
     /// Every record below this offset is covered once the parts are written.
     pub next: u64,
 }
@@ -331,12 +332,11 @@ pub struct PartitionWriter {
     heads: Arc<Heads>,
     partition: u32,
     coverage: HashMap<Tenant, u64>,
-    pending: HashMap<Tenant, Part>,
+    pending: HashMap<Tenant, PendingPart>,
     durable_below: u64,
     flush_interval: Duration,
     last_flush: Instant,
     otlp: Box<dyn OtlpDecoder>,
-    kept: Vec<Sample>,
 }
 
 impl PartitionWriter {
@@ -363,7 +363,6 @@ impl PartitionWriter {
             flush_interval,
             last_flush: Instant::now(),
             otlp,
-            kept: Vec::new(),
         }
     }
 
@@ -425,17 +424,12 @@ impl PartitionWriter {
         }
         let head = self.heads.head(tenant);
         let partition = self.partition;
-        let part =
-            self.pending.entry(tenant.clone()).or_insert_with(|| Part { partition, ..Part::default() });
+        let part = self.pending.entry(tenant.clone()).or_insert_with(|| PendingPart::new(partition));
         for (labels, samples) in &batch.series {
-            self.kept.clear();
-            let outcome = head.append_samples_into(labels, samples, &mut self.kept);
+            let outcome = head.append_samples_with(labels, samples, |series, s| part.add(series, *s));
             stats.accepted += outcome.accepted as u64;
             if let Some(e) = &outcome.first_error {
                 stats.reject(e.reason(), outcome.rejected as u64);
-            }
-            for s in &self.kept {
-                part.add(labels, *s);
             }
         }
         for (labels, exemplar) in batch.exemplars {
