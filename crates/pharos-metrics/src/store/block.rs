@@ -15,11 +15,16 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Labels, Sample};
 use crate::query::Matcher;
 
-use super::chunk::{SAMPLES_PER_CHUNK, XorChunk};
+use super::chunk::ChunkIter;
 use super::codec::{Malformed, Reader, put_signed, put_str, put_varint};
 use super::index::{Postings, Slot};
 use super::metadata::{Metadata, MetricType};
+use super::packed::{self, PACKED_CHUNK_SAMPLES};
 use super::series::{InternedLabel, interned_label, interned_to_labels};
+
+/// The format version of the blocks written now (2: packed chunks). Blocks of version 1 (the
+/// head's XOR chunks) are still read.
+pub const BLOCK_VERSION: u32 = 2;
 
 /// The first 8 bytes of a block index.
 pub const INDEX_MAGIC: &[u8; 8] = b"PHMINDX\x01";
@@ -40,7 +45,7 @@ pub fn segment_file(n: u32) -> String {
 pub struct MetricsBlockMeta {
     /// The block id.
     pub id: String,
-    /// Format version (1).
+    /// Format version ([`BLOCK_VERSION`]; 1 for blocks of XOR chunks).
     pub version: u32,
     /// The window the block covers: `[window_start, window_end)`, aligned to the block range.
     pub window_start: i64,
@@ -102,6 +107,10 @@ pub enum BlockError {
     TooLarge { len: u64, limit: u64 },
     #[error("block index does not decompress: {0}")]
     Decompress(String),
+    #[error("chunk at byte {offset} of {segment} is damaged: {reason}")]
+    Chunk { segment: String, offset: u64, reason: String },
+    #[error("block format version {0} is not known to this Pharos")]
+    Version(u32),
 }
 
 impl From<Malformed> for BlockError {
@@ -140,6 +149,27 @@ pub(crate) fn checked_chunk<'a>(bytes: &'a [u8], r: &ChunkRef, what: &str) -> Re
         return Err(BlockError::Checksum(format!("{what} chunk at {}", r.offset)));
     }
     Ok(data)
+}
+
+/// Decodes one chunk (checked by [`checked_chunk`]) of a block of format `version`, appending
+/// its samples to `out`.
+pub(crate) fn decode_chunk(
+    version: u32,
+    bytes: &[u8],
+    r: &ChunkRef,
+    out: &mut Vec<Sample>,
+) -> Result<(), BlockError> {
+    let damaged =
+        |reason: String| BlockError::Chunk { segment: segment_file(r.segment), offset: r.offset, reason };
+    match version {
+        1 => {
+            let mut it = ChunkIter::new(bytes);
+            out.extend(it.by_ref());
+            it.error().map_or(Ok(()), |e| Err(damaged(e.to_string())))
+        }
+        2 => packed::decode(bytes, out).map_err(|e| damaged(e.to_string())),
+        v => Err(BlockError::Version(v)),
+    }
 }
 
 /// Counts and time range of what a builder wrote.
@@ -187,14 +217,9 @@ impl<'a, E> BlockBuilder<'a, E> {
             return Ok(());
         }
         debug_assert!(self.series.last().is_none_or(|(l, _)| **l < *labels), "series out of label order");
-        let mut refs = Vec::with_capacity(samples.len().div_ceil(usize::from(SAMPLES_PER_CHUNK)));
-        for run in samples.chunks(usize::from(SAMPLES_PER_CHUNK)) {
-            let mut chunk = XorChunk::new();
-            for s in run {
-                // A run of SAMPLES_PER_CHUNK fits a chunk.
-                let _ = chunk.append(s.t, s.v);
-            }
-            let bytes = chunk.bytes();
+        let mut refs = Vec::with_capacity(samples.len().div_ceil(PACKED_CHUNK_SAMPLES));
+        for run in samples.chunks(PACKED_CHUNK_SAMPLES) {
+            let bytes = &packed::encode(run)[..];
             if self.current.len() > SEGMENT_MAGIC.len()
                 && self.current.len() + bytes.len() + 4 > self.segment_limit
             {
@@ -204,8 +229,8 @@ impl<'a, E> BlockBuilder<'a, E> {
                 segment: self.segment,
                 offset: self.current.len() as u64,
                 len: bytes.len() as u32,
-                min_t: chunk.min_t(),
-                max_t: chunk.max_t(),
+                min_t: run[0].t,
+                max_t: run[run.len() - 1].t,
             });
             self.current.extend_from_slice(bytes);
             self.current.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
@@ -448,7 +473,7 @@ mod tests {
 
     #[test]
     fn block_round_trips_series_chunks_and_metadata() {
-        let (segments, index, stats) = build(16 << 10);
+        let (segments, index, stats) = build(1 << 10);
         assert!(segments.len() > 1, "small segments roll over");
         assert_eq!((stats.series, stats.samples, stats.segments as usize), (50, 25_000, segments.len()));
         assert_eq!((stats.min_time, stats.max_time), (1_000_000, 1_000_000 + 499 * 15_000));
@@ -463,7 +488,7 @@ mod tests {
             let seg = &segments[r.segment as usize];
             let range = r.range();
             let bytes = checked_chunk(&seg[range.start as usize..range.end as usize], r, "test").unwrap();
-            got.extend(super::super::chunk::ChunkIter::new(bytes));
+            decode_chunk(BLOCK_VERSION, bytes, r, &mut got).unwrap();
         }
         assert_eq!(got.len(), 500);
         assert!(got.iter().enumerate().all(|(t, s)| s.v == (t * 7) as f64));
@@ -488,5 +513,25 @@ mod tests {
         seg[r.offset as usize + 3] ^= 0x40;
         let range = r.range();
         assert!(checked_chunk(&seg[range.start as usize..range.end as usize], &r, "test").is_err());
+    }
+
+    #[test]
+    fn blocks_of_version_1_still_read_and_unknown_versions_are_refused() {
+        let mut xor = super::super::chunk::XorChunk::new();
+        for t in 0..100 {
+            xor.append(t * 15_000, t as f64 * 0.5).unwrap();
+        }
+        let r =
+            ChunkRef { segment: 0, offset: 8, len: xor.bytes().len() as u32, min_t: 0, max_t: 99 * 15_000 };
+        let mut got = Vec::new();
+        decode_chunk(1, xor.bytes(), &r, &mut got).unwrap();
+        assert_eq!(got.len(), 100);
+        assert_eq!((got[99].t, got[99].v), (99 * 15_000, 49.5));
+        assert!(matches!(decode_chunk(2, xor.bytes(), &r, &mut Vec::new()), Err(BlockError::Chunk { .. })));
+        assert_eq!(decode_chunk(3, xor.bytes(), &r, &mut Vec::new()).unwrap_err(), BlockError::Version(3));
+        assert!(matches!(
+            decode_chunk(1, &xor.bytes()[..20], &r, &mut Vec::new()),
+            Err(BlockError::Chunk { .. })
+        ));
     }
 }

@@ -16,13 +16,15 @@ mod exemplar;
 mod head;
 mod index;
 mod metadata;
+mod packed;
 mod part;
 mod series;
 mod tsdb;
 mod writer;
 
 pub use block::{
-    BlockError, INDEX_FILE, INDEX_MAGIC, MAX_INDEX_BYTES, MetricsBlockMeta, SEGMENT_MAGIC, segment_file,
+    BLOCK_VERSION, BlockError, INDEX_FILE, INDEX_MAGIC, MAX_INDEX_BYTES, MetricsBlockMeta, SEGMENT_MAGIC,
+    segment_file,
 };
 pub use chunk::{ChunkError, ChunkIter, SAMPLES_PER_CHUNK, XorChunk};
 pub use error::AppendError;

@@ -27,9 +27,9 @@ use crate::model::{Labels, Sample, Series};
 use crate::query::{Matcher, QueryError, SeriesSource};
 
 use super::block::{
-    BlockBuilder, BlockError, BlockIndex, ChunkRef, INDEX_FILE, MetricsBlockMeta, checked_chunk, segment_file,
+    BLOCK_VERSION, BlockBuilder, BlockError, BlockIndex, ChunkRef, INDEX_FILE, MetricsBlockMeta,
+    checked_chunk, decode_chunk, segment_file,
 };
-use super::chunk::ChunkIter;
 use super::head::{Head, Heads};
 use super::metadata::Metadata;
 use super::series::interned_label;
@@ -339,7 +339,7 @@ impl MetricsStore {
         self.catalog.storage().put(&self.path(tenant, &id, INDEX_FILE), Bytes::from(index)).await?;
         let meta = MetricsBlockMeta {
             id,
-            version: 1,
+            version: BLOCK_VERSION,
             window_start: window.0,
             window_end: window.1,
             min_time: stats.min_time,
@@ -581,9 +581,13 @@ impl MetricsStore {
                 let mut samples = Vec::new();
                 for r in &refs {
                     let bytes = data.get(&(r.segment, r.offset)).map(|b| &b[..]).unwrap_or_default();
-                    let chunk = checked_chunk(bytes, r, &segment_file(r.segment))
+                    checked_chunk(bytes, r, &segment_file(r.segment))
+                        .and_then(|chunk| decode_chunk(meta.version, chunk, r, &mut samples))
                         .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-                    samples.extend(ChunkIter::new(chunk).filter(|s| s.t >= mint && s.t <= maxt));
+                    if r.min_t < mint || r.max_t > maxt {
+                        // The earlier chunks' samples are in range already.
+                        samples.retain(|s| s.t >= mint && s.t <= maxt);
+                    }
                 }
                 if !samples.is_empty() {
                     out.push((idx.series[slot].to_labels(), samples));
@@ -657,9 +661,9 @@ fn merge_into(
                 let seg = &segments[i].as_ref().expect("just loaded").1;
                 let range = r.range();
                 let bytes = seg.get(range.start as usize..range.end as usize).unwrap_or_default();
-                let chunk = checked_chunk(bytes, r, &segment_file(r.segment))
+                checked_chunk(bytes, r, &segment_file(r.segment))
+                    .and_then(|chunk| decode_chunk(meta.version, chunk, r, &mut run))
                     .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-                run.extend(ChunkIter::new(chunk));
             }
             runs.push(run);
         }

@@ -19,7 +19,7 @@ async fn open(dir: &Path, opts: StoreOptions) -> (Arc<MetricsStore>, LoadReport)
 }
 
 fn options() -> StoreOptions {
-    StoreOptions { deletion_delay: Duration::ZERO, segment_bytes: 16 << 10, ..StoreOptions::default() }
+    StoreOptions { deletion_delay: Duration::ZERO, segment_bytes: 1 << 10, ..StoreOptions::default() }
 }
 
 /// Counters and gauges scraped every 15 s from `from` to `to` (ms), into the head and a
