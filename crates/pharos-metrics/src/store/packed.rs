@@ -17,9 +17,6 @@ use super::codec::{Malformed, Reader, put_signed, put_varint};
 /// at a 15 s interval, so a merged block's series takes a few chunks.
 pub(crate) const PACKED_CHUNK_SAMPLES: usize = 2048;
 
-/// Set in the value mode byte when the values are bit-packed rather than varints.
-const PACKED_FLAG: u8 = 0x10;
-
 /// The leading byte of a packed chunk (the encoding; other values are reserved).
 const ENCODING_PACKED: u8 = 1;
 
@@ -116,15 +113,20 @@ fn usual_interval(samples: &[Sample]) -> i64 {
     best
 }
 
-/// Order-0 entropy of `bytes`, in bytes: about what zstd's literal coding makes of a stream
-/// without repeats (runs of zeros do better).
+/// Order-0 entropy of `bytes`, in bytes, at least a bit per byte: about what zstd's Huffman
+/// coding of literals makes of a stream without repeats.
 fn entropy_bytes(bytes: &[u8]) -> f64 {
     let mut counts = [0u32; 256];
     for &b in bytes {
         counts[usize::from(b)] += 1;
     }
     let n = bytes.len() as f64;
-    counts.iter().filter(|&&c| c > 0).map(|&c| -f64::from(c) * (f64::from(c) / n).log2()).sum::<f64>() / 8.0
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| f64::from(c) * (-(f64::from(c) / n).log2()).max(1.0))
+        .sum::<f64>()
+        / 8.0
 }
 
 /// Writes `xs` minus their median as zigzag varints (the median first); returns the estimated
@@ -189,6 +191,127 @@ fn read_packed(r: &mut Reader<'_>, n: usize, mut each: impl FnMut(i64)) -> Resul
     Ok(())
 }
 
+/// Layouts of an integer stream (its first byte).
+const LAYOUT_CENTRED: u8 = 0;
+const LAYOUT_PACKED: u8 = 1;
+const LAYOUT_SPARSE: u8 = 2;
+
+/// Writes the non-zero values of `xs` (their count first), each after the number of zeros
+/// before it; returns the estimated compressed size.
+fn put_sparse(out: &mut Vec<u8>, xs: &[i64]) -> f64 {
+    let at = out.len();
+    put_varint(out, xs.iter().filter(|&&x| x != 0).count() as u64);
+    let head = out.len() - at;
+    let mut zeros = 0u64;
+    for &x in xs {
+        if x == 0 {
+            zeros += 1;
+        } else {
+            put_varint(out, zeros);
+            put_signed(out, x);
+            zeros = 0;
+        }
+    }
+    entropy_bytes(&out[at + head..]) + head as f64
+}
+
+/// Writes `xs` in whichever layout ([`put_centred`], [`put_packed`], [`put_sparse`]) is
+/// estimated smallest after zstd, led by the layout byte; returns that estimate.
+fn put_ints(out: &mut Vec<u8>, xs: &[i64]) -> f64 {
+    let mut best: Option<(f64, Vec<u8>)> = None;
+    for layout in [LAYOUT_CENTRED, LAYOUT_PACKED, LAYOUT_SPARSE] {
+        let mut part = vec![layout];
+        let cost = 1.0
+            + match layout {
+                LAYOUT_CENTRED => put_centred(&mut part, xs),
+                LAYOUT_PACKED => put_packed(&mut part, xs),
+                _ => put_sparse(&mut part, xs),
+            };
+        if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+            best = Some((cost, part));
+        }
+    }
+    let (cost, part) = best.expect("three layouts tried");
+    out.extend_from_slice(&part);
+    cost
+}
+
+/// Reads `n` integers that [`put_ints`] wrote.
+fn read_ints(r: &mut Reader<'_>, n: usize, out: &mut Vec<i64>) -> Result<(), PackedError> {
+    out.clear();
+    let at = r.pos;
+    match r.bytes(1)?[0] {
+        LAYOUT_CENTRED => {
+            let median = r.signed()?;
+            for _ in 0..n {
+                out.push(r.signed()?.wrapping_add(median));
+            }
+        }
+        LAYOUT_PACKED => read_packed(r, n, |x| out.push(x))?,
+        LAYOUT_SPARSE => {
+            let at = r.pos;
+            let nonzero = r.varint()?;
+            if nonzero > n as u64 {
+                return Err(PackedError::Malformed(at));
+            }
+            for _ in 0..nonzero {
+                let at = r.pos;
+                let zeros = r.varint()?;
+                if zeros >= (n - out.len()) as u64 {
+                    return Err(PackedError::Malformed(at));
+                }
+                out.resize(out.len() + zeros as usize, 0);
+                let at = r.pos;
+                let x = r.signed()?;
+                if x == 0 {
+                    return Err(PackedError::Malformed(at));
+                }
+                out.push(x);
+            }
+            out.resize(n, 0);
+        }
+        _ => return Err(PackedError::Malformed(at)),
+    }
+    Ok(())
+}
+
+/// Timestamp layouts (the byte after the interval).
+const TIMES_FROM_PREVIOUS: u8 = 0;
+const TIMES_FROM_GRID: u8 = 1;
+
+/// Predicts each timestamp as the previous grid point plus the interval. A timestamp within
+/// half an interval of its prediction keeps the grid where it was (jitter); one further away
+/// (a missed scrape, a restart) moves the grid to itself.
+struct GridPredictor {
+    at: i64,
+    interval: i64,
+}
+
+impl GridPredictor {
+    fn new(first: i64, interval: i64) -> Self {
+        GridPredictor { at: first, interval }
+    }
+
+    fn advance(&mut self, t: i64, residual: i64) {
+        let predicted = self.at.wrapping_add(self.interval);
+        self.at = if residual.unsigned_abs() > self.interval.unsigned_abs() / 2 { t } else { predicted };
+    }
+
+    /// The residual of the next timestamp `t`.
+    fn residual(&mut self, t: i64) -> i64 {
+        let residual = t.wrapping_sub(self.at.wrapping_add(self.interval));
+        self.advance(t, residual);
+        residual
+    }
+
+    /// The next timestamp, from its residual.
+    fn timestamp(&mut self, residual: i64) -> i64 {
+        let t = self.at.wrapping_add(self.interval).wrapping_add(residual);
+        self.advance(t, residual);
+        t
+    }
+}
+
 /// Encodes time-ordered samples (at most [`PACKED_CHUNK_SAMPLES`]) as one packed chunk.
 pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
     debug_assert!(samples.len() <= PACKED_CHUNK_SAMPLES);
@@ -198,40 +321,46 @@ pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
         put_signed(&mut body, first.t);
         let interval = usual_interval(samples);
         put_signed(&mut body, interval);
-        for w in samples.windows(2) {
-            put_signed(&mut body, w[1].t.wrapping_sub(w[0].t).wrapping_sub(interval));
+        // Each timestamp after the first as its distance from the previous one plus the
+        // interval, or from a grid of that interval (a scrape a few milliseconds late then
+        // costs one residual instead of two): the smaller.
+        let from_previous: Vec<i64> =
+            samples.windows(2).map(|w| w[1].t.wrapping_sub(w[0].t).wrapping_sub(interval)).collect();
+        let mut grid = GridPredictor::new(first.t, interval);
+        let from_grid: Vec<i64> = samples[1..].iter().map(|s| grid.residual(s.t)).collect();
+        let mut best: Option<(f64, Vec<u8>)> = None;
+        for (mode, xs) in [(TIMES_FROM_PREVIOUS, &from_previous), (TIMES_FROM_GRID, &from_grid)] {
+            let mut part = vec![mode];
+            let cost = put_ints(&mut part, xs);
+            if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                best = Some((cost, part));
+            }
         }
+        body.extend_from_slice(&best.expect("two layouts tried").1);
         match mantissas(samples) {
             Some((ms, e)) => {
                 body.push(e as u8);
                 put_signed(&mut body, ms[0]);
                 let deltas: Vec<i64> = ms.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
                 let dods: Vec<i64> = deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-                // Of the differences and the differences of differences (after the first
-                // difference), stored as centred varints or bit-packed, the smallest.
+                // The differences, or the first difference and the differences of
+                // differences: the smaller.
                 let mut best: Option<(f64, Vec<u8>)> = None;
-                for (mode, xs) in
-                    [(ValueMode::Delta, &deltas[..]), (ValueMode::DeltaOfDelta, dods.as_slice())]
-                {
-                    if mode == ValueMode::DeltaOfDelta && dods.is_empty() {
-                        continue;
-                    }
-                    for packed in [false, true] {
-                        let mut part = vec![mode as u8 | if packed { PACKED_FLAG } else { 0 }];
-                        if mode == ValueMode::DeltaOfDelta {
+                for mode in [ValueMode::Delta, ValueMode::DeltaOfDelta] {
+                    let mut part = vec![mode as u8];
+                    let cost = match mode {
+                        ValueMode::Delta => put_ints(&mut part, &deltas),
+                        _ if dods.is_empty() => continue,
+                        _ => {
                             put_signed(&mut part, deltas[0]);
+                            put_ints(&mut part, &dods)
                         }
-                        let cost =
-                            if packed { put_packed(&mut part, xs) } else { put_centred(&mut part, xs) };
-                        if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                            best = Some((cost, part));
-                        }
+                    };
+                    if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                        best = Some((cost, part));
                     }
                 }
-                match best {
-                    Some((_, part)) => body.extend_from_slice(&part),
-                    None => body.push(ValueMode::Delta as u8),
-                }
+                body.extend_from_slice(&best.expect("differences tried").1);
             }
             None => {
                 body.push(ValueMode::Xor as u8);
@@ -279,9 +408,22 @@ pub(crate) fn decode(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), PackedEr
     let mut t = r.signed()?;
     let interval = r.signed()?;
     out.push(Sample { t, v: 0.0 });
-    for _ in 1..n {
-        t = t.wrapping_add(interval).wrapping_add(r.signed()?);
-        out.push(Sample { t, v: 0.0 });
+    let at = r.pos;
+    let times = r.bytes(1)?[0];
+    let mut ints = Vec::with_capacity(n);
+    read_ints(&mut r, n - 1, &mut ints)?;
+    match times {
+        TIMES_FROM_PREVIOUS => {
+            for &x in &ints {
+                t = t.wrapping_add(interval).wrapping_add(x);
+                out.push(Sample { t, v: 0.0 });
+            }
+        }
+        TIMES_FROM_GRID => {
+            let mut grid = GridPredictor::new(t, interval);
+            out.extend(ints.iter().map(|&x| Sample { t: grid.timestamp(x), v: 0.0 }));
+        }
+        _ => return Err(PackedError::Malformed(at)),
     }
     let at = r.pos;
     let values = &mut out[start..];
@@ -299,29 +441,19 @@ pub(crate) fn decode(bytes: &[u8], out: &mut Vec<Sample>) -> Result<(), PackedEr
         let mut m = r.signed()?;
         put(&mut values[0], m);
         let at = r.pos;
-        let mode = r.bytes(1)?[0];
-        let (dod, packed) = match (mode & !PACKED_FLAG, mode & PACKED_FLAG != 0) {
-            (0, packed) => (false, packed),
-            (1, packed) => (true, packed),
+        let dod = match r.bytes(1)?[0] {
+            0 => false,
+            1 => true,
             _ => return Err(PackedError::Malformed(at)),
         };
-        let mut delta = if dod && n > 1 { r.signed()? } else { 0 };
-        let mut diffs = Vec::with_capacity(n);
-        let count = if dod { n.saturating_sub(2) } else { n - 1 };
-        if packed {
-            read_packed(&mut r, count, |x| diffs.push(x))?;
-        } else {
-            let median = r.signed()?;
-            for _ in 0..count {
-                diffs.push(r.signed()?.wrapping_add(median));
-            }
-        }
+        let mut delta = if dod { r.signed()? } else { 0 };
+        read_ints(&mut r, if dod { n.saturating_sub(2) } else { n - 1 }, &mut ints)?;
         let mut rest = values.iter_mut().skip(1);
         if dod && let Some(s) = rest.next() {
             m = m.wrapping_add(delta);
             put(s, m);
         }
-        for (s, d) in rest.zip(diffs) {
+        for (s, &d) in rest.zip(&ints) {
             if dod {
                 delta = delta.wrapping_add(d);
                 m = m.wrapping_add(delta);
@@ -445,5 +577,48 @@ mod tests {
             b[i] ^= 0x5a;
             let _ = decode(&b, &mut Vec::new());
         }
+    }
+
+    #[test]
+    fn every_integer_layout_reads_back_what_it_wrote() {
+        let streams: [&[i64]; 5] = [
+            &[],
+            &[0, 0, 0],
+            &[5, -3, 0, 0, 0, 0, 9, 0],
+            &[i64::MIN, i64::MAX, 0, -1],
+            &[100, 101, 99, 100, 102],
+        ];
+        for xs in streams {
+            for layout in [LAYOUT_CENTRED, LAYOUT_PACKED, LAYOUT_SPARSE] {
+                let mut out = vec![layout];
+                match layout {
+                    LAYOUT_CENTRED => put_centred(&mut out, xs),
+                    LAYOUT_PACKED => put_packed(&mut out, xs),
+                    _ => put_sparse(&mut out, xs),
+                };
+                let mut back = Vec::new();
+                let mut r = Reader::new(&out, 0);
+                read_ints(&mut r, xs.len(), &mut back).unwrap();
+                assert_eq!((back.as_slice(), r.at_end()), (xs, true), "layout {layout}");
+            }
+        }
+    }
+
+    #[test]
+    fn timestamps_with_jitter_gaps_and_restarts_round_trip() {
+        let mut t = 1_700_000_000_000i64;
+        let mut samples = Vec::new();
+        for i in 0..1000i64 {
+            t += match i % 97 {
+                13 => 45_000,                   // two scrapes missed
+                50 => 7_001,                    // the grid moves
+                _ if i % 10 == 3 => 15_000 + 3, // late
+                _ if i % 10 == 4 => 15_000 - 3, // and back on time
+                _ => 15_000,
+            };
+            samples.push(Sample { t, v: i as f64 });
+        }
+        let bytes = round_trip(&samples);
+        assert!(bytes.len() < 400, "{} bytes for 1,000 samples", bytes.len());
     }
 }
