@@ -173,6 +173,9 @@ fn evaluate(
     // them, so that a window without any skips the counter-reset pass.
     let counter = matches!(name, "rate" | "increase");
     let mut resets: Vec<u32> = Vec::new();
+    // stale[i]: staleness markers among the samples before i, so a window without any is
+    // known without looking at its samples.
+    let mut stale: Vec<u32> = Vec::new();
     for (si, s) in series.iter().enumerate() {
         limits.check()?;
         if counter {
@@ -184,6 +187,13 @@ fn evaluate(
                 resets.push(n);
             }
         }
+        stale.clear();
+        stale.push(0);
+        let mut markers = 0u32;
+        for p in &s.samples {
+            markers += u32::from(is_stale_nan(p.v));
+            stale.push(markers);
+        }
         let mut cursor = (0, 0);
         for (k, &t) in steps.iter().enumerate() {
             let window_end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
@@ -193,7 +203,7 @@ fn evaluate(
             };
             let mut points = &s.samples[lo..hi];
             let mut no_resets = counter && resets[hi - 1] == resets[lo];
-            if points.iter().any(|p| is_stale_nan(p.v)) {
+            if stale[hi] != stale[lo] {
                 no_resets = false;
                 kept.clear();
                 kept.extend(points.iter().filter(|p| !is_stale_nan(p.v)));

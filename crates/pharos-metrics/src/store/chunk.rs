@@ -107,18 +107,36 @@ impl<'a> BitReader<'a> {
         Some(bit == 1)
     }
 
-    fn read_bits(&mut self, mut n: u8) -> Option<u64> {
-        let mut out: u64 = 0;
-        while n > 0 {
-            let byte = *self.bytes.get(self.pos / 8)?;
-            let avail = 8 - (self.pos % 8) as u8;
-            let take = n.min(avail);
-            let shift = avail - take;
-            let part = (u64::from(byte) >> shift) & ((1u64 << take) - 1);
-            out = if take == 64 { part } else { (out << take) | part };
-            self.pos += usize::from(take);
-            n -= take;
+    /// The next (up to) 64 bits from `pos`, most significant first, zeros past the end.
+    fn peek(&self) -> u64 {
+        let i = self.pos / 8;
+        let word = match self.bytes.get(i..i + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let mut buf = [0u8; 8];
+                let rest = self.bytes.get(i..).unwrap_or(&[]);
+                buf[..rest.len()].copy_from_slice(rest);
+                u64::from_be_bytes(buf)
+            }
+        };
+        word << (self.pos % 8)
+    }
+
+    fn read_bits(&mut self, n: u8) -> Option<u64> {
+        if n == 0 {
+            return Some(0);
         }
+        if self.bytes.len() * 8 - self.pos.min(self.bytes.len() * 8) < usize::from(n) {
+            return None;
+        }
+        if n > 56 {
+            // A peek holds at least 57 valid bits; take the value in two parts.
+            let hi = self.read_bits(n - 32)?;
+            let lo = self.read_bits(32)?;
+            return Some((hi << 32) | lo);
+        }
+        let out = self.peek() >> (64 - u32::from(n));
+        self.pos += usize::from(n);
         Some(out)
     }
 
