@@ -164,36 +164,55 @@ fn evaluate(
     let range = duration_ms(&ms.range);
     let offset = offset_ms(ms.vs.offset.as_ref());
     let n = steps.len();
-    let mut table =
-        Table { steps: n, values: vec![0.0; series.len() * n], present: vec![false; series.len() * n] };
+    let drop_name = !functions::keeps_name(name);
+    // Points of the result at each step.
+    let mut produced = vec![0usize; n];
+    // Where each series' values go: the result's series (no aggregation); running values per
+    // group and step (aggregations that fold left to right: no value is kept); or a table of
+    // every series' values, combined per group and step at the end.
+    let labels: Vec<&Labels> = series.iter().map(|s| &s.labels).collect();
+    let groups = agg.map(|agg| aggregate::groups_of(agg, &labels)).unwrap_or_default();
+    let op = agg.map(|agg| agg.op.id());
+    let folding = op.is_some_and(aggregate::folds);
+    let mut group_of = vec![0usize; if agg.is_some() { series.len() } else { 0 }];
+    for (g, (_, members)) in groups.iter().enumerate() {
+        for &si in members {
+            group_of[si] = g;
+        }
+    }
+    let mut running: Vec<(Option<usize>, aggregate::Running)> =
+        if folding { vec![(None, aggregate::Running::default()); groups.len() * n] } else { Vec::new() };
+    let mut table = if agg.is_some() && !folding {
+        Table { steps: n, values: vec![0.0; series.len() * n], present: vec![false; series.len() * n] }
+    } else {
+        Table { steps: n, values: Vec::new(), present: Vec::new() }
+    };
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut row: Vec<Option<f64>> = vec![None; n];
     // Samples selected at each step over all series: the step-by-step evaluation's limit.
     let mut selected = vec![0usize; n];
     let mut kept: Vec<Sample> = Vec::new();
     // For `rate` and `increase`: resets[i] counts the samples up to i below the one before
-    // them, so that a window without any skips the counter-reset pass.
+    // them, so that a window without any skips the counter-reset pass; stale[i] counts the
+    // staleness markers before i, so a window without any is known without looking at it.
     let counter = matches!(name, "rate" | "increase");
-    let mut resets: Vec<u32> = Vec::new();
-    // stale[i]: staleness markers among the samples before i, so a window without any is
-    // known without looking at its samples.
-    let mut stale: Vec<u32> = Vec::new();
+    let (mut resets, mut stale): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
     for (si, s) in series.iter().enumerate() {
         limits.check()?;
-        if counter {
-            resets.clear();
-            let mut n = 0u32;
-            resets.push(0);
-            for pair in s.samples.windows(2) {
-                n += u32::from(pair[1].v < pair[0].v);
-                resets.push(n);
-            }
-        }
+        resets.clear();
         stale.clear();
         stale.push(0);
-        let mut markers = 0u32;
+        let (mut drops, mut markers, mut prev) = (0u32, 0u32, f64::NAN);
         for p in &s.samples {
+            // `NaN < x` is false: the first sample counts no reset.
+            drops += u32::from(p.v < prev);
+            resets.push(drops);
             markers += u32::from(is_stale_nan(p.v));
             stale.push(markers);
+            prev = p.v;
         }
+        row.iter_mut().for_each(|v| *v = None);
         let mut cursor = (0, 0);
         for (k, &t) in steps.iter().enumerate() {
             let window_end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
@@ -217,28 +236,18 @@ fn evaluate(
                 return Err(QueryError::TooManySamples { limit: max });
             }
             let w = RangeWindow { start: window_start, end: window_end };
-            let value = if no_resets {
+            row[k] = if no_resets {
                 functions::extrapolated_rate_known(points, &w, true, name == "rate", true)
             } else {
                 functions::range_value(name, points, &w, &[t as f64], t)
             };
-            if let Some(v) = value {
-                let i = si * n + k;
-                table.values[i] = v;
-                table.present[i] = true;
-            }
         }
-    }
-    let drop_name = !functions::keeps_name(name);
-    // Points of the result at each step.
-    let mut produced = vec![0usize; n];
-    let out = match agg {
-        None => {
-            let mut out = Vec::new();
-            let mut total = 0usize;
-            for (si, s) in series.iter().enumerate() {
-                let (origins, points): (Vec<(usize, usize)>, Vec<Sample>) = (0..n)
-                    .filter_map(|k| table.get(si, k).map(|v| ((k, si), Sample { t: steps[k], v })))
+        match op {
+            None => {
+                let (origins, points): (Vec<(usize, usize)>, Vec<Sample>) = row
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, v)| v.map(|v| ((k, si), Sample { t: steps[k], v })))
                     .unzip();
                 if origins.is_empty() {
                     continue;
@@ -255,18 +264,37 @@ fn evaluate(
                     origins,
                 ));
             }
-            out
+            Some(op) if folding => {
+                let acc = &mut running[group_of[si] * n..(group_of[si] + 1) * n];
+                for ((first, r), v) in acc.iter_mut().zip(&row) {
+                    if let Some(v) = *v {
+                        first.get_or_insert(si);
+                        r.add(op, v);
+                    }
+                }
+            }
+            Some(_) => {
+                for (k, v) in row.iter().enumerate() {
+                    if let Some(v) = *v {
+                        table.values[si * n + k] = v;
+                        table.present[si * n + k] = true;
+                    }
+                }
+            }
         }
-        Some(agg) => {
-            let labels: Vec<&Labels> = series.iter().map(|s| &s.labels).collect();
-            let op = agg.op.id();
-            let mut out = Vec::new();
-            let mut vals: Vec<f64> = Vec::new();
-            for (group_labels, members) in aggregate::groups_of(agg, &labels) {
-                limits.check()?;
-                let mut points = Vec::new();
-                let mut origins = Vec::new();
-                for (k, &t) in steps.iter().enumerate() {
+    }
+    if let (Some(agg), Some(op)) = (agg, op) {
+        let mut vals: Vec<f64> = Vec::new();
+        for (g, (group_labels, members)) in groups.into_iter().enumerate() {
+            limits.check()?;
+            let mut points = Vec::new();
+            let mut origins = Vec::new();
+            for (k, &t) in steps.iter().enumerate() {
+                let (first, v) = if folding {
+                    let (first, r) = &running[g * n + k];
+                    let Some(first) = *first else { continue };
+                    (first, r.value(op))
+                } else {
                     vals.clear();
                     let mut first = None;
                     for &si in &members {
@@ -279,20 +307,17 @@ fn evaluate(
                     let Some(v) = aggregate::combine(op, &mut vals, None) else {
                         return Err(QueryError::Unsupported { what: format!("aggregation {}", agg.op) });
                     };
-                    points.push(Sample { t, v });
-                    origins.push((k, first));
-                    produced[k] += 1;
-                }
-                if !points.is_empty() {
-                    out.push((
-                        RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name },
-                        origins,
-                    ));
-                }
+                    (first, v)
+                };
+                points.push(Sample { t, v });
+                origins.push((k, first));
+                produced[k] += 1;
             }
-            out
+            if !points.is_empty() {
+                out.push((RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name }, origins));
+            }
         }
-    };
+    }
     if top_level {
         // The limit as the step-by-step evaluation applies it: at each step, the samples
         // selected plus the points of the result so far; then the result's points.

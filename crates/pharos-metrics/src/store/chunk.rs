@@ -100,13 +100,6 @@ struct BitReader<'a> {
 }
 
 impl<'a> BitReader<'a> {
-    fn read_bit(&mut self) -> Option<bool> {
-        let byte = *self.bytes.get(self.pos / 8)?;
-        let bit = (byte >> (7 - (self.pos % 8))) & 1;
-        self.pos += 1;
-        Some(bit == 1)
-    }
-
     /// The next (up to) 64 bits from `pos`, most significant first, zeros past the end.
     fn peek(&self) -> u64 {
         let i = self.pos / 8;
@@ -122,11 +115,16 @@ impl<'a> BitReader<'a> {
         word << (self.pos % 8)
     }
 
+    /// Bits left to read.
+    fn remaining(&self) -> usize {
+        (self.bytes.len() * 8).saturating_sub(self.pos)
+    }
+
     fn read_bits(&mut self, n: u8) -> Option<u64> {
         if n == 0 {
             return Some(0);
         }
-        if self.bytes.len() * 8 - self.pos.min(self.bytes.len() * 8) < usize::from(n) {
+        if self.remaining() < usize::from(n) {
             return None;
         }
         if n > 56 {
@@ -375,15 +373,14 @@ impl<'a> ChunkIter<'a> {
         self.r.read_bits(n).ok_or_else(|| self.truncated())
     }
 
-    fn bit(&mut self) -> Result<bool, ChunkError> {
-        self.r.read_bit().ok_or_else(|| self.truncated())
-    }
-
     fn read_dod(&mut self) -> Result<i64, ChunkError> {
-        let mut ones = 0u8;
-        while ones < 4 && self.bit()? {
-            ones += 1;
+        // Up to four 1 bits, ended by a 0 unless there are four.
+        let ones = self.r.peek().leading_ones().min(4) as u8;
+        let control = usize::from(ones) + usize::from(ones < 4);
+        if self.r.remaining() < control {
+            return Err(self.truncated());
         }
+        self.r.pos += control;
         let bits = match ones {
             0 => return Ok(0),
             1 => 14,
@@ -401,10 +398,20 @@ impl<'a> ChunkIter<'a> {
     }
 
     fn read_value(&mut self) -> Result<u64, ChunkError> {
-        if !self.bit()? {
+        let head = self.r.peek();
+        if head >> 63 == 0 {
+            // `0`: the value repeats.
+            if self.r.remaining() < 1 {
+                return Err(self.truncated());
+            }
+            self.r.pos += 1;
             return Ok(self.v);
         }
-        if self.bit()? {
+        if self.r.remaining() < 2 {
+            return Err(self.truncated());
+        }
+        self.r.pos += 2;
+        if head & (1 << 62) != 0 {
             self.leading = self.bits(5)? as u8;
             let mut sig = self.bits(6)? as u8;
             if sig == 0 {
