@@ -14,9 +14,10 @@
 
 use promql_parser::parser::{AggregateExpr, Call, Expr, MatrixSelector};
 
-use crate::model::{Labels, Sample, is_stale_nan};
+use crate::model::{Labels, Sample, Series, is_stale_nan};
 
 use super::aggregate;
+use super::engine::QueryLimits;
 use super::error::QueryError;
 use super::eval::{Evaluator, duration_ms, offset_ms, unparen, window_at};
 use super::functions;
@@ -125,18 +126,156 @@ fn steps(start: i64, end: i64, step: i64) -> Vec<i64> {
     steps
 }
 
-/// Each series' values at every step (`NaN` payloads are values too, so presence is kept apart).
+/// Each series' values at every step (`NaN` payloads are values too, so presence is kept apart),
+/// in parts of consecutive series.
 struct Table {
     steps: usize,
-    values: Vec<f64>,
-    present: Vec<bool>,
+    /// Each part's first series and values (series-major).
+    parts: Vec<(usize, Vec<f64>, Vec<bool>)>,
 }
 
 impl Table {
-    fn get(&self, series: usize, step: usize) -> Option<f64> {
-        let i = series * self.steps + step;
-        self.present[i].then(|| self.values[i])
+    fn part(&self, series: usize) -> (usize, &[f64], &[bool]) {
+        let i = self.parts.partition_point(|(first, _, _)| *first <= series) - 1;
+        let (first, values, present) = &self.parts[i];
+        let at = (series - first) * self.steps;
+        (at, &values[at..at + self.steps], &present[at..at + self.steps])
     }
+
+    fn get(&self, series: usize, step: usize) -> Option<f64> {
+        let (_, values, present) = self.part(series);
+        present[step].then(|| values[step])
+    }
+
+    /// The steps at which `series` has a value, with the value.
+    fn row(&self, series: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let (_, values, present) = self.part(series);
+        values.iter().zip(present).enumerate().filter_map(|(k, (v, p))| p.then_some((k, *v)))
+    }
+}
+
+/// Series-steps below which the values are computed on the calling thread alone (tests split
+/// even small queries, so that the differential tests cover the parallel path).
+const PARALLEL_CELLS: usize = if cfg!(test) { 64 } else { 1 << 18 };
+
+/// `name` over every series' window at every step, and the samples selected at each step,
+/// with the step-by-step evaluation's sample limit. Large queries are split into parts of
+/// consecutive series computed on one thread per core.
+fn values_of(
+    series: &[Series],
+    windows: &[RangeWindow],
+    steps: &[i64],
+    name: &str,
+    limits: &QueryLimits,
+) -> Result<(Table, Vec<usize>), QueryError> {
+    let n = steps.len();
+    let threads = if series.len().saturating_mul(n) < PARALLEL_CELLS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |p| p.get()).min(series.len()).max(1)
+    };
+    let per = series.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<(usize, Vec<f64>, Vec<bool>, Vec<usize>), QueryError>> = if threads == 1 {
+        vec![part_values(0, series, windows, steps, name, limits)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = series
+                .chunks(per)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    scope.spawn(move || part_values(i * per, chunk, windows, steps, name, limits))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        })
+    };
+    let mut selected = vec![0usize; n];
+    let mut table = Table { steps: n, parts: Vec::with_capacity(parts.len()) };
+    for part in parts {
+        let (first, values, present, counts) = part?;
+        for (total, c) in selected.iter_mut().zip(counts) {
+            *total += c;
+            if *total > limits.max_samples {
+                return Err(QueryError::TooManySamples { limit: limits.max_samples });
+            }
+        }
+        table.parts.push((first, values, present));
+    }
+    if table.parts.is_empty() {
+        table.parts.push((0, Vec::new(), Vec::new()));
+    }
+    Ok((table, selected))
+}
+
+/// [`values_of`] for the consecutive series `part`, the first of which is series `first`.
+fn part_values(
+    first: usize,
+    part: &[Series],
+    windows: &[RangeWindow],
+    steps: &[i64],
+    name: &str,
+    limits: &QueryLimits,
+) -> Result<(usize, Vec<f64>, Vec<bool>, Vec<usize>), QueryError> {
+    let n = steps.len();
+    let max = limits.max_samples;
+    let mut values = vec![0.0; part.len() * n];
+    let mut present = vec![false; part.len() * n];
+    let mut selected = vec![0usize; n];
+    let mut kept: Vec<Sample> = Vec::new();
+    // For `rate` and `increase`: resets[i] counts the samples up to i below the one before
+    // them, so that a window without any skips the counter-reset pass; stale[i] counts the
+    // staleness markers before i, so a window without any is known without looking at it.
+    let counter = matches!(name, "rate" | "increase");
+    let (mut resets, mut stale): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    for (i, s) in part.iter().enumerate() {
+        limits.check()?;
+        resets.clear();
+        stale.clear();
+        stale.push(0);
+        let (mut drops, mut markers, mut prev) = (0u32, 0u32, f64::NAN);
+        for p in &s.samples {
+            // `NaN < x` is false: the first sample counts no reset.
+            drops += u32::from(p.v < prev);
+            resets.push(drops);
+            markers += u32::from(is_stale_nan(p.v));
+            stale.push(markers);
+            prev = p.v;
+        }
+        let mut cursor = (0, 0);
+        for (k, (w, &t)) in windows.iter().zip(steps).enumerate() {
+            let Some((lo, hi)) = window_at(&s.samples, &mut cursor, w.start, w.end) else {
+                continue;
+            };
+            let mut points = &s.samples[lo..hi];
+            let mut no_resets = counter && resets[hi - 1] == resets[lo];
+            if stale[hi] != stale[lo] {
+                no_resets = false;
+                kept.clear();
+                kept.extend(points.iter().filter(|p| !is_stale_nan(p.v)));
+                if kept.is_empty() {
+                    continue;
+                }
+                points = &kept;
+            }
+            selected[k] += points.len();
+            if selected[k] > max {
+                return Err(QueryError::TooManySamples { limit: max });
+            }
+            let value = if no_resets {
+                functions::extrapolated_rate_known(points, w, true, name == "rate", true)
+            } else {
+                functions::range_value(name, points, w, &[t as f64], t)
+            };
+            if let Some(v) = value {
+                values[i * n + k] = v;
+                present[i * n + k] = true;
+            }
+        }
+    }
+    Ok((first, values, present, selected))
 }
 
 /// What [`evaluate`] found.
@@ -167,9 +306,19 @@ fn evaluate(
     let drop_name = !functions::keeps_name(name);
     // Points of the result at each step.
     let mut produced = vec![0usize; n];
-    // Where each series' values go: the result's series (no aggregation); running values per
-    // group and step (aggregations that fold left to right: no value is kept); or a table of
-    // every series' values, combined per group and step at the end.
+    let windows: Vec<RangeWindow> = steps
+        .iter()
+        .map(|&t| {
+            let end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
+            RangeWindow { start: end.saturating_sub(range), end }
+        })
+        .collect();
+    // Every series' values at every step, computed in parallel over parts of the series.
+    let (table, selected) = values_of(&series, &windows, steps, name, limits)?;
+    // Where the values go: the result's series (no aggregation); running values per group and
+    // step (aggregations that fold left to right), in series order so the sums are the
+    // step-by-step ones to the bit; or, for the other aggregations, combined per group and
+    // step from the table.
     let labels: Vec<&Labels> = series.iter().map(|s| &s.labels).collect();
     let groups = agg.map(|agg| aggregate::groups_of(agg, &labels)).unwrap_or_default();
     let op = agg.map(|agg| agg.op.id());
@@ -182,73 +331,14 @@ fn evaluate(
     }
     let mut running: Vec<(Option<usize>, aggregate::Running)> =
         if folding { vec![(None, aggregate::Running::default()); groups.len() * n] } else { Vec::new() };
-    let mut table = if agg.is_some() && !folding {
-        Table { steps: n, values: vec![0.0; series.len() * n], present: vec![false; series.len() * n] }
-    } else {
-        Table { steps: n, values: Vec::new(), present: Vec::new() }
-    };
     let mut out = Vec::new();
     let mut total = 0usize;
-    let mut row: Vec<Option<f64>> = vec![None; n];
-    // Samples selected at each step over all series: the step-by-step evaluation's limit.
-    let mut selected = vec![0usize; n];
-    let mut kept: Vec<Sample> = Vec::new();
-    // For `rate` and `increase`: resets[i] counts the samples up to i below the one before
-    // them, so that a window without any skips the counter-reset pass; stale[i] counts the
-    // staleness markers before i, so a window without any is known without looking at it.
-    let counter = matches!(name, "rate" | "increase");
-    let (mut resets, mut stale): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
     for (si, s) in series.iter().enumerate() {
-        limits.check()?;
-        resets.clear();
-        stale.clear();
-        stale.push(0);
-        let (mut drops, mut markers, mut prev) = (0u32, 0u32, f64::NAN);
-        for p in &s.samples {
-            // `NaN < x` is false: the first sample counts no reset.
-            drops += u32::from(p.v < prev);
-            resets.push(drops);
-            markers += u32::from(is_stale_nan(p.v));
-            stale.push(markers);
-            prev = p.v;
-        }
-        row.iter_mut().for_each(|v| *v = None);
-        let mut cursor = (0, 0);
-        for (k, &t) in steps.iter().enumerate() {
-            let window_end = ev.at_time(ms.vs.at.as_ref(), t).saturating_sub(offset);
-            let window_start = window_end.saturating_sub(range);
-            let Some((lo, hi)) = window_at(&s.samples, &mut cursor, window_start, window_end) else {
-                continue;
-            };
-            let mut points = &s.samples[lo..hi];
-            let mut no_resets = counter && resets[hi - 1] == resets[lo];
-            if stale[hi] != stale[lo] {
-                no_resets = false;
-                kept.clear();
-                kept.extend(points.iter().filter(|p| !is_stale_nan(p.v)));
-                if kept.is_empty() {
-                    continue;
-                }
-                points = &kept;
-            }
-            selected[k] += points.len();
-            if selected[k] > max {
-                return Err(QueryError::TooManySamples { limit: max });
-            }
-            let w = RangeWindow { start: window_start, end: window_end };
-            row[k] = if no_resets {
-                functions::extrapolated_rate_known(points, &w, true, name == "rate", true)
-            } else {
-                functions::range_value(name, points, &w, &[t as f64], t)
-            };
-        }
+        let row = table.row(si);
         match op {
             None => {
-                let (origins, points): (Vec<(usize, usize)>, Vec<Sample>) = row
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(k, v)| v.map(|v| ((k, si), Sample { t: steps[k], v })))
-                    .unzip();
+                let (origins, points): (Vec<(usize, usize)>, Vec<Sample>) =
+                    row.map(|(k, v)| ((k, si), Sample { t: steps[k], v })).unzip();
                 if origins.is_empty() {
                     continue;
                 }
@@ -266,21 +356,13 @@ fn evaluate(
             }
             Some(op) if folding => {
                 let acc = &mut running[group_of[si] * n..(group_of[si] + 1) * n];
-                for ((first, r), v) in acc.iter_mut().zip(&row) {
-                    if let Some(v) = *v {
-                        first.get_or_insert(si);
-                        r.add(op, v);
-                    }
+                for (k, v) in row {
+                    let (first, r) = &mut acc[k];
+                    first.get_or_insert(si);
+                    r.add(op, v);
                 }
             }
-            Some(_) => {
-                for (k, v) in row.iter().enumerate() {
-                    if let Some(v) = *v {
-                        table.values[si * n + k] = v;
-                        table.present[si * n + k] = true;
-                    }
-                }
-            }
+            Some(_) => {}
         }
     }
     if let (Some(agg), Some(op)) = (agg, op) {
@@ -314,7 +396,10 @@ fn evaluate(
                 produced[k] += 1;
             }
             if !points.is_empty() {
-                out.push((RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name }, origins));
+                out.push((
+                    RangeSeries { labels: group_labels, points: Points::Owned(points), drop_name },
+                    origins,
+                ));
             }
         }
     }

@@ -16,6 +16,10 @@ use super::index::{Index, series_hash};
 use super::metadata::Metadata;
 use super::series::MemSeries;
 
+/// Series a query selects from the head above which they are decoded on one thread per core
+/// (tests split even small selections, so that they cover the parallel path).
+const PARALLEL_DECODE_SERIES: usize = if cfg!(test) { 16 } else { 2048 };
+
 /// Limits and settings of a head; the defaults follow Prometheus and Mimir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeadOptions {
@@ -446,13 +450,33 @@ impl Head {
 impl SeriesSource for Head {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, QueryError> {
         let candidates = self.read_index().select(matchers);
-        let mut out = Vec::with_capacity(candidates.len());
-        for s in candidates {
-            let samples = s.snapshot(mint, maxt).samples(mint, maxt);
-            if !samples.is_empty() {
-                out.push(Series { labels: s.to_labels(), samples });
-            }
-        }
+        let decode = |part: &[Arc<MemSeries>]| -> Vec<Series> {
+            part.iter()
+                .filter_map(|s| {
+                    let samples = s.snapshot(mint, maxt).samples(mint, maxt);
+                    (!samples.is_empty()).then(|| Series { labels: s.to_labels(), samples })
+                })
+                .collect()
+        };
+        // Many series are decoded on one thread per core.
+        let threads = if candidates.len() < PARALLEL_DECODE_SERIES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |p| p.get())
+        };
+        let mut out = if threads == 1 {
+            decode(&candidates)
+        } else {
+            let per = candidates.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    candidates.chunks(per).map(|part| scope.spawn(move || decode(part))).collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect()
+            })
+        };
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
