@@ -6,8 +6,9 @@
 #
 # 1. Query: QUERY_SERIES integer counters (10 jobs) over the last 65 minutes at 15 s; then
 #    `sum by (job) (rate(bench_requests_total[5m]))` as a range query over the last hour at
-#    15 s step, QUERY_RUNS times after two warm-up runs: median and p90 latency, and the
-#    largest difference of each server's answer from Prometheus's.
+#    15 s step, QUERY_RUNS times after two warm-up runs, once the server is idle (under 5% of a
+#    core over 2 s): median and p90 latency, and the largest difference of each server's
+#    answer from Prometheus's.
 # 2. Disk: DISK_SERIES series shaped like a node's scrape (counters, counters of seconds,
 #    gauges, constants; see `--values typical` in crates/pharos-loadgen) over the last DISK_HOURS
 #    hours at 15 s; then each server compacts as it does by itself (VictoriaMetrics is asked
@@ -111,6 +112,21 @@ until_stored() {
   return 1
 }
 
+# wait_idle: waits (at most 60 s) until the server used under 5% of a core over 2 s, so that
+# no server's queries overlap the background work its ingest left (flushing, merging)
+wait_idle() {
+  local ticks before after hz
+  hz="$(getconf CLK_TCK)"
+  for _ in $(seq 1 30); do
+    before="$(awk '{print $14 + $15}' "/proc/$PID/stat")"
+    sleep 2
+    after="$(awk '{print $14 + $15}' "/proc/$PID/stat")"
+    ticks=$(( after - before ))
+    (( ticks * 100 < hz * 2 * 5 )) && return 0
+  done
+  echo "server $PID still busy after 60 s" >&2
+}
+
 if [[ " $PHASES " == *" query "* ]]; then
   echo "## Query: sum by (job) (rate(bench_requests_total[5m])), $QUERY_SERIES series, 1 h at 15 s step"
   echo
@@ -126,6 +142,7 @@ if [[ " $PHASES " == *" query "* ]]; then
     rate="$(printf '%s' "$json" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["items_per_sec"]))')"
     until_stored "$server" "$total"
     [[ "$server" == victoria-metrics ]] && curl -s "$QUERY_URL/internal/force_flush" >/dev/null
+    wait_idle
     python3 - "$server" "$QUERY_URL" "$end" "$QUERY_RUNS" "$WORK" "$rate" <<'EOF'
 import json, sys, time, urllib.parse, urllib.request
 server, url, end, runs, work, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
