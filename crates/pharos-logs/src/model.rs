@@ -119,6 +119,9 @@ pub struct Selection<'a> {
     /// When set, only these structured metadata names are needed: a source may leave the
     /// others out of the entries it returns.
     pub metadata: Option<Arc<[String]>>,
+    /// False when the query only counts the entries that pass `lines`: a source may then
+    /// return entries with empty lines (and skip reading them past the test).
+    pub lines_needed: bool,
 }
 
 impl Selection<'_> {
@@ -145,8 +148,8 @@ pub struct Selected {
 /// answer from memory.
 pub trait LogSource {
     /// Every stream whose labels match the selection's matchers, with its entries in the
-    /// selection's time range (that pass its line test, if the source applies it), oldest
-    /// first. Streams without an entry may be left out.
+    /// selection's time range that pass its line test, oldest first (lines left empty when
+    /// the selection does not need them). Streams without an entry may be left out.
     fn select(&self, selection: &Selection<'_>) -> Result<Selected, SourceError>;
 }
 
@@ -195,7 +198,11 @@ impl LogSource for MemSource {
                     out.lines_scanned += 1;
                     out.bytes_scanned += e.line.len() as u64;
                     if selection.keeps(&e.line) {
-                        entries.push(e.clone());
+                        let mut e = e.clone();
+                        if !selection.lines_needed {
+                            e.line.clear();
+                        }
+                        entries.push(e);
                     }
                 }
             }

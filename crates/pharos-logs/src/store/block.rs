@@ -396,19 +396,38 @@ pub struct Scan {
     pub bytes: u64,
 }
 
-/// Reads the entries in `[start, end)` of the streams `wanted` (indexes into `meta.streams`,
-/// ascending) from a block's data object, keeping only lines that pass `lines`. The time
-/// range and the line test run first, as a Parquet row filter over the `timestamp` and `line`
-/// columns: the other columns are decoded only for the rows that pass.
+/// What [`read_streams`] keeps of a block's entries.
+#[derive(Clone)]
+pub struct Keep {
+    /// Entries with timestamps in `[start, end)`.
+    pub start: i64,
+    pub end: i64,
+    /// Only lines that pass this test.
+    pub lines: Option<Arc<dyn LineTest>>,
+    /// Only these structured metadata names (all of them when `None`).
+    pub only_metadata: Option<Arc<[String]>>,
+    /// False: the entries' lines are left empty (and not read past the line test).
+    pub lines_needed: bool,
+}
+
+impl Keep {
+    /// Every entry in `[start, end)`, whole.
+    pub fn range(start: i64, end: i64) -> Keep {
+        Keep { start, end, lines: None, only_metadata: None, lines_needed: true }
+    }
+}
+
+/// Reads the entries the streams `wanted` (indexes into `meta.streams`, ascending) have in a
+/// block's data object, as `keep` says. The time range and the line test run first, as a
+/// Parquet row filter over the `timestamp` and `line` columns: the other columns are decoded
+/// only for the rows that pass.
 pub fn read_streams(
     data: Bytes,
     meta: &LogBlockMeta,
     wanted: &[usize],
-    start: i64,
-    end: i64,
-    lines: Option<Arc<dyn LineTest>>,
-    only_metadata: Option<Arc<[String]>>,
+    keep: Keep,
 ) -> Result<Scan, BlockError> {
+    let Keep { start, end, lines, only_metadata, lines_needed } = keep;
     if wanted.is_empty() {
         return Ok(Scan::default());
     }
@@ -464,7 +483,17 @@ pub fn read_streams(
     let blob_needed = only_metadata
         .as_ref()
         .is_none_or(|names| names.iter().any(|n| !DEDICATED_METADATA.contains(&n.as_str())));
-    let columns: Vec<usize> = (0..4 + DEDICATED_METADATA.len()).filter(|&c| c != 3 || blob_needed).collect();
+    // Lines the query does not need past the line test, and dedicated metadata columns it
+    // does not need, are not read (the test reads the lines on its own).
+    let wanted = |name: &str| only_metadata.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
+    let columns: Vec<usize> = (0..4 + DEDICATED_METADATA.len())
+        .filter(|&c| match c {
+            2 => lines_needed,
+            3 => blob_needed,
+            c if c >= 4 => wanted(DEDICATED_METADATA[c - 4]),
+            _ => true,
+        })
+        .collect();
     let projection = ProjectionMask::roots(builder.parquet_schema(), columns);
     let reader = builder
         .with_projection(projection)
@@ -487,10 +516,14 @@ pub fn read_streams(
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| BlockError::Corrupt("timestamp is not int64".into()))?;
-        let texts = column("line")?
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?;
+        let texts = match batch.column_by_name("line") {
+            Some(c) => Some(
+                c.as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?,
+            ),
+            None => None,
+        };
         let blob = match batch.column_by_name("metadata") {
             Some(c) => Some(
                 c.as_any()
@@ -501,14 +534,15 @@ pub fn read_streams(
         };
         let dedicated = DEDICATED_METADATA
             .iter()
+            .filter(|name| wanted(name))
             .map(|name| {
-                column(name)?
+                let values = column(name)?
                     .as_any()
                     .downcast_ref::<StringArray>()
-                    .ok_or_else(|| BlockError::Corrupt(format!("{name} is not utf8")))
+                    .ok_or_else(|| BlockError::Corrupt(format!("{name} is not utf8")))?;
+                Ok((*name, values))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let wanted = |name: &str| only_metadata.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
+            .collect::<Result<Vec<_>, BlockError>>()?;
         for row in 0..batch.num_rows() {
             let stream = streams.value(row);
             if current != Some(stream) {
@@ -526,15 +560,15 @@ pub fn read_streams(
                 }
                 _ => Vec::new(),
             };
-            for (name, values) in DEDICATED_METADATA.iter().zip(&dedicated) {
-                if !values.is_null(row) && wanted(name) {
+            for (name, values) in &dedicated {
+                if !values.is_null(row) {
                     metadata.push((name.to_string(), values.value(row).to_string()));
                 }
             }
             if let Some(last) = out.last_mut() {
                 last.entries.push(Entry {
                     timestamp: times.value(row),
-                    line: texts.value(row).to_string(),
+                    line: texts.map_or_else(String::new, |t| t.value(row).to_string()),
                     metadata,
                 });
             }
@@ -595,13 +629,14 @@ mod tests {
         assert_eq!((meta.streams[1].first_row, meta.streams[1].rows), (1, 2));
         assert_eq!(meta.size_bytes, data.len() as u64);
 
-        let all = read_streams(data.clone(), &meta, &[0, 1], i64::MIN, i64::MAX, None, None).unwrap().streams;
+        let all =
+            read_streams(data.clone(), &meta, &[0, 1], Keep::range(i64::MIN, i64::MAX)).unwrap().streams;
         assert_eq!(all[0], streams[1]);
         assert_eq!(all[1], streams[0]);
-        let web_late = read_streams(data.clone(), &meta, &[1], 15, 100, None, None).unwrap().streams;
+        let web_late = read_streams(data.clone(), &meta, &[1], Keep::range(15, 100)).unwrap().streams;
         assert_eq!(web_late.len(), 1);
         assert_eq!(web_late[0].entries, [entry(20, "GET /x", &[])]);
-        assert!(read_streams(data, &meta, &[0], 6, 100, None, None).unwrap().streams.is_empty());
+        assert!(read_streams(data, &meta, &[0], Keep::range(6, 100)).unwrap().streams.is_empty());
     }
 
     #[test]
@@ -615,7 +650,7 @@ mod tests {
             })
             .collect();
         let (data, meta) = encode("b2", &streams).unwrap();
-        let b = read_streams(data, &meta, &[1], 0, i64::MAX, None, None).unwrap().streams;
+        let b = read_streams(data, &meta, &[1], Keep::range(0, i64::MAX)).unwrap().streams;
         assert_eq!(b, [streams[1].clone()]);
     }
 
@@ -634,7 +669,8 @@ mod tests {
             .collect();
         let streams = vec![StreamEntries { labels: labels("a"), entries: entries.clone() }];
         let (data, meta) = encode("b3", &streams).unwrap();
-        let scan = read_streams(data, &meta, &[0], 20, 60, Some(Arc::new(Contains("error"))), None).unwrap();
+        let keep = Keep { lines: Some(Arc::new(Contains("error"))), ..Keep::range(20, 60) };
+        let scan = read_streams(data.clone(), &meta, &[0], keep.clone()).unwrap();
         let want: Vec<Entry> = entries
             .into_iter()
             .filter(|e| (20..60).contains(&e.timestamp) && e.line.starts_with("error"))
@@ -645,6 +681,11 @@ mod tests {
             .map(|i: i64| format!("{} {i}", if i % 10 == 0 { "error" } else { "ok" }).len() as u64)
             .sum();
         assert_eq!(scan.bytes, bytes);
+        // A query that only counts: the same rows, tested the same, without their lines.
+        let counted = read_streams(data, &meta, &[0], Keep { lines_needed: false, ..keep }).unwrap();
+        let blank: Vec<Entry> = want.into_iter().map(|e| Entry { line: String::new(), ..e }).collect();
+        assert_eq!(counted.streams[0].entries, blank);
+        assert_eq!((counted.lines, counted.bytes), (40, bytes));
     }
 
     #[test]
@@ -659,14 +700,16 @@ mod tests {
             v.sort();
             v
         };
-        let all = read_streams(data.clone(), &meta, &[0], 0, 10, None, None).unwrap().streams;
+        let all = read_streams(data.clone(), &meta, &[0], Keep::range(0, 10)).unwrap().streams;
         assert_eq!(
             sorted(all[0].entries[0].metadata.clone()),
             sorted(streams[0].entries[0].metadata.clone())
         );
         assert!(all[0].entries[1].metadata.is_empty());
         let only: Arc<[String]> = vec!["severity_text".to_string()].into();
-        let some = read_streams(data, &meta, &[0], 0, 10, None, Some(only)).unwrap().streams;
+        let some = read_streams(data, &meta, &[0], Keep { only_metadata: Some(only), ..Keep::range(0, 10) })
+            .unwrap()
+            .streams;
         assert_eq!(some[0].entries[0].metadata, [("severity_text".to_string(), "ERROR".to_string())]);
     }
 

@@ -265,8 +265,11 @@ impl LogStore {
                         bytes += e.line.len() as u64;
                         // A head entry's metadata was encoded by this process: it decodes.
                         if selection.keeps(&e.line)
-                            && let Ok(entry) = e.to_entry_with(selection.metadata.as_deref())
+                            && let Ok(mut entry) = e.to_entry_with(selection.metadata.as_deref())
                         {
+                            if !selection.lines_needed {
+                                entry.line = String::new();
+                            }
                             kept.push(entry);
                         }
                     }
@@ -305,6 +308,7 @@ impl LogStore {
         let mut scans = futures::stream::iter(reads.into_iter().map(|(meta, wanted)| {
             let lines = selection.lines.clone();
             let only = selection.metadata.clone();
+            let lines_needed = selection.lines_needed;
             async move {
                 let path = self.catalog.object_path(tenant, &meta.id, block::DATA_FILE);
                 let data = match self.catalog.storage().get(&path).await {
@@ -316,7 +320,8 @@ impl LogStore {
                 };
                 let read_meta = meta.clone();
                 tokio::task::spawn_blocking(move || {
-                    block::read_streams(data, &read_meta, &wanted, start, end, lines, only)
+                    let keep = block::Keep { start, end, lines, only_metadata: only, lines_needed };
+                    block::read_streams(data, &read_meta, &wanted, keep)
                 })
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
@@ -514,7 +519,7 @@ impl LogStore {
                     let all: Vec<usize> = (0..meta.streams.len()).collect();
                     let read = meta.clone();
                     let streams = tokio::task::spawn_blocking(move || {
-                        block::read_streams(data, &read, &all, i64::MIN, i64::MAX, None, None)
+                        block::read_streams(data, &read, &all, block::Keep::range(i64::MIN, i64::MAX))
                             .map(|scan| scan.streams)
                     })
                     .await

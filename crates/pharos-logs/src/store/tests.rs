@@ -58,7 +58,7 @@ async fn select(
     end: i64,
     max_bytes: u64,
 ) -> Result<Vec<StreamEntries>, StoreError> {
-    let selection = Selection { matchers, start, end, lines: None, metadata: None };
+    let selection = Selection { matchers, start, end, lines: None, metadata: None, lines_needed: true };
     store.select(tenant, &selection, max_bytes).await.map(|s| s.streams)
 }
 
@@ -253,8 +253,14 @@ async fn a_selection_of_metadata_names_leaves_the_others_out_in_head_and_blocks(
     writer.write(0, &envelope);
     let names: Arc<[String]> = vec!["keep".to_string()].into();
     let matchers = [eq("app", "api")];
-    let selection =
-        Selection { matchers: &matchers, start: t, end: t + 1, lines: None, metadata: Some(names) };
+    let selection = Selection {
+        matchers: &matchers,
+        start: t,
+        end: t + 1,
+        lines: None,
+        metadata: Some(names),
+        lines_needed: true,
+    };
     let want = vec![("keep".to_string(), "1".to_string())];
     let head = store.select(&tenant, &selection, MAX).await.unwrap();
     assert_eq!(head.streams[0].entries[0].metadata, want, "from the head");

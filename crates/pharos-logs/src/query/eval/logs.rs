@@ -69,7 +69,7 @@ pub fn select_logs(
     budget.check()?;
     let pipeline = Pipeline::new(&query.pipeline)?;
     let mut stats = Stats::default();
-    let mut streams = read(source, query, start, end, None, &mut stats, limits)?;
+    let mut streams = read(source, query, start, end, None, true, &mut stats, limits)?;
     streams.sort_by(|a, b| a.labels.cmp(&b.labels));
 
     let backward = direction == Direction::Backward;

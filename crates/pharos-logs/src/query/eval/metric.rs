@@ -219,10 +219,21 @@ fn eval_range(
     let to = last.saturating_sub(offset_ns).saturating_add(1);
     let grouping = range::extraction_grouping(agg, pushed);
     let need = metadata_needed(agg, &grouping);
-    let streams = read(ctx.source, &agg.range.query, from, to, need, &mut ctx.stats, ctx.limits)?;
-    let extracted = range::extract(agg, &grouping, &streams, &mut ctx.budget)?;
+    let lines = lines_needed(agg);
+    let streams = read(ctx.source, &agg.range.query, from, to, need, lines, &mut ctx.stats, ctx.limits)?;
+    let extracted = range::extract(agg, &grouping, &streams, !lines, &mut ctx.budget)?;
     drop(streams);
     range::aggregate(agg, extracted, &ctx.steps, &mut ctx.budget)
+}
+
+/// Whether a range aggregation reads its lines past the source's line test: not when it
+/// counts entries (no unwrap, not bytes) and its pipeline only filters, every line filter
+/// being one the source applies.
+fn lines_needed(agg: &RangeAggregation) -> bool {
+    use crate::query::{RangeOp, Stage};
+    agg.range.unwrap.is_some()
+        || matches!(agg.op, RangeOp::BytesOverTime | RangeOp::BytesRate)
+        || agg.range.query.pipeline.iter().any(|s| !matches!(s, Stage::LineFilter(_) | Stage::LabelFilter(_)))
 }
 
 /// The structured metadata a range aggregation can use, when that is known to be a few names:

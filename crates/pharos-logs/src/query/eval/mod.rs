@@ -387,6 +387,7 @@ pub(crate) fn read(
     start: i64,
     end: i64,
     metadata: Option<std::sync::Arc<[String]>>,
+    lines_needed: bool,
     stats: &mut Stats,
     limits: &Limits,
 ) -> Result<Vec<crate::model::StreamEntries>, EvalError> {
@@ -396,6 +397,7 @@ pub(crate) fn read(
         start,
         end,
         metadata,
+        lines_needed,
         lines: prefilter.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn crate::model::LineTest>),
     };
     let selected = source.select(&selection)?;

@@ -7,7 +7,7 @@ use super::series::SeriesIndex;
 use super::values::{parse_float, parse_go_duration, parse_humanized_bytes};
 use super::{Budget, EvalError};
 use crate::model::{Labels, StreamEntries};
-use crate::query::{LogRange, MatchOp, RangeAggregation, RangeOp, UnwrapConversion};
+use crate::query::{LogRange, MatchOp, RangeAggregation, RangeOp, Stage, UnwrapConversion};
 
 /// Which labels a sample's series keeps.
 #[derive(Debug, Clone)]
@@ -74,10 +74,18 @@ pub(super) fn extract(
     agg: &RangeAggregation,
     grouping: &Grouping,
     streams: &[StreamEntries],
+    lines_filtered: bool,
     budget: &mut Budget,
 ) -> Result<Extracted, EvalError> {
     let range: &LogRange = &agg.range;
-    let pipeline = Pipeline::new(&range.query.pipeline)?;
+    // Line filters the source applied already (and whose lines it may have left out) are not
+    // applied again.
+    let stages: Vec<Stage> = if lines_filtered {
+        range.query.pipeline.iter().filter(|s| !matches!(s, Stage::LineFilter(_))).cloned().collect()
+    } else {
+        range.query.pipeline.clone()
+    };
+    let pipeline = Pipeline::new(&stages)?;
     let kind = match (&range.unwrap, agg.op) {
         (Some(unwrap), _) => ValueKind::Unwrap {
             label: unwrap.label.clone(),
