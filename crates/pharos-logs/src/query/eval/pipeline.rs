@@ -43,7 +43,8 @@ enum CompiledStage {
 
 #[derive(Debug)]
 enum LineMatcher {
-    Contains(String),
+    /// `|= "text"`: a substring search (SIMD, the needle prepared once).
+    Contains(memchr::memmem::Finder<'static>),
     Regex(Regex),
     Pattern(Pattern),
     Ip(IpMatcher),
@@ -52,7 +53,7 @@ enum LineMatcher {
 impl LineMatcher {
     fn is_match(&self, line: &str) -> bool {
         match self {
-            LineMatcher::Contains(text) => line.contains(text.as_str()),
+            LineMatcher::Contains(finder) => finder.find(line.as_bytes()).is_some(),
             LineMatcher::Regex(re) => re.is_match(line),
             LineMatcher::Pattern(pattern) => pattern.is_match(line),
             LineMatcher::Ip(ip) => ip.matches_line(line),
@@ -424,7 +425,7 @@ fn compile_line_filter(filter: &LineFilter) -> Result<CompiledStage, EvalError> 
         matchers.push(match (filter.op, value) {
             (_, LineFilterValue::Ip(address)) => LineMatcher::Ip(IpMatcher::new(address)?),
             (LineFilterOp::Contains | LineFilterOp::NotContains, LineFilterValue::Text(text)) => {
-                LineMatcher::Contains(text.clone())
+                LineMatcher::Contains(memchr::memmem::Finder::new(text.as_bytes()).into_owned())
             }
             (LineFilterOp::Regex | LineFilterOp::NotRegex, LineFilterValue::Text(text)) => {
                 LineMatcher::Regex(compile_regex(text)?)
