@@ -152,6 +152,7 @@ fn properties() -> Result<WriterProperties, BlockError> {
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
         .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(ColumnPath::from("line"), false)
+        .set_column_compression(ColumnPath::from("line"), Compression::LZ4_RAW)
         .build())
 }
 
