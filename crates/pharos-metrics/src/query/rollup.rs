@@ -175,7 +175,7 @@ fn values_of(
         std::thread::available_parallelism().map_or(1, |p| p.get()).min(series.len()).max(1)
     };
     let per = series.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<(usize, Vec<f64>, Vec<bool>, Vec<usize>), QueryError>> = if threads == 1 {
+    let parts: Vec<Result<PartValues, QueryError>> = if threads == 1 {
         vec![part_values(0, series, windows, steps, name, limits)]
     } else {
         std::thread::scope(|scope| {
@@ -195,7 +195,7 @@ fn values_of(
     let mut selected = vec![0usize; n];
     let mut table = Table { steps: n, parts: Vec::with_capacity(parts.len()) };
     for part in parts {
-        let (first, values, present, counts) = part?;
+        let PartValues { first, values, present, selected: counts } = part?;
         for (total, c) in selected.iter_mut().zip(counts) {
             *total += c;
             if *total > limits.max_samples {
@@ -210,6 +210,14 @@ fn values_of(
     Ok((table, selected))
 }
 
+/// The values of a part of the series (see [`Table`]) and the samples it selected per step.
+struct PartValues {
+    first: usize,
+    values: Vec<f64>,
+    present: Vec<bool>,
+    selected: Vec<usize>,
+}
+
 /// [`values_of`] for the consecutive series `part`, the first of which is series `first`.
 fn part_values(
     first: usize,
@@ -218,7 +226,7 @@ fn part_values(
     steps: &[i64],
     name: &str,
     limits: &QueryLimits,
-) -> Result<(usize, Vec<f64>, Vec<bool>, Vec<usize>), QueryError> {
+) -> Result<PartValues, QueryError> {
     let n = steps.len();
     let max = limits.max_samples;
     let mut values = vec![0.0; part.len() * n];
@@ -275,7 +283,7 @@ fn part_values(
             }
         }
     }
-    Ok((first, values, present, selected))
+    Ok(PartValues { first, values, present, selected })
 }
 
 /// What [`evaluate`] found.

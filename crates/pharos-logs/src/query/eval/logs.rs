@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use super::labels::LabelState;
 use super::pipeline::Pipeline;
 use super::series::SeriesIndex;
-use super::{Budget, Direction, EvalError, Limits, LogStream, ResultEntry, Stats, read};
+use super::{Budget, Direction, EvalError, Limits, LogStream, Needs, ResultEntry, Stats, read};
 use crate::model::LogSource;
 use crate::query::LogQuery;
 
@@ -69,7 +69,8 @@ pub fn select_logs(
     budget.check()?;
     let pipeline = Pipeline::new(&query.pipeline)?;
     let mut stats = Stats::default();
-    let mut streams = read(source, query, start, end, None, true, &mut stats, limits)?;
+    let mut streams =
+        read(source, query, start, end, Needs { metadata: None, lines: true }, &mut stats, limits)?;
     streams.sort_by(|a, b| a.labels.cmp(&b.labels));
 
     let backward = direction == Direction::Backward;

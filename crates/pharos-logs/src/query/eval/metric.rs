@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::range::{self, Grouping};
 use super::series::SeriesIndex;
 use super::{
-    Budget, EvalError, Limits, MAX_STEPS, QueryValue, Sample, Series, Stats, compile_anchored, read,
+    Budget, EvalError, Limits, MAX_STEPS, Needs, QueryValue, Sample, Series, Stats, compile_anchored, read,
 };
 use crate::model::{Labels, LogSource};
 use crate::query::{
@@ -218,9 +218,9 @@ fn eval_range(
     let from = first.saturating_sub(offset_ns).saturating_sub(range_ns).saturating_add(1);
     let to = last.saturating_sub(offset_ns).saturating_add(1);
     let grouping = range::extraction_grouping(agg, pushed);
-    let need = metadata_needed(agg, &grouping);
     let lines = lines_needed(agg);
-    let streams = read(ctx.source, &agg.range.query, from, to, need, lines, &mut ctx.stats, ctx.limits)?;
+    let needs = Needs { metadata: metadata_needed(agg, &grouping), lines };
+    let streams = read(ctx.source, &agg.range.query, from, to, needs, &mut ctx.stats, ctx.limits)?;
     let extracted = range::extract(agg, &grouping, &streams, !lines, &mut ctx.budget)?;
     drop(streams);
     range::aggregate(agg, extracted, &ctx.steps, &mut ctx.budget)

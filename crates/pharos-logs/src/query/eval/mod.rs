@@ -381,13 +381,20 @@ pub(crate) fn account_read(
 
 /// Reads what `query` selects in `[start, end)` from `source`, with its stored-line filters
 /// for the source to apply, and accounts for it.
+/// What a query reads of the entries that pass the line test.
+pub(crate) struct Needs {
+    /// Only these structured metadata names (all when `None`).
+    pub(crate) metadata: Option<std::sync::Arc<[String]>>,
+    /// The lines themselves.
+    pub(crate) lines: bool,
+}
+
 pub(crate) fn read(
     source: &dyn crate::model::LogSource,
     query: &crate::query::LogQuery,
     start: i64,
     end: i64,
-    metadata: Option<std::sync::Arc<[String]>>,
-    lines_needed: bool,
+    needs: Needs,
     stats: &mut Stats,
     limits: &Limits,
 ) -> Result<Vec<crate::model::StreamEntries>, EvalError> {
@@ -396,8 +403,8 @@ pub(crate) fn read(
         matchers: &query.selector.matchers,
         start,
         end,
-        metadata,
-        lines_needed,
+        metadata: needs.metadata,
+        lines_needed: needs.lines,
         lines: prefilter.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn crate::model::LineTest>),
     };
     let selected = source.select(&selection)?;

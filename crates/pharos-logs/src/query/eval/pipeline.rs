@@ -44,7 +44,7 @@ enum CompiledStage {
 #[derive(Debug)]
 enum LineMatcher {
     /// `|= "text"`: a substring search (SIMD, the needle prepared once).
-    Contains(memchr::memmem::Finder<'static>),
+    Contains(Box<memchr::memmem::Finder<'static>>),
     Regex(Regex),
     Pattern(Pattern),
     Ip(IpMatcher),
@@ -425,7 +425,7 @@ fn compile_line_filter(filter: &LineFilter) -> Result<CompiledStage, EvalError> 
         matchers.push(match (filter.op, value) {
             (_, LineFilterValue::Ip(address)) => LineMatcher::Ip(IpMatcher::new(address)?),
             (LineFilterOp::Contains | LineFilterOp::NotContains, LineFilterValue::Text(text)) => {
-                LineMatcher::Contains(memchr::memmem::Finder::new(text.as_bytes()).into_owned())
+                LineMatcher::Contains(Box::new(memchr::memmem::Finder::new(text.as_bytes()).into_owned()))
             }
             (LineFilterOp::Regex | LineFilterOp::NotRegex, LineFilterValue::Text(text)) => {
                 LineMatcher::Regex(compile_regex(text)?)
