@@ -373,6 +373,7 @@ pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
             }
         }
     }
+    debug_assert!(body.len() <= max_body_len(samples.len()), "{} bytes of body", body.len());
     let mut out = Vec::with_capacity(body.len() / 2 + 16);
     out.push(ENCODING_PACKED);
     out.extend_from_slice(
@@ -381,10 +382,12 @@ pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
     out
 }
 
-/// The most bytes a packed chunk's body can take: a count, a first timestamp, an interval,
-/// two header bytes, and per sample a timestamp varint and 8 value bytes or a varint.
+/// The most bytes a packed chunk's body can take: at most 8 varints and 6 bytes of headers
+/// (count, first timestamp, interval, mode and layout bytes, first mantissa, first difference,
+/// medians or minima), and per sample at most 20 bytes of timestamp (a sparse pair of
+/// varints) and 20 of value (the same; XOR values take 8).
 const fn max_body_len(samples: usize) -> usize {
-    4 * 10 + 2 + samples * (10 + 10)
+    8 * 10 + 6 + samples * (20 + 20)
 }
 
 /// Decodes a packed chunk, appending its samples to `out`.
@@ -620,5 +623,29 @@ mod tests {
         }
         let bytes = round_trip(&samples);
         assert!(bytes.len() < 400, "{} bytes for 1,000 samples", bytes.len());
+    }
+
+    #[test]
+    fn the_largest_bodies_stay_within_the_decoding_limit() {
+        // Every timestamp and value difference non-zero and as large as they get.
+        let wild: Vec<Sample> = (0..PACKED_CHUNK_SAMPLES as i64)
+            .map(|i| Sample {
+                t: if i % 2 == 0 { i64::MIN / 2 + i } else { i64::MAX / 2 - i },
+                v: if i % 2 == 0 { 4e15 + i as f64 } else { -4e15 - i as f64 },
+            })
+            .collect();
+        let mut body_limit_ok = true;
+        for layout in [LAYOUT_CENTRED, LAYOUT_PACKED, LAYOUT_SPARSE] {
+            let xs: Vec<i64> = wild.windows(2).map(|w| w[1].t.wrapping_sub(w[0].t)).collect();
+            let mut out = vec![layout];
+            match layout {
+                LAYOUT_CENTRED => put_centred(&mut out, &xs),
+                LAYOUT_PACKED => put_packed(&mut out, &xs),
+                _ => put_sparse(&mut out, &xs),
+            };
+            body_limit_ok &= out.len() <= 2 + 10 + 20 * xs.len();
+        }
+        assert!(body_limit_ok, "an integer stream takes at most 20 bytes per value and its header");
+        round_trip(&wild);
     }
 }
