@@ -306,11 +306,11 @@ fn inexact_keys(flags: &[bool; DEDICATED_ATTRIBUTES.len()]) -> Vec<String> {
     DEDICATED_ATTRIBUTES.iter().zip(flags).filter(|(_, f)| **f).map(|(d, _)| d.key.to_string()).collect()
 }
 
-/// A block writer: zstd pages, row groups of [`ROW_GROUP_ROWS`], chunk statistics, the
+/// A block writer: zstd pages (level 1), row groups of [`ROW_GROUP_ROWS`], chunk statistics, the
 /// trace-id bloom filter, no Arrow schema in the file.
 fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u8>>, BlockError> {
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // Small pages, so that a trace lookup reads little besides its own rows.
         .set_data_page_size_limit(128 << 10)
