@@ -146,7 +146,7 @@ fn pairs(buf: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), BlockError>>
 
 fn properties() -> Result<WriterProperties, BlockError> {
     Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
