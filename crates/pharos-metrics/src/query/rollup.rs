@@ -135,21 +135,22 @@ struct Table {
 }
 
 impl Table {
-    fn part(&self, series: usize) -> (usize, &[f64], &[bool]) {
+    /// The values of `series` at every step, and whether each is present.
+    fn part(&self, series: usize) -> (&[f64], &[bool]) {
         let i = self.parts.partition_point(|(first, _, _)| *first <= series) - 1;
         let (first, values, present) = &self.parts[i];
         let at = (series - first) * self.steps;
-        (at, &values[at..at + self.steps], &present[at..at + self.steps])
+        (&values[at..at + self.steps], &present[at..at + self.steps])
     }
 
     fn get(&self, series: usize, step: usize) -> Option<f64> {
-        let (_, values, present) = self.part(series);
+        let (values, present) = self.part(series);
         present[step].then(|| values[step])
     }
 
     /// The steps at which `series` has a value, with the value.
     fn row(&self, series: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
-        let (_, values, present) = self.part(series);
+        let (values, present) = self.part(series);
         values.iter().zip(present).enumerate().filter_map(|(k, (v, p))| p.then_some((k, *v)))
     }
 }
