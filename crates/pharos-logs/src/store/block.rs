@@ -276,14 +276,15 @@ impl StoredEntry {
 
     /// The entry with its metadata decoded.
     pub fn to_entry(&self) -> Result<Entry, BlockError> {
-        self.to_entry_with(None)
+        self.to_entry_with(None, true)
     }
 
-    /// The entry with its metadata decoded: only the names in `only`, when given.
-    pub fn to_entry_with(&self, only: Option<&[String]>) -> Result<Entry, BlockError> {
+    /// The entry with its metadata decoded: only the names in `only`, when given; its line
+    /// left empty unless `line`.
+    pub fn to_entry_with(&self, only: Option<&[String]>, line: bool) -> Result<Entry, BlockError> {
         Ok(Entry {
             timestamp: self.timestamp,
-            line: self.line.to_string(),
+            line: if line { self.line.to_string() } else { String::new() },
             metadata: decode_metadata_of(&self.metadata, only)?,
         })
     }

@@ -265,11 +265,9 @@ impl LogStore {
                         bytes += e.line.len() as u64;
                         // A head entry's metadata was encoded by this process: it decodes.
                         if selection.keeps(&e.line)
-                            && let Ok(mut entry) = e.to_entry_with(selection.metadata.as_deref())
+                            && let Ok(entry) =
+                                e.to_entry_with(selection.metadata.as_deref(), selection.lines_needed)
                         {
-                            if !selection.lines_needed {
-                                entry.line = String::new();
-                            }
                             kept.push(entry);
                         }
                     }
