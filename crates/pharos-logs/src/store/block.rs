@@ -398,6 +398,26 @@ pub struct Scan {
     pub bytes: u64,
 }
 
+/// The column `name` of `batch` as a `T` (`kind` names the type in the error), if the batch
+/// has it.
+fn optional_column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    kind: &str,
+) -> Result<Option<&'a T>, BlockError> {
+    batch
+        .column_by_name(name)
+        .map(|c| {
+            c.as_any().downcast_ref::<T>().ok_or_else(|| BlockError::Corrupt(format!("{name} is not {kind}")))
+        })
+        .transpose()
+}
+
+/// [`optional_column`] for a column every read projects.
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, kind: &str) -> Result<&'a T, BlockError> {
+    optional_column(batch, name, kind)?.ok_or_else(|| BlockError::Corrupt(format!("no column {name}")))
+}
+
 /// What [`read_streams`] keeps of a block's entries.
 #[derive(Clone)]
 pub struct Keep {
@@ -507,43 +527,14 @@ pub fn read_streams(
     let mut current: Option<u32> = None;
     for batch in reader {
         let batch = batch?;
-        let column = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| BlockError::Corrupt(format!("no column {name}")))
-        };
-        let streams = column("stream")?
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .ok_or_else(|| BlockError::Corrupt("stream is not uint32".into()))?;
-        let times = column("timestamp")?
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| BlockError::Corrupt("timestamp is not int64".into()))?;
-        let texts = match batch.column_by_name("line") {
-            Some(c) => Some(
-                c.as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| BlockError::Corrupt("line is not utf8".into()))?,
-            ),
-            None => None,
-        };
-        let blob = match batch.column_by_name("metadata") {
-            Some(c) => Some(
-                c.as_any()
-                    .downcast_ref::<BinaryArray>()
-                    .ok_or_else(|| BlockError::Corrupt("metadata is not binary".into()))?,
-            ),
-            None => None,
-        };
+        let streams = column::<UInt32Array>(&batch, "stream", "uint32")?;
+        let times = column::<Int64Array>(&batch, "timestamp", "int64")?;
+        let texts = optional_column::<StringArray>(&batch, "line", "utf8")?;
+        let blob = optional_column::<BinaryArray>(&batch, "metadata", "binary")?;
         let dedicated = DEDICATED_METADATA
             .iter()
             .filter(|name| wanted(name))
-            .map(|name| {
-                let values = column(name)?
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| BlockError::Corrupt(format!("{name} is not utf8")))?;
-                Ok((*name, values))
-            })
+            .map(|name| Ok((*name, column::<StringArray>(&batch, name, "utf8")?)))
             .collect::<Result<Vec<_>, BlockError>>()?;
         for row in 0..batch.num_rows() {
             let stream = streams.value(row);
