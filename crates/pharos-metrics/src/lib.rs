@@ -8,6 +8,7 @@
 pub mod api;
 pub mod model;
 pub mod otlp;
+mod parallel;
 pub mod query;
 pub mod remote_write;
 pub mod store;

@@ -170,29 +170,10 @@ fn values_of(
     limits: &QueryLimits,
 ) -> Result<(Table, Vec<usize>), QueryError> {
     let n = steps.len();
-    let threads = if series.len().saturating_mul(n) < PARALLEL_CELLS {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |p| p.get()).min(series.len()).max(1)
-    };
-    let per = series.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<PartValues, QueryError>> = if threads == 1 {
-        vec![part_values(0, series, windows, steps, name, limits)]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = series
-                .chunks(per)
-                .enumerate()
-                .map(|(i, chunk)| {
-                    scope.spawn(move || part_values(i * per, chunk, windows, steps, name, limits))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        })
-    };
+    let split = series.len().saturating_mul(n) >= PARALLEL_CELLS;
+    let parts = crate::parallel::in_parts(series, split, |first, part| {
+        part_values(first, part, windows, steps, name, limits)
+    });
     let mut selected = vec![0usize; n];
     let mut table = Table { steps: n, parts: Vec::with_capacity(parts.len()) };
     for part in parts {
@@ -204,9 +185,6 @@ fn values_of(
             }
         }
         table.parts.push((first, values, present));
-    }
-    if table.parts.is_empty() {
-        table.parts.push((0, Vec::new(), Vec::new()));
     }
     Ok((table, selected))
 }
@@ -247,8 +225,10 @@ fn part_values(
         let (mut drops, mut markers, mut prev) = (0u32, 0u32, f64::NAN);
         for p in &s.samples {
             // `NaN < x` is false: the first sample counts no reset.
-            drops += u32::from(p.v < prev);
-            resets.push(drops);
+            if counter {
+                drops += u32::from(p.v < prev);
+                resets.push(drops);
+            }
             markers += u32::from(is_stale_nan(p.v));
             stale.push(markers);
             prev = p.v;

@@ -459,24 +459,11 @@ impl SeriesSource for Head {
                 .collect()
         };
         // Many series are decoded on one thread per core.
-        let threads = if candidates.len() < PARALLEL_DECODE_SERIES {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |p| p.get())
-        };
-        let mut out = if threads == 1 {
-            decode(&candidates)
-        } else {
-            let per = candidates.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    candidates.chunks(per).map(|part| scope.spawn(move || decode(part))).collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                    .collect()
-            })
-        };
+        let split = candidates.len() >= PARALLEL_DECODE_SERIES;
+        let mut out: Vec<Series> = crate::parallel::in_parts(&candidates, split, |_, part| decode(part))
+            .into_iter()
+            .flatten()
+            .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
