@@ -218,20 +218,29 @@ fn put_sparse(out: &mut Vec<u8>, xs: &[i64]) -> f64 {
 /// Writes `xs` in whichever layout ([`put_centred`], [`put_packed`], [`put_sparse`]) is
 /// estimated smallest after zstd, led by the layout byte; returns that estimate.
 fn put_ints(out: &mut Vec<u8>, xs: &[i64]) -> f64 {
+    smallest(out, &[LAYOUT_CENTRED, LAYOUT_PACKED, LAYOUT_SPARSE], |layout, part| {
+        Some(match layout {
+            LAYOUT_CENTRED => put_centred(part, xs),
+            LAYOUT_PACKED => put_packed(part, xs),
+            _ => put_sparse(part, xs),
+        })
+    })
+}
+
+/// Writes each candidate (led by its byte from `leads`; `write` returns its estimated size,
+/// or `None` when it does not apply) and appends the smallest to `out`, the first of equals;
+/// returns its estimate, the lead byte included.
+fn smallest(out: &mut Vec<u8>, leads: &[u8], mut write: impl FnMut(u8, &mut Vec<u8>) -> Option<f64>) -> f64 {
     let mut best: Option<(f64, Vec<u8>)> = None;
-    for layout in [LAYOUT_CENTRED, LAYOUT_PACKED, LAYOUT_SPARSE] {
-        let mut part = vec![layout];
-        let cost = 1.0
-            + match layout {
-                LAYOUT_CENTRED => put_centred(&mut part, xs),
-                LAYOUT_PACKED => put_packed(&mut part, xs),
-                _ => put_sparse(&mut part, xs),
-            };
+    for &lead in leads {
+        let mut part = vec![lead];
+        let Some(cost) = write(lead, &mut part) else { continue };
+        let cost = cost + 1.0;
         if best.as_ref().is_none_or(|(c, _)| cost < *c) {
             best = Some((cost, part));
         }
     }
-    let (cost, part) = best.expect("three layouts tried");
+    let (cost, part) = best.expect("the first candidate always applies");
     out.extend_from_slice(&part);
     cost
 }
@@ -328,15 +337,9 @@ pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
             samples.windows(2).map(|w| w[1].t.wrapping_sub(w[0].t).wrapping_sub(interval)).collect();
         let mut grid = GridPredictor::new(first.t, interval);
         let from_grid: Vec<i64> = samples[1..].iter().map(|s| grid.residual(s.t)).collect();
-        let mut best: Option<(f64, Vec<u8>)> = None;
-        for (mode, xs) in [(TIMES_FROM_PREVIOUS, &from_previous), (TIMES_FROM_GRID, &from_grid)] {
-            let mut part = vec![mode];
-            let cost = put_ints(&mut part, xs);
-            if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                best = Some((cost, part));
-            }
-        }
-        body.extend_from_slice(&best.expect("two layouts tried").1);
+        smallest(&mut body, &[TIMES_FROM_PREVIOUS, TIMES_FROM_GRID], |mode, part| {
+            Some(put_ints(part, if mode == TIMES_FROM_GRID { &from_grid } else { &from_previous }))
+        });
         match mantissas(samples) {
             Some((ms, e)) => {
                 body.push(e as u8);
@@ -345,22 +348,17 @@ pub(crate) fn encode(samples: &[Sample]) -> Vec<u8> {
                 let dods: Vec<i64> = deltas.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
                 // The differences, or the first difference and the differences of
                 // differences: the smaller.
-                let mut best: Option<(f64, Vec<u8>)> = None;
-                for mode in [ValueMode::Delta, ValueMode::DeltaOfDelta] {
-                    let mut part = vec![mode as u8];
-                    let cost = match mode {
-                        ValueMode::Delta => put_ints(&mut part, &deltas),
-                        _ if dods.is_empty() => continue,
-                        _ => {
-                            put_signed(&mut part, deltas[0]);
-                            put_ints(&mut part, &dods)
-                        }
-                    };
-                    if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                        best = Some((cost, part));
+                let modes = [ValueMode::Delta as u8, ValueMode::DeltaOfDelta as u8];
+                smallest(&mut body, &modes, |mode, part| {
+                    if mode == ValueMode::Delta as u8 {
+                        Some(put_ints(part, &deltas))
+                    } else if dods.is_empty() {
+                        None
+                    } else {
+                        put_signed(part, deltas[0]);
+                        Some(put_ints(part, &dods))
                     }
-                }
-                body.extend_from_slice(&best.expect("differences tried").1);
+                });
             }
             None => {
                 body.push(ValueMode::Xor as u8);
