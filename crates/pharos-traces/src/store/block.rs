@@ -241,21 +241,18 @@ fn schema() -> SchemaRef {
 }
 
 /// Encodes spans (any order) as a block: returns the Parquet bytes and the meta (with `id`).
-pub fn encode(
-    id: String,
-    level: u32,
-    spans: &mut [Arc<SpanData>],
-) -> Result<(Bytes, TraceBlockMeta), BlockError> {
-    // Sort on keys copied out of the spans: comparing through the pointers is slower.
+pub fn encode(id: String, level: u32, spans: &[Arc<SpanData>]) -> Result<(Bytes, TraceBlockMeta), BlockError> {
+    // Sort on keys copied out of the spans (comparing through the pointers is slower), and
+    // read the spans in that order without moving them: reordering the `Arc`s would touch
+    // every span's reference count, and the spans are freed faster in the order they arrived.
     let mut keys: Vec<(RowKey, usize)> = spans
         .iter()
         .enumerate()
         .map(|(i, s)| ((s.trace_id(), s.span.start_time_unix_nano, s.span_id()), i))
         .collect();
     keys.sort_unstable();
-    let sorted: Vec<Arc<SpanData>> = keys.iter().map(|(_, i)| spans[*i].clone()).collect();
-    spans.clone_from_slice(&sorted);
-    drop(sorted);
+    let sorted: Vec<&SpanData> = keys.iter().map(|(_, i)| &*spans[*i]).collect();
+    drop(keys);
     let mut out = Vec::new();
     let mut writer = writer(&mut out, schema())?;
     let mut meta = TraceBlockMeta {
@@ -265,8 +262,8 @@ pub fn encode(
         max_end_ns: 0,
         spans: spans.len() as u64,
         traces: 0,
-        min_trace_id: spans.first().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
-        max_trace_id: spans.last().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
+        min_trace_id: sorted.first().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
+        max_trace_id: sorted.last().map(|s| crate::model::hex(&s.trace_id())).unwrap_or_default(),
         size_bytes: 0,
         level,
         inexact: Vec::new(),
@@ -274,9 +271,9 @@ pub fn encode(
     let mut inexact = [false; DEDICATED_ATTRIBUTES.len()];
     let mut last_trace: Option<TraceId> = None;
     let mut encodings = Encodings::default();
-    for chunk in spans.chunks(ROW_GROUP_ROWS) {
+    for chunk in sorted.chunks(ROW_GROUP_ROWS) {
         let mut columns = Columns::with_capacity(chunk.len());
-        for span in chunk {
+        for &span in chunk {
             columns.push(span, &mut encodings)?;
             let trace = span.trace_id();
             if last_trace != Some(trace) {
@@ -545,7 +542,7 @@ impl Columns {
         }
     }
 
-    fn push(&mut self, data: &Arc<SpanData>, encoded: &mut Encodings) -> Result<(), BlockError> {
+    fn push(&mut self, data: &SpanData, encoded: &mut Encodings) -> Result<(), BlockError> {
         let span = &data.span;
         self.trace_id.append_value(data.trace_id())?;
         self.span_id.append_value(data.span_id())?;

@@ -666,10 +666,10 @@ impl TraceStore {
         spans: &mut Vec<Arc<SpanData>>,
     ) -> Result<Arc<TraceBlockMeta>, StoreError> {
         let id = new_block_id();
-        let mut owned = std::mem::take(spans);
+        let owned = std::mem::take(spans);
         let block_id = id.clone();
         let (owned, encoded) = tokio::task::spawn_blocking(move || {
-            let encoded = encode_indexed(block_id, level, &mut owned);
+            let encoded = encode_indexed(block_id, level, &owned);
             (owned, encoded)
         })
         .await
@@ -707,7 +707,7 @@ struct Encoded {
     blooms: Vec<Option<Sbbf>>,
 }
 
-fn encode_indexed(id: String, level: u32, spans: &mut [Arc<SpanData>]) -> Result<Encoded, BlockError> {
+fn encode_indexed(id: String, level: u32, spans: &[Arc<SpanData>]) -> Result<Encoded, BlockError> {
     let (bytes, meta) = block::encode(id, level, spans)?;
     let (footer, blooms) = block::lookup_index(&bytes)?;
     Ok(Encoded { bytes, meta, footer, blooms })
