@@ -121,6 +121,14 @@ fn fields(buf: &[u8], range: Range<usize>) -> Fields<'_> {
 
 impl Fields<'_> {
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Most varints (keys, lengths of short fields) are one byte.
+        if self.pos < self.end
+            && let Some(&byte) = self.buf.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(byte));
+        }
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.buf[..self.end].get(self.pos) else {
@@ -313,6 +321,45 @@ fn check_any_value(
     Ok(())
 }
 
+/// The attributes of one message, checked as they come in the single pass over it. The
+/// count limit is reported before any one attribute's problem, as if it were checked first.
+struct Attributes<'a> {
+    limits: &'a Limits,
+    owner: &'a str,
+    count: usize,
+    problem: Option<Problem>,
+}
+
+impl<'a> Attributes<'a> {
+    fn new(limits: &'a Limits, owner: &'a str) -> Self {
+        Self { limits, owner, count: 0, problem: None }
+    }
+
+    /// Counts the attribute in field `f` and checks it, unless an earlier one failed.
+    fn add(&mut self, buf: &[u8], f: &Field, what: &str) -> Result<(), WireError> {
+        f.expect(WireType::Len, what)?;
+        self.count += 1;
+        if self.problem.is_none() && self.count <= self.limits.max_attributes {
+            self.problem = check_key_value(buf, f.value(), self.limits, self.owner).err();
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Check {
+        if self.count > self.limits.max_attributes {
+            return Err(too_many_attributes(self.owner, self.count, self.limits).into());
+        }
+        self.problem.map_or(Ok(()), Err)
+    }
+}
+
+/// Keeps the first problem of a part of a message checked later than others.
+fn first(problem: &mut Option<Problem>, check: impl FnOnce() -> Check) {
+    if problem.is_none() {
+        *problem = check().err();
+    }
+}
+
 /// Checks a message whose attributes are field `attributes`: `other` checks each other field as
 /// it comes, then the attribute count and each attribute are checked.
 fn check_attributed(
@@ -323,40 +370,16 @@ fn check_attributed(
     owner: &str,
     mut other: impl FnMut(&Field) -> Check,
 ) -> Check {
-    let mut count = 0;
-    for f in fields(buf, range.clone()) {
+    let mut attrs = Attributes::new(limits, owner);
+    for f in fields(buf, range) {
         let f = f?;
         if f.number == attributes {
-            f.expect(WireType::Len, "attributes")?;
-            count += 1;
+            attrs.add(buf, &f, "attributes")?;
         } else {
             other(&f)?;
         }
     }
-    check_attribute_list(buf, range, attributes, count, limits, owner)
-}
-
-/// Checks the `count` attributes (field `attributes`) of the message in `buf[range]`.
-fn check_attribute_list(
-    buf: &[u8],
-    range: Range<usize>,
-    attributes: u32,
-    count: usize,
-    limits: &Limits,
-    owner: &str,
-) -> Check {
-    if count > limits.max_attributes {
-        return Err(too_many_attributes(owner, count, limits).into());
-    }
-    if count > 0 {
-        for f in fields(buf, range) {
-            let f = f?;
-            if f.number == attributes {
-                check_key_value(buf, f.value(), limits, owner)?;
-            }
-        }
-    }
-    Ok(())
+    attrs.finish()
 }
 
 fn check_resource(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
@@ -392,11 +415,13 @@ fn check_scope(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     })
 }
 
-/// Checks a span and returns its trace id.
+/// Checks a span and returns its trace id, in one pass over its fields. Problems are reported
+/// in this order: malformed fields, ids, attributes, then events, links and status.
 fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 16], Problem> {
     let (mut trace_id, mut span_id, mut parent) = (0..0, 0..0, 0..0);
-    let mut attributes = 0;
-    for f in fields(buf, range.clone()) {
+    let mut attributes = Attributes::new(limits, "span");
+    let mut later: Option<Problem> = None;
+    for f in fields(buf, range) {
         let f = f?;
         match f.number {
             1 => trace_id = f.bytes(buf, "Span.trace_id").map(|_| f.value())?,
@@ -410,11 +435,43 @@ fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 1
             }
             6 | 10 | 12 | 14 => f.expect(WireType::Varint, "Span scalar")?,
             7 | 8 => f.expect(WireType::Fixed64, "Span timestamp")?,
-            9 => {
-                f.expect(WireType::Len, "Span.attributes")?;
-                attributes += 1;
+            9 => attributes.add(buf, &f, "Span.attributes")?,
+            11 => {
+                f.expect(WireType::Len, "Span message")?;
+                first(&mut later, || {
+                    check_attributed(buf, f.value(), 3, limits, "span event", |e| {
+                        match e.number {
+                            1 => e.expect(WireType::Fixed64, "Span.Event.time_unix_nano")?,
+                            2 => {
+                                e.str(buf, "Span.Event.name")?;
+                            }
+                            4 => e.expect(WireType::Varint, "Span.Event.dropped_attributes_count")?,
+                            _ => {}
+                        }
+                        Ok(())
+                    })
+                });
             }
-            11 | 13 | 15 => f.expect(WireType::Len, "Span message")?,
+            13 => {
+                f.expect(WireType::Len, "Span message")?;
+                first(&mut later, || check_link(buf, f.value(), limits));
+            }
+            15 => {
+                f.expect(WireType::Len, "Span message")?;
+                first(&mut later, || {
+                    for s in fields(buf, f.value()) {
+                        let s = s?;
+                        match s.number {
+                            2 => {
+                                s.str(buf, "Status.message")?;
+                            }
+                            3 => s.expect(WireType::Varint, "Status.code")?,
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                });
+            }
             16 => f.expect(WireType::Fixed32, "Span.flags")?,
             _ => {}
         }
@@ -422,44 +479,15 @@ fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 1
     check_id(&buf[trace_id.clone()], 16, true, "span", "trace_id")?;
     check_id(&buf[span_id], 8, true, "span", "span_id")?;
     check_id(&buf[parent], 8, false, "span", "parent_span_id")?;
-    check_attribute_list(buf, range.clone(), 9, attributes, limits, "span")?;
-    for f in fields(buf, range) {
-        let f = f?;
-        match f.number {
-            11 => check_attributed(buf, f.value(), 3, limits, "span event", |e| {
-                match e.number {
-                    1 => e.expect(WireType::Fixed64, "Span.Event.time_unix_nano")?,
-                    2 => {
-                        e.str(buf, "Span.Event.name")?;
-                    }
-                    4 => e.expect(WireType::Varint, "Span.Event.dropped_attributes_count")?,
-                    _ => {}
-                }
-                Ok(())
-            })?,
-            13 => check_link(buf, f.value(), limits)?,
-            15 => {
-                for s in fields(buf, f.value()) {
-                    let s = s?;
-                    match s.number {
-                        2 => {
-                            s.str(buf, "Status.message")?;
-                        }
-                        3 => s.expect(WireType::Varint, "Status.code")?,
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    attributes.finish()?;
+    later.map_or(Ok(()), Err)?;
     Ok(buf[trace_id].try_into().expect("checked to be 16 bytes"))
 }
 
 fn check_link(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     let (mut trace_id, mut span_id) = (0..0, 0..0);
-    let mut attributes = 0;
-    for f in fields(buf, range.clone()) {
+    let mut attributes = Attributes::new(limits, "span link");
+    for f in fields(buf, range) {
         let f = f?;
         match f.number {
             1 => trace_id = f.bytes(buf, "Span.Link.trace_id").map(|_| f.value())?,
@@ -467,10 +495,7 @@ fn check_link(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
             3 => {
                 f.str(buf, "Span.Link.trace_state")?;
             }
-            4 => {
-                f.expect(WireType::Len, "Span.Link.attributes")?;
-                attributes += 1;
-            }
+            4 => attributes.add(buf, &f, "Span.Link.attributes")?,
             5 => f.expect(WireType::Varint, "Span.Link.dropped_attributes_count")?,
             6 => f.expect(WireType::Fixed32, "Span.Link.flags")?,
             _ => {}
@@ -478,13 +503,13 @@ fn check_link(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     }
     check_id(&buf[trace_id], 16, true, "span link", "trace_id")?;
     check_id(&buf[span_id], 8, true, "span link", "span_id")?;
-    check_attribute_list(buf, range, 4, attributes, limits, "span link")
+    attributes.finish()
 }
 
 fn check_log_record(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     let (mut trace_id, mut span_id, mut body) = (0..0, 0..0, None);
-    let mut attributes = 0;
-    for f in fields(buf, range.clone()) {
+    let mut attributes = Attributes::new(limits, "log record");
+    for f in fields(buf, range) {
         let f = f?;
         match f.number {
             1 | 11 => f.expect(WireType::Fixed64, "LogRecord timestamp")?,
@@ -493,10 +518,7 @@ fn check_log_record(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
                 f.str(buf, "LogRecord.severity_text")?;
             }
             5 => body = Some(f.bytes(buf, "LogRecord.body").map(|_| f.value())?),
-            6 => {
-                f.expect(WireType::Len, "LogRecord.attributes")?;
-                attributes += 1;
-            }
+            6 => attributes.add(buf, &f, "LogRecord.attributes")?,
             8 => f.expect(WireType::Fixed32, "LogRecord.flags")?,
             9 => trace_id = f.bytes(buf, "LogRecord.trace_id").map(|_| f.value())?,
             10 => span_id = f.bytes(buf, "LogRecord.span_id").map(|_| f.value())?,
@@ -508,7 +530,7 @@ fn check_log_record(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     }
     check_id(&buf[trace_id], 16, false, "log record", "trace_id")?;
     check_id(&buf[span_id], 8, false, "log record", "span_id")?;
-    check_attribute_list(buf, range, 6, attributes, limits, "log record")?;
+    attributes.finish()?;
     match body {
         Some(body) => check_any_value(buf, body, limits, "log record", "body", 0),
         None => Ok(()),
@@ -1110,6 +1132,55 @@ mod tests {
         assert_eq!(rej.by_reason, vec![("attribute_key_too_long", 1)]);
         let rej = with(&|sp| sp.links.push(Default::default()));
         assert_eq!(rej.by_reason, vec![("invalid_trace_id", 1)]);
+    }
+
+    #[test]
+    fn a_span_with_several_problems_reports_them_in_a_fixed_order() {
+        // Ids first, then the attribute count, then single attributes, then events, links and
+        // status, whatever the order of the fields on the wire.
+        let limits = Limits { max_attributes: 2, max_attribute_value_length: 8, ..Limits::default() };
+        let reason = |f: &dyn Fn(&mut Span)| {
+            let mut req = traces(1, 1);
+            f(&mut req.resource_spans[0].scope_spans[0].spans[0]);
+            let rej = run(Signal::Traces, &req.encode_to_vec(), &limits, 1).unwrap().1;
+            assert_eq!(rej.count, 1);
+            rej.by_reason[0].0
+        };
+        let long = |sp: &mut Span| sp.attributes.insert(0, kv("long", s("123456789")));
+        let bad_event = |sp: &mut Span| {
+            sp.events.insert(0, Event { attributes: vec![kv("x", s("123456789"))], ..Default::default() })
+        };
+        assert_eq!(
+            reason(&|sp| {
+                bad_event(sp);
+                long(sp);
+                sp.trace_id = vec![1; 4];
+            }),
+            "invalid_trace_id"
+        );
+        assert_eq!(
+            reason(&|sp| {
+                bad_event(sp);
+                long(sp);
+                sp.attributes.extend([kv("a", s("1")), kv("b", s("2"))]);
+            }),
+            "too_many_attributes"
+        );
+        assert_eq!(
+            reason(&|sp| {
+                bad_event(sp);
+                sp.links.push(Default::default());
+                long(sp);
+            }),
+            "attribute_value_too_long"
+        );
+        assert_eq!(
+            reason(&|sp| {
+                sp.links.insert(0, Default::default());
+                bad_event(sp);
+            }),
+            "attribute_value_too_long"
+        );
     }
 
     #[test]

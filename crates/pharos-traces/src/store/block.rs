@@ -241,7 +241,11 @@ fn schema() -> SchemaRef {
 }
 
 /// Encodes spans (any order) as a block: returns the Parquet bytes and the meta (with `id`).
-pub fn encode(id: String, level: u32, spans: &[Arc<SpanData>]) -> Result<(Bytes, TraceBlockMeta), BlockError> {
+pub fn encode(
+    id: String,
+    level: u32,
+    spans: &[Arc<SpanData>],
+) -> Result<(Bytes, TraceBlockMeta), BlockError> {
     // Sort on keys copied out of the spans (comparing through the pointers is slower), and
     // read the spans in that order without moving them: reordering the `Arc`s would touch
     // every span's reference count, and the spans are freed faster in the order they arrived.
