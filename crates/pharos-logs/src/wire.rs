@@ -11,9 +11,9 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use prost::Message;
 
-use crate::decode::{DecodeError, DecodedStream, StreamMapping, any_value_text, hex, sanitize_label_name};
+use crate::decode::{DecodeError, DecodedStream, StreamMapping, any_value_text, sanitize_label_name};
 use crate::model::Labels;
-use crate::store::block::{StoredEntry, encode_pair};
+use crate::store::block::{StoredEntry, encode_hex_pair, encode_label_pair, encode_pair};
 
 #[derive(Clone, Copy)]
 enum Val<'a> {
@@ -116,7 +116,7 @@ fn push_attribute(kv: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     let (key, value) = key_value(kv)?;
     let value = value_text(value)?;
     if !value.is_empty() {
-        encode_pair(&sanitize_label_name(key), &value, out);
+        encode_label_pair(key, &value, out);
     }
     Ok(())
 }
@@ -143,7 +143,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                 if mapping.resource_labels.iter().any(|l| l == key) {
                     labels.push((sanitize_label_name(key).into_owned(), value.into_owned()));
                 } else {
-                    encode_pair(&sanitize_label_name(key), &value, &mut resource_metadata);
+                    encode_label_pair(key, &value, &mut resource_metadata);
                 }
             }
         }
@@ -201,10 +201,10 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                     encode_pair("severity_number", &severity_number.to_string(), &mut scratch);
                 }
                 if !trace_id.is_empty() {
-                    encode_pair("trace_id", &hex(trace_id), &mut scratch);
+                    encode_hex_pair("trace_id", trace_id, &mut scratch);
                 }
                 if !span_id.is_empty() {
-                    encode_pair("span_id", &hex(span_id), &mut scratch);
+                    encode_hex_pair("span_id", span_id, &mut scratch);
                 }
                 let time = if time != 0 { time } else { observed };
                 let line = match body {

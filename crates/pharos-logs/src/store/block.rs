@@ -303,6 +303,35 @@ pub fn encode_pair(name: &str, value: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(value.as_bytes());
 }
 
+/// Appends the pair `encode_pair(&sanitize_label_name(name), value, out)` appends, without
+/// making the valid name first: each character that may not be in a label name becomes `_`,
+/// and a leading digit gets a `_` before it.
+pub(crate) fn encode_label_pair(name: &str, value: &str, out: &mut Vec<u8>) {
+    let digit = name.starts_with(|c: char| c.is_ascii_digit());
+    if !digit && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return encode_pair(name, value, out);
+    }
+    // Every character of the valid name is one byte.
+    put_varint(name.chars().count() + usize::from(digit), out);
+    if digit {
+        out.push(b'_');
+    }
+    out.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c as u8 } else { b'_' }));
+    put_varint(value.len(), out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Appends the pair `encode_pair(name, &hex(bytes), out)` appends, without making the string.
+pub(crate) fn encode_hex_pair(name: &str, bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    put_varint(name.len(), out);
+    out.extend_from_slice(name.as_bytes());
+    put_varint(bytes.len() * 2, out);
+    for b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+    }
+}
+
 struct Batch {
     stream: UInt32Builder,
     timestamp: Int64Builder,
@@ -592,6 +621,26 @@ mod tests {
 
     fn labels(app: &str) -> Arc<Labels> {
         Arc::new(Labels::new([("app".to_string(), app.to_string())]))
+    }
+
+    #[test]
+    fn pairs_written_in_place_equal_pairs_of_made_strings() {
+        use crate::decode::{hex, sanitize_label_name};
+        let long = "k.".repeat(100);
+        for name in
+            ["service_name", "k8s.pod.name", "1st-try", "9", "", "é.x", "日本_ok", "a b\u{1F600}", &long]
+        {
+            let (mut direct, mut made) = (Vec::new(), Vec::new());
+            encode_label_pair(name, "value é", &mut direct);
+            encode_pair(&sanitize_label_name(name), "value é", &mut made);
+            assert_eq!(direct, made, "{name:?}");
+        }
+        for bytes in [&[][..], &[0x00, 0xab, 0x7f][..], &[0xff; 16][..]] {
+            let (mut direct, mut made) = (Vec::new(), Vec::new());
+            encode_hex_pair("trace_id", bytes, &mut direct);
+            encode_pair("trace_id", &hex(bytes), &mut made);
+            assert_eq!(direct, made);
+        }
     }
 
     fn entry(ts: i64, line: &str, metadata: &[(&str, &str)]) -> Entry {
