@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt32Array,
-    builder::{BinaryBuilder, Int64Builder, StringBuilder, UInt32Builder},
+    Array, BinaryArray, BooleanArray, GenericByteArray, Int64Array, RecordBatch, StringArray, UInt32Array,
+    builder::{BinaryBuilder, GenericByteBuilder, Int64Builder, StringBuilder, UInt32Builder},
+    types::ByteArrayType,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -148,7 +149,11 @@ fn properties() -> Result<WriterProperties, BlockError> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        // Readers select rows by stream and time; statistics of the other columns (every
+        // line compared with the page's least and greatest) would cost writes and be unused.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("stream"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from("timestamp"), EnabledStatistics::Page)
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
         .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(ColumnPath::from("line"), false)
@@ -357,15 +362,25 @@ impl Default for Batch {
 impl Batch {
     fn finish(&mut self) -> Result<RecordBatch, BlockError> {
         self.rows = 0;
+        // Each builder is replaced by one with room for a batch like this one: a finished
+        // builder starts empty and would regrow its buffers, copying them, batch after batch.
         let mut columns: Vec<arrow_array::ArrayRef> = vec![
-            Arc::new(self.stream.finish()),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.line.finish()),
-            Arc::new(self.metadata.finish()),
+            Arc::new(std::mem::replace(&mut self.stream, UInt32Builder::with_capacity(BATCH_ROWS)).finish()),
+            Arc::new(
+                std::mem::replace(&mut self.timestamp, Int64Builder::with_capacity(BATCH_ROWS)).finish(),
+            ),
+            Arc::new(take_sized(&mut self.line)),
+            Arc::new(take_sized(&mut self.metadata)),
         ];
-        columns.extend(self.dedicated.iter_mut().map(|b| Arc::new(b.finish()) as arrow_array::ArrayRef));
+        columns.extend(self.dedicated.iter_mut().map(|b| Arc::new(take_sized(b)) as arrow_array::ArrayRef));
         Ok(RecordBatch::try_new(schema(), columns)?)
     }
+}
+
+/// The builder's array; the builder is left empty with room for as many rows and bytes.
+fn take_sized<T: ByteArrayType>(builder: &mut GenericByteBuilder<T>) -> GenericByteArray<T> {
+    let bytes = builder.values_slice().len();
+    std::mem::replace(builder, GenericByteBuilder::with_capacity(BATCH_ROWS, bytes)).finish()
 }
 
 fn put_varint(mut n: usize, out: &mut Vec<u8>) {

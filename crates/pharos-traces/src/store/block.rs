@@ -307,7 +307,7 @@ fn inexact_keys(flags: &[bool; DEDICATED_ATTRIBUTES.len()]) -> Vec<String> {
     DEDICATED_ATTRIBUTES.iter().zip(flags).filter(|(_, f)| **f).map(|(d, _)| d.key.to_string()).collect()
 }
 
-/// A block writer: zstd pages (level 1), row groups of [`ROW_GROUP_ROWS`], chunk statistics, the
+/// A block writer: zstd pages (level 1), row groups of [`ROW_GROUP_ROWS`], chunk statistics of the trace ids, start times and durations, the
 /// trace-id bloom filter, no Arrow schema in the file.
 fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u8>>, BlockError> {
     let props = WriterProperties::builder()
@@ -315,7 +315,12 @@ fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // Small pages, so that a trace lookup reads little besides its own rows.
         .set_data_page_size_limit(128 << 10)
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Statistics only where a reader may use them (trace lookups prune row groups by
+        // trace id): the others would compare every value, the encoded spans included.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("trace_id"), EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(ColumnPath::from("start_unix_nano"), EnabledStatistics::Chunk)
+        .set_column_statistics_enabled(ColumnPath::from("duration_nanos"), EnabledStatistics::Chunk)
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
         .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
