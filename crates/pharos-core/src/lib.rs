@@ -6,6 +6,7 @@ mod envelope;
 mod error;
 mod label_cap;
 pub mod loki;
+pub mod parallel;
 mod partition;
 pub mod prompb;
 mod signal;

@@ -8,7 +8,6 @@
 pub mod api;
 pub mod model;
 pub mod otlp;
-mod parallel;
 pub mod query;
 pub mod remote_write;
 pub mod store;

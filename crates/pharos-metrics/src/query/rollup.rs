@@ -171,7 +171,7 @@ fn values_of(
 ) -> Result<(Table, Vec<usize>), QueryError> {
     let n = steps.len();
     let split = series.len().saturating_mul(n) >= PARALLEL_CELLS;
-    let parts = crate::parallel::in_parts(series, split, |first, part| {
+    let parts = pharos_core::parallel::in_parts(series, split, |first, part| {
         part_values(first, part, windows, steps, name, limits)
     });
     let mut selected = vec![0usize; n];

@@ -353,6 +353,11 @@ impl Budget {
         if self.ticks & 4095 == 0 { self.check() } else { Ok(()) }
     }
 
+    /// When the work must stop, if ever.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub(crate) fn check(&self) -> Result<(), EvalError> {
         match self.deadline {
             Some(deadline) if Instant::now() >= deadline => Err(EvalError::Timeout),

@@ -69,7 +69,16 @@ pub(super) fn extraction_grouping(agg: &RangeAggregation, pushed: Option<&Groupi
     }
 }
 
-/// Runs the range's pipeline over `streams` and groups the samples into series.
+/// Entries above which extraction runs on one thread per core (tests split any query, so
+/// that the differential tests cover the parallel path).
+#[cfg(not(test))]
+pub(super) const PARALLEL_ENTRIES: usize = 65_536;
+#[cfg(test)]
+pub(super) const PARALLEL_ENTRIES: usize = 0;
+
+/// Runs the range's pipeline over `streams` and groups the samples into series. Large inputs
+/// are extracted in parts of consecutive streams, one per core, and the parts' series joined
+/// in stream order, so the samples are those of one pass in the same order.
 pub(super) fn extract(
     agg: &RangeAggregation,
     grouping: &Grouping,
@@ -85,7 +94,52 @@ pub(super) fn extract(
     } else {
         range.query.pipeline.clone()
     };
-    let pipeline = Pipeline::new(&stages)?;
+    let entries: usize = streams.iter().map(|s| s.entries.len()).sum();
+    let deadline = budget.deadline();
+    let parts = pharos_core::parallel::in_weighted_parts(
+        streams,
+        entries > PARALLEL_ENTRIES,
+        |s| s.entries.len(),
+        |_, part| extract_part(agg, &stages, grouping, part, &mut Budget::new(deadline)),
+    );
+    let mut parts = parts.into_iter();
+    let first = parts.next().unwrap_or_else(|| Ok(Extracted { series: Vec::new(), samples: Vec::new() }))?;
+    let mut joined = if parts.len() == 0 {
+        first
+    } else {
+        let mut index = SeriesIndex::new();
+        let mut samples: Vec<Vec<(i64, f64)>> = Vec::new();
+        for part in std::iter::once(Ok(first)).chain(parts) {
+            let part = part?;
+            for (labels, part_samples) in part.series.into_iter().zip(part.samples) {
+                let id = index.id_of(labels) as usize;
+                if id == samples.len() {
+                    samples.push(part_samples);
+                } else {
+                    samples[id].extend(part_samples);
+                }
+            }
+        }
+        Extracted { series: index.into_labels(), samples }
+    };
+    budget.check()?;
+    for series in &mut joined.samples {
+        // Stable: samples of equal time keep the order they were read in.
+        series.sort_by_key(|s| s.0);
+    }
+    Ok(joined)
+}
+
+/// The samples of `streams`, by series, in the order read.
+fn extract_part(
+    agg: &RangeAggregation,
+    stages: &[Stage],
+    grouping: &Grouping,
+    streams: &[StreamEntries],
+    budget: &mut Budget,
+) -> Result<Extracted, EvalError> {
+    let range: &LogRange = &agg.range;
+    let pipeline = Pipeline::new(stages)?;
     let kind = match (&range.unwrap, agg.op) {
         (Some(unwrap), _) => ValueKind::Unwrap {
             label: unwrap.label.clone(),
@@ -159,10 +213,6 @@ pub(super) fn extract(
             }
             samples[id].push((entry.timestamp, value));
         }
-    }
-    for series in &mut samples {
-        // Stable: samples of equal time keep the order they were read in.
-        series.sort_by_key(|s| s.0);
     }
     Ok(Extracted { series: index.into_labels(), samples })
 }
