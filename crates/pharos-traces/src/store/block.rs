@@ -326,6 +326,9 @@ fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u
         .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
         .set_column_dictionary_enabled(ColumnPath::from("span"), false)
+        // Searches on attributes without a column scan the encoded spans: LZ4 decompresses
+        // them several times faster than zstd.
+        .set_column_compression(ColumnPath::from("span"), Compression::LZ4_RAW)
         .build();
     let options = ArrowWriterOptions::new().with_properties(props).with_skip_arrow_metadata(true);
     Ok(ArrowWriter::try_new_with_options(out, schema, options)?)
