@@ -460,10 +460,11 @@ impl SeriesSource for Head {
         };
         // Many series are decoded on one thread per core.
         let split = candidates.len() >= PARALLEL_DECODE_SERIES;
-        let mut out: Vec<Series> = pharos_core::parallel::in_parts(&candidates, split, |_, part| decode(part))
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut out: Vec<Series> =
+            pharos_core::parallel::in_parts(&candidates, split, |_, part| decode(part))
+                .into_iter()
+                .flatten()
+                .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
