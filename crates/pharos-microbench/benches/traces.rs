@@ -10,9 +10,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use criterion::{
-    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use pharos_core::Tenant;
 use pharos_microbench::{MEASUREMENT_TIME, SEED, T0_NANOS, WARM_UP_TIME, trace_request};
 use pharos_storage::ObjectStorage;
@@ -58,13 +56,9 @@ fn block_encode_decode(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Elements(SPANS as u64));
     group.bench_function(format!("encode_{SPANS}_spans"), |b| {
-        b.iter_batched(
-            || spans.clone(),
-            |mut spans| block::encode("bench".into(), 0, &mut spans).expect("encode"),
-            BatchSize::LargeInput,
-        )
+        b.iter(|| block::encode("bench".into(), 0, &spans).expect("encode"))
     });
-    let (data, meta) = block::encode("bench".into(), 0, &mut spans.clone()).expect("encode");
+    let (data, meta) = block::encode("bench".into(), 0, &spans).expect("encode");
     assert_eq!(meta.spans as usize, SPANS);
     eprintln!(
         "traces/block: {SPANS} spans encode to {} bytes ({:.1} B/span)",

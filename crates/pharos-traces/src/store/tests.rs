@@ -120,8 +120,8 @@ fn sorted(mut spans: Vec<SpanData>) -> Vec<SpanData> {
 #[test]
 fn blocks_give_back_every_span_exactly() {
     let spans = spans_of_request(request(7, 50, 4));
-    let mut arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
-    let (bytes, meta) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    let arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
+    let (bytes, meta) = block::encode("b".into(), 0, &arcs).unwrap();
     assert_eq!(meta.spans, 600);
     assert_eq!(meta.traces, 50);
     assert_eq!(meta.size_bytes, bytes.len() as u64);
@@ -134,8 +134,8 @@ fn trace_lookups_skip_row_groups() {
     let spans = spans_of_request(request(11, 20_000, 2));
     let wanted = spans[12_345].trace_id();
     let expected: Vec<SpanData> = sorted(spans.iter().filter(|s| s.trace_id() == wanted).cloned().collect());
-    let mut arcs: Vec<Arc<SpanData>> = spans.into_iter().map(Arc::new).collect();
-    let (bytes, meta) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    let arcs: Vec<Arc<SpanData>> = spans.into_iter().map(Arc::new).collect();
+    let (bytes, meta) = block::encode("b".into(), 0, &arcs).unwrap();
     assert!(meta.may_hold(&wanted));
     let (found, stats) = block::decode(bytes.clone(), Select::Trace(wanted)).unwrap();
     assert_eq!(sorted(found), expected);
@@ -291,8 +291,8 @@ async fn a_merge_holds_at_most_compaction_max_spans() {
 fn light_reads_answer_light_queries_like_full_reads() {
     use crate::query::{Evaluator, parse};
     let spans = spans_of_request(request(31, 40, 5));
-    let mut arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
-    let (bytes, _) = block::encode("b".into(), 0, &mut arcs).unwrap();
+    let arcs: Vec<Arc<SpanData>> = spans.iter().cloned().map(Arc::new).collect();
+    let (bytes, _) = block::encode("b".into(), 0, &arcs).unwrap();
     let (full, _) = block::decode(bytes.clone(), Select::All).unwrap();
     let (light, _) = block::decode(bytes, Select::Light).unwrap();
     assert_eq!(full.len(), light.len());
@@ -505,8 +505,8 @@ fn a_streaming_merge_gives_the_block_that_encoding_the_spans_gives() {
     // Three blocks: two parts of the same traces and a replay of the first part.
     let req = varied_request();
     let encode = |req: &ExportTraceServiceRequest, id: &str| {
-        let mut spans: Vec<Arc<SpanData>> = spans_of_request(req.clone()).into_iter().map(Arc::new).collect();
-        block::encode(id.into(), 0, &mut spans).unwrap()
+        let spans: Vec<Arc<SpanData>> = spans_of_request(req.clone()).into_iter().map(Arc::new).collect();
+        block::encode(id.into(), 0, &spans).unwrap()
     };
     let inputs: Vec<(Bytes, TraceBlockMeta)> =
         vec![encode(&part(&req, 2, 0), "a"), encode(&part(&req, 2, 1), "b"), encode(&part(&req, 2, 0), "c")];
