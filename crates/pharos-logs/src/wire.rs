@@ -95,6 +95,9 @@ fn value_text(value: &[u8]) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
     match last {
         Some((1, Val::Bytes(s))) => Ok(std::borrow::Cow::Borrowed(text(s)?)),
         None => Ok(std::borrow::Cow::Borrowed("")),
+        // Booleans and integers printed as the mapping prints them, without decoding first.
+        Some((2, Val::Varint(b))) => Ok(std::borrow::Cow::Borrowed(if b != 0 { "true" } else { "false" })),
+        Some((3, Val::Varint(n))) => Ok(std::borrow::Cow::Owned((n as i64).to_string())),
         Some(_) => Ok(std::borrow::Cow::Owned(any_value_text(&AnyValue::decode(value)?))),
     }
 }
@@ -256,7 +259,10 @@ mod tests {
         let v = match rng.below(if depth > 1 { 6 } else { 9 }) {
             0 => return None,
             1 => Value::StringValue(String::new()),
-            2 => Value::IntValue(rng.below(1000) as i64 - 500),
+            2 => Value::IntValue(match rng.below(10) {
+                0 => [i64::MIN, i64::MAX, -1, 0][rng.below(4) as usize],
+                _ => rng.below(1000) as i64 - 500,
+            }),
             3 => Value::DoubleValue(rng.below(1000) as f64 / 7.0),
             4 => Value::BoolValue(rng.below(2) == 0),
             5 => Value::BytesValue(vec![rng.below(256) as u8; 3]),

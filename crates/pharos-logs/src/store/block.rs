@@ -209,24 +209,33 @@ pub fn encode<'a>(
             batch.timestamp.append_value(entry.timestamp);
             batch.line.append_value(&entry.line);
             // Dedicated names go to their columns, the rest stays in the blob.
+            // The other pairs keep their bytes: the runs between dedicated pairs are copied whole.
+            let metadata = &entry.metadata[..];
             let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
             rest.clear();
-            for pair in pairs(&entry.metadata) {
+            let (mut run_start, mut pair_start) = (0, 0);
+            for pair in pairs(metadata) {
                 let (k, v) = pair?;
-                match DEDICATED_METADATA.iter().position(|d| d.as_bytes() == k) {
-                    Some(i) if dedicated[i].is_none() => dedicated[i] = Some(v),
-                    _ => {
-                        put_varint(k.len(), &mut rest);
-                        rest.extend_from_slice(k);
-                        put_varint(v.len(), &mut rest);
-                        rest.extend_from_slice(v);
-                    }
+                let pair_end = v.as_ptr() as usize - metadata.as_ptr() as usize + v.len();
+                if let Some(i) = DEDICATED_METADATA.iter().position(|d| d.as_bytes() == k)
+                    && dedicated[i].is_none()
+                {
+                    dedicated[i] = Some(v);
+                    rest.extend_from_slice(&metadata[run_start..pair_start]);
+                    run_start = pair_end;
                 }
+                pair_start = pair_end;
             }
-            if rest.is_empty() {
+            let kept: &[u8] = if run_start == 0 {
+                metadata
+            } else {
+                rest.extend_from_slice(&metadata[run_start..]);
+                &rest
+            };
+            if kept.is_empty() {
                 batch.metadata.append_null();
             } else {
-                batch.metadata.append_value(&rest);
+                batch.metadata.append_value(kept);
             }
             for (column, value) in batch.dedicated.iter_mut().zip(dedicated) {
                 match value.map(std::str::from_utf8) {
@@ -763,6 +772,27 @@ mod tests {
             sorted(streams[0].entries[0].metadata.clone())
         );
         assert!(all[0].entries[1].metadata.is_empty());
+        // Dedicated names first, twice (the second stays in the blob), last; long values.
+        let long = "v".repeat(300);
+        for md in [
+            vec![
+                ("severity_text", "A"),
+                ("x", "1"),
+                ("severity_text", "B"),
+                ("y", long.as_str()),
+                ("trace_id", "t"),
+            ],
+            vec![("trace_id", "t"), ("severity_text", long.as_str())],
+            vec![("x", long.as_str()), ("y", "2")],
+        ] {
+            let streams = vec![StreamEntries { labels: labels("a"), entries: vec![entry(1, "x", &md)] }];
+            let (data, meta) = encode("b5", &streams).unwrap();
+            let read = read_streams(data, &meta, &[0], Keep::range(0, 10)).unwrap().streams;
+            assert_eq!(
+                sorted(read[0].entries[0].metadata.clone()),
+                sorted(streams[0].entries[0].metadata.clone())
+            );
+        }
         let only: Arc<[String]> = vec!["severity_text".to_string()].into();
         let some = read_streams(data, &meta, &[0], Keep { only_metadata: Some(only), ..Keep::range(0, 10) })
             .unwrap()
