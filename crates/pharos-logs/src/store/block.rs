@@ -604,7 +604,7 @@ pub fn read_streams(
                 Some(blob) if !blob.is_null(row) => {
                     decode_metadata_of(blob.value(row), only_metadata.as_deref())?
                 }
-                _ => Vec::new(),
+                _ => Vec::with_capacity(dedicated.len()),
             };
             for (name, values) in &dedicated {
                 if !values.is_null(row) {

@@ -124,8 +124,13 @@ pub(super) fn extract(
     };
     budget.check()?;
     for series in &mut joined.samples {
-        // Stable: samples of equal time keep the order they were read in.
-        series.sort_by_key(|s| s.0);
+        if agg.range.unwrap.is_none() {
+            // Counts and byte counts: whole numbers, whose sums are exact in any order.
+            series.sort_unstable_by_key(|s| s.0);
+        } else {
+            // Stable: samples of equal time keep the order they were read in.
+            series.sort_by_key(|s| s.0);
+        }
     }
     Ok(joined)
 }
