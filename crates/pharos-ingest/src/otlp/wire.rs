@@ -40,6 +40,8 @@ pub struct WireError {
     pub message: String,
 }
 
+#[cold]
+#[inline(never)]
 fn malformed(offset: usize, message: impl Into<String>) -> WireError {
     WireError { offset, message: message.into() }
 }
@@ -83,15 +85,18 @@ impl Field {
         self.value_start..self.end
     }
 
+    #[inline]
     fn expect(&self, wire_type: WireType, what: &str) -> Result<(), WireError> {
-        if self.wire_type == wire_type {
-            Ok(())
-        } else {
-            Err(malformed(
-                self.start,
-                format!("{what} has wire type {}, expected {}", self.wire_type.name(), wire_type.name()),
-            ))
-        }
+        if self.wire_type == wire_type { Ok(()) } else { Err(self.wrong_type(wire_type, what)) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wrong_type(&self, wire_type: WireType, what: &str) -> WireError {
+        malformed(
+            self.start,
+            format!("{what} has wire type {}, expected {}", self.wire_type.name(), wire_type.name()),
+        )
     }
 
     /// The value as bytes of a length-delimited field.
@@ -101,10 +106,24 @@ impl Field {
     }
 
     /// The value of a string field, which must be UTF-8.
+    /// The bytes of a string field, checked to be UTF-8 (ASCII, the usual case, checked inline).
+    #[inline]
+    fn utf8<'a>(&self, buf: &'a [u8], what: &str) -> Result<&'a [u8], WireError> {
+        let bytes = self.bytes(buf, what)?;
+        if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+            Ok(bytes)
+        } else {
+            Err(malformed(self.value_start, format!("{what} is not valid UTF-8")))
+        }
+    }
+
+    #[inline]
     fn str<'a>(&self, buf: &'a [u8], what: &str) -> Result<&'a str, WireError> {
         let bytes = self.bytes(buf, what)?;
-        std::str::from_utf8(bytes)
-            .map_err(|_| malformed(self.value_start, format!("{what} is not valid UTF-8")))
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s),
+            Err(_) => Err(malformed(self.value_start, format!("{what} is not valid UTF-8"))),
+        }
     }
 }
 
@@ -120,6 +139,7 @@ fn fields(buf: &[u8], range: Range<usize>) -> Fields<'_> {
 }
 
 impl Fields<'_> {
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
         // Most varints (keys, lengths of short fields) are one byte.
         if self.pos < self.end
@@ -129,6 +149,11 @@ impl Fields<'_> {
             self.pos += 1;
             return Ok(u64::from(byte));
         }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.buf[..self.end].get(self.pos) else {
@@ -146,23 +171,31 @@ impl Fields<'_> {
         Err(malformed(self.pos, "varint longer than 10 bytes"))
     }
 
+    #[inline]
     fn skip(&mut self, n: usize) -> Result<usize, WireError> {
         match self.pos.checked_add(n) {
             Some(end) if end <= self.end => {
                 self.pos = end;
                 Ok(end)
             }
-            _ => Err(malformed(self.pos, format!("field of {n} bytes runs past the end of its message"))),
+            _ => Err(self.past_the_end(n)),
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn past_the_end(&self, n: usize) -> WireError {
+        malformed(self.pos, format!("field of {n} bytes runs past the end of its message"))
+    }
+
+    #[inline]
     fn read(&mut self) -> Result<Field, WireError> {
         let start = self.pos;
         let key = self.varint()?;
-        let number = u32::try_from(key >> 3)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| malformed(start, format!("invalid field key {key}")))?;
+        let number = (key >> 3) as u32;
+        if number == 0 || key >> 3 > u64::from(u32::MAX) {
+            return Err(malformed(start, format!("invalid field key {key}")));
+        }
         let (wire_type, value_start, end) = match key & 7 {
             0 => {
                 let value_start = self.pos;
@@ -189,6 +222,7 @@ impl Fields<'_> {
 impl Iterator for Fields<'_> {
     type Item = Result<Field, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.end {
             return None;
@@ -270,7 +304,7 @@ fn check_any_value(
         let f = f?;
         match f.number {
             1 => {
-                let s = f.str(buf, "AnyValue.string_value")?;
+                let s = f.utf8(buf, "AnyValue.string_value")?;
                 if s.len() > limits.max_attribute_value_length {
                     return Err(value_too_long(owner, key, s.len(), limits).into());
                 }
@@ -390,7 +424,7 @@ fn check_resource(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
             for e in fields(buf, f.bytes(buf, "Resource.entity_refs").map(|_| f.value())?) {
                 let e = e?;
                 if (1..=4).contains(&e.number) {
-                    e.str(buf, "EntityRef string")?;
+                    e.utf8(buf, "EntityRef string")?;
                 }
             }
             Ok(())
@@ -403,10 +437,10 @@ fn check_scope(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
     check_attributed(buf, range, 3, limits, "instrumentation scope", |f| {
         match f.number {
             1 => {
-                f.str(buf, "InstrumentationScope.name")?;
+                f.utf8(buf, "InstrumentationScope.name")?;
             }
             2 => {
-                f.str(buf, "InstrumentationScope.version")?;
+                f.utf8(buf, "InstrumentationScope.version")?;
             }
             4 => f.expect(WireType::Varint, "InstrumentationScope.dropped_attributes_count")?,
             _ => {}
@@ -427,11 +461,11 @@ fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 1
             1 => trace_id = f.bytes(buf, "Span.trace_id").map(|_| f.value())?,
             2 => span_id = f.bytes(buf, "Span.span_id").map(|_| f.value())?,
             3 => {
-                f.str(buf, "Span.trace_state")?;
+                f.utf8(buf, "Span.trace_state")?;
             }
             4 => parent = f.bytes(buf, "Span.parent_span_id").map(|_| f.value())?,
             5 => {
-                f.str(buf, "Span.name")?;
+                f.utf8(buf, "Span.name")?;
             }
             6 | 10 | 12 | 14 => f.expect(WireType::Varint, "Span scalar")?,
             7 | 8 => f.expect(WireType::Fixed64, "Span timestamp")?,
@@ -443,7 +477,7 @@ fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 1
                         match e.number {
                             1 => e.expect(WireType::Fixed64, "Span.Event.time_unix_nano")?,
                             2 => {
-                                e.str(buf, "Span.Event.name")?;
+                                e.utf8(buf, "Span.Event.name")?;
                             }
                             4 => e.expect(WireType::Varint, "Span.Event.dropped_attributes_count")?,
                             _ => {}
@@ -463,7 +497,7 @@ fn check_span(buf: &[u8], range: Range<usize>, limits: &Limits) -> Result<[u8; 1
                         let s = s?;
                         match s.number {
                             2 => {
-                                s.str(buf, "Status.message")?;
+                                s.utf8(buf, "Status.message")?;
                             }
                             3 => s.expect(WireType::Varint, "Status.code")?,
                             _ => {}
@@ -493,7 +527,7 @@ fn check_link(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
             1 => trace_id = f.bytes(buf, "Span.Link.trace_id").map(|_| f.value())?,
             2 => span_id = f.bytes(buf, "Span.Link.span_id").map(|_| f.value())?,
             3 => {
-                f.str(buf, "Span.Link.trace_state")?;
+                f.utf8(buf, "Span.Link.trace_state")?;
             }
             4 => attributes.add(buf, &f, "Span.Link.attributes")?,
             5 => f.expect(WireType::Varint, "Span.Link.dropped_attributes_count")?,
@@ -515,7 +549,7 @@ fn check_log_record(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
             1 | 11 => f.expect(WireType::Fixed64, "LogRecord timestamp")?,
             2 | 7 => f.expect(WireType::Varint, "LogRecord scalar")?,
             3 => {
-                f.str(buf, "LogRecord.severity_text")?;
+                f.utf8(buf, "LogRecord.severity_text")?;
             }
             5 => body = Some(f.bytes(buf, "LogRecord.body").map(|_| f.value())?),
             6 => attributes.add(buf, &f, "LogRecord.attributes")?,
@@ -523,7 +557,7 @@ fn check_log_record(buf: &[u8], range: Range<usize>, limits: &Limits) -> Check {
             9 => trace_id = f.bytes(buf, "LogRecord.trace_id").map(|_| f.value())?,
             10 => span_id = f.bytes(buf, "LogRecord.span_id").map(|_| f.value())?,
             12 => {
-                f.str(buf, "LogRecord.event_name")?;
+                f.utf8(buf, "LogRecord.event_name")?;
             }
             _ => {}
         }
@@ -653,7 +687,7 @@ impl Plan {
                     push(f.whole());
                 }
                 3 => {
-                    f.str(buf, "schema_url")?;
+                    f.utf8(buf, "schema_url")?;
                     push(f.whole());
                 }
                 _ => push(f.whole()),
