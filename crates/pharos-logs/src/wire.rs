@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::decode::{DecodeError, DecodedStream, StreamMapping, any_value_text, sanitize_label_name};
 use crate::model::Labels;
-use crate::store::block::{StoredEntry, encode_hex_pair, encode_label_pair, encode_pair};
+use crate::store::block::{StoredEntry, encode_bytes_pair, encode_hex_pair, encode_label_pair, encode_pair};
 
 #[derive(Clone, Copy)]
 enum Val<'a> {
@@ -83,6 +83,36 @@ fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(bytes).map_err(|_| malformed("a string is not UTF-8"))
 }
 
+/// The bytes of a string, checked to be UTF-8: ASCII (the usual case) inline, without a call
+/// to the validator, which dominates on short strings.
+fn utf8(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        Ok(bytes)
+    } else {
+        Err(malformed("a string is not UTF-8"))
+    }
+}
+
+/// [`value_text`] as UTF-8 bytes, for values that are only copied.
+fn value_bytes(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    use std::borrow::Cow;
+    let mut last = None;
+    for field in fields(value) {
+        let (number, val) = field?;
+        if (1..=8).contains(&number) {
+            last = Some((number, val));
+        }
+    }
+    match last {
+        Some((1, Val::Bytes(s))) => Ok(Cow::Borrowed(utf8(s)?)),
+        None => Ok(Cow::Borrowed(b"")),
+        // Booleans and integers printed as the mapping prints them, without decoding first.
+        Some((2, Val::Varint(b))) => Ok(Cow::Borrowed(if b != 0 { b"true" } else { b"false" })),
+        Some((3, Val::Varint(n))) => Ok(Cow::Owned((n as i64).to_string().into_bytes())),
+        Some(_) => Ok(Cow::Owned(any_value_text(&AnyValue::decode(value)?).into_bytes())),
+    }
+}
+
 /// An `AnyValue`'s text: a string as it is (borrowed), anything else as the mapping prints it.
 fn value_text(value: &[u8]) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
     let mut last = None;
@@ -102,12 +132,12 @@ fn value_text(value: &[u8]) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
     }
 }
 
-/// A `KeyValue`'s key and value bytes.
-fn key_value(kv: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
-    let (mut key, mut value) = ("", &[][..]);
+/// A `KeyValue`'s key (checked to be UTF-8) and value bytes.
+fn key_value(kv: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let (mut key, mut value) = (&[][..], &[][..]);
     for field in fields(kv) {
         match field? {
-            (1, Val::Bytes(k)) => key = text(k)?,
+            (1, Val::Bytes(k)) => key = utf8(k)?,
             (2, Val::Bytes(v)) => value = v,
             _ => {}
         }
@@ -117,7 +147,7 @@ fn key_value(kv: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
 
 fn push_attribute(kv: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     let (key, value) = key_value(kv)?;
-    let value = value_text(value)?;
+    let value = value_bytes(value)?;
     if !value.is_empty() {
         encode_label_pair(key, &value, out);
     }
@@ -139,14 +169,16 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
             for field in fields(resource) {
                 let (1, Val::Bytes(kv)) = field? else { continue };
                 let (key, value) = key_value(kv)?;
-                let value = value_text(value)?;
-                if value.is_empty() {
-                    continue;
-                }
-                if mapping.resource_labels.iter().any(|l| l == key) {
-                    labels.push((sanitize_label_name(key).into_owned(), value.into_owned()));
+                if mapping.resource_labels.iter().any(|l| l.as_bytes() == key) {
+                    let value = value_text(value)?;
+                    if !value.is_empty() {
+                        labels.push((sanitize_label_name(text(key)?).into_owned(), value.into_owned()));
+                    }
                 } else {
-                    encode_label_pair(key, &value, &mut resource_metadata);
+                    let value = value_bytes(value)?;
+                    if !value.is_empty() {
+                        encode_label_pair(key, &value, &mut resource_metadata);
+                    }
                 }
             }
         }
@@ -161,19 +193,19 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
         for field in fields(resource_logs) {
             let (2, Val::Bytes(scope_logs)) = field? else { continue };
             let mut scope_metadata = resource_metadata.clone();
-            let (mut name, mut scope_attributes) = ("", Vec::new());
+            let (mut name, mut scope_attributes) = (&[][..], Vec::new());
             for field in fields(scope_logs) {
                 let (1, Val::Bytes(scope)) = field? else { continue };
                 for field in fields(scope) {
                     match field? {
-                        (1, Val::Bytes(n)) => name = text(n)?,
+                        (1, Val::Bytes(n)) => name = utf8(n)?,
                         (3, Val::Bytes(kv)) => scope_attributes.push(kv),
                         _ => {}
                     }
                 }
             }
             if !name.is_empty() {
-                encode_pair("scope_name", name, &mut scope_metadata);
+                encode_bytes_pair(b"scope_name", name, &mut scope_metadata);
             }
             for kv in scope_attributes {
                 push_attribute(kv, &mut scope_metadata)?;
@@ -181,7 +213,8 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
             for field in fields(scope_logs) {
                 let (2, Val::Bytes(record)) = field? else { continue };
                 let (mut time, mut observed, mut severity_number) = (0u64, 0u64, 0i32);
-                let (mut severity_text, mut body, mut trace_id, mut span_id) = ("", None, &[][..], &[][..]);
+                let (mut severity_text, mut body, mut trace_id, mut span_id) =
+                    (&[][..], None, &[][..], &[][..]);
                 scratch.clear();
                 scratch.extend_from_slice(&scope_metadata);
                 for field in fields(record) {
@@ -189,7 +222,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                         (1, Val::Fixed64(t)) => time = t,
                         (11, Val::Fixed64(t)) => observed = t,
                         (2, Val::Varint(n)) => severity_number = n as i32,
-                        (3, Val::Bytes(s)) => severity_text = text(s)?,
+                        (3, Val::Bytes(s)) => severity_text = utf8(s)?,
                         (5, Val::Bytes(b)) => body = Some(b),
                         (6, Val::Bytes(kv)) => push_attribute(kv, &mut scratch)?,
                         (9, Val::Bytes(b)) => trace_id = b,
@@ -198,7 +231,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                     }
                 }
                 if !severity_text.is_empty() {
-                    encode_pair("severity_text", severity_text, &mut scratch);
+                    encode_bytes_pair(b"severity_text", severity_text, &mut scratch);
                 }
                 if severity_number != 0 {
                     encode_pair("severity_number", &severity_number.to_string(), &mut scratch);
@@ -357,6 +390,43 @@ mod tests {
         let want = otlp(request, &mapping);
         assert!(!want.is_empty());
         assert_eq!(otlp_logs(&bytes, &mapping).unwrap(), want);
+    }
+
+    #[test]
+    fn strings_that_are_not_utf8_are_refused_as_prost_refuses_them() {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
+            ..Default::default()
+        };
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "RRRR"), kv("MMMM", "NNNN")],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope { name: "SSSS".into(), ..Default::default() }),
+                    log_records: vec![LogRecord {
+                        severity_text: "TTTT".into(),
+                        body: Some(AnyValue { value: Some(Value::StringValue("BBBB".into())) }),
+                        attributes: vec![kv("KKKK", "VVVV")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let bytes = request.encode_to_vec();
+        assert!(otlp_logs(&bytes, &StreamMapping::default()).is_ok());
+        for marker in ["RRRR", "MMMM", "NNNN", "SSSS", "TTTT", "BBBB", "KKKK", "VVVV"] {
+            let at = bytes.windows(4).position(|w| w == marker.as_bytes()).unwrap();
+            let mut bad = bytes.clone();
+            bad[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+            assert!(ExportLogsServiceRequest::decode(&bad[..]).is_err(), "{marker}");
+            assert!(otlp_logs(&bad, &StreamMapping::default()).is_err(), "{marker}");
+        }
     }
 
     #[test]

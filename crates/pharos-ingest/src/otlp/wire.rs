@@ -980,7 +980,7 @@ mod tests {
         common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value},
         logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource,
-        trace::v1::{ResourceSpans, ScopeSpans, Span, span::Event},
+        trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Event},
     };
     use prost::Message;
 
@@ -1311,6 +1311,34 @@ mod tests {
         let e = err(&bad);
         assert!(e.message.contains("Span.name is not valid UTF-8"), "{e}");
         assert_eq!(e.offset, at);
+    }
+
+    #[test]
+    fn strings_that_are_not_utf8_refuse_the_request_wherever_they_are() {
+        let mut req = traces(1, 1);
+        let span = &mut req.resource_spans[0].scope_spans[0].spans[0];
+        span.attributes.push(kv("KKKK", s("VVVV")));
+        span.events.push(Event { name: "EEEE".into(), ..Default::default() });
+        span.status = Some(Status { message: "MMMM".into(), code: 2 });
+        span.trace_state = "TTTT".into();
+        let body = req.encode_to_vec();
+        assert!(run(Signal::Traces, &body, &Limits::default(), 1).is_ok());
+        for (marker, what) in [
+            ("KKKK", "KeyValue.key"),
+            ("VVVV", "AnyValue.string_value"),
+            ("EEEE", "Span.Event.name"),
+            ("MMMM", "Status.message"),
+            ("TTTT", "Span.trace_state"),
+        ] {
+            let at = body.windows(4).position(|w| w == marker.as_bytes()).unwrap();
+            for broken in [&[0xff][..], &[0xc3, 0x28][..], &[b'A', 0xe2, 0x82][..]] {
+                let mut bad = body.clone();
+                bad[at..at + broken.len()].copy_from_slice(broken);
+                assert!(ExportTraceServiceRequest::decode(&bad[..]).is_err(), "{marker}");
+                let e = run(Signal::Traces, &bad, &Limits::default(), 1).unwrap_err();
+                assert!(e.message.contains(&format!("{what} is not valid UTF-8")), "{marker}: {e}");
+            }
+        }
     }
 
     #[test]

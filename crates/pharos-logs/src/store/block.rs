@@ -311,20 +311,26 @@ impl StoredEntry {
 
 /// Appends one metadata pair in the block encoding to `out` (a [`StoredEntry`]'s `metadata`).
 pub fn encode_pair(name: &str, value: &str, out: &mut Vec<u8>) {
-    put_varint(name.len(), out);
-    out.extend_from_slice(name.as_bytes());
-    put_varint(value.len(), out);
-    out.extend_from_slice(value.as_bytes());
+    encode_bytes_pair(name.as_bytes(), value.as_bytes(), out);
 }
 
-/// Appends the pair `encode_pair(&sanitize_label_name(name), value, out)` appends, without
-/// making the valid name first: each character that may not be in a label name becomes `_`,
-/// and a leading digit gets a `_` before it.
-pub(crate) fn encode_label_pair(name: &str, value: &str, out: &mut Vec<u8>) {
-    let digit = name.starts_with(|c: char| c.is_ascii_digit());
-    if !digit && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return encode_pair(name, value, out);
+/// [`encode_pair`] of a name and value already checked to be UTF-8.
+pub(crate) fn encode_bytes_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    put_varint(name.len(), out);
+    out.extend_from_slice(name);
+    put_varint(value.len(), out);
+    out.extend_from_slice(value);
+}
+
+/// Appends the pair `encode_pair(&sanitize_label_name(name), value, out)` appends (`name` and
+/// `value` UTF-8), without making the valid name first: each character that may not be in a
+/// label name becomes `_`, and a leading digit gets a `_` before it.
+pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let digit = name.first().is_some_and(u8::is_ascii_digit);
+    if !digit && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+        return encode_bytes_pair(name, value, out);
     }
+    let name = String::from_utf8_lossy(name);
     // Every character of the valid name is one byte.
     put_varint(name.chars().count() + usize::from(digit), out);
     if digit {
@@ -332,7 +338,7 @@ pub(crate) fn encode_label_pair(name: &str, value: &str, out: &mut Vec<u8>) {
     }
     out.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c as u8 } else { b'_' }));
     put_varint(value.len(), out);
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Appends the pair `encode_pair(name, &hex(bytes), out)` appends, without making the string.
@@ -655,7 +661,7 @@ mod tests {
             ["service_name", "k8s.pod.name", "1st-try", "9", "", "é.x", "日本_ok", "a b\u{1F600}", &long]
         {
             let (mut direct, mut made) = (Vec::new(), Vec::new());
-            encode_label_pair(name, "value é", &mut direct);
+            encode_label_pair(name.as_bytes(), "value é".as_bytes(), &mut direct);
             encode_pair(&sanitize_label_name(name), "value é", &mut made);
             assert_eq!(direct, made, "{name:?}");
         }
