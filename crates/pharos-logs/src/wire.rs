@@ -93,7 +93,8 @@ fn utf8(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     }
 }
 
-/// [`value_text`] as UTF-8 bytes, for values that are only copied.
+/// An `AnyValue`'s text as UTF-8 bytes: a string as it is (borrowed), anything else as the
+/// mapping prints it.
 fn value_bytes(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
     use std::borrow::Cow;
     let mut last = None;
@@ -115,21 +116,13 @@ fn value_bytes(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> 
 
 /// An `AnyValue`'s text: a string as it is (borrowed), anything else as the mapping prints it.
 fn value_text(value: &[u8]) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
-    let mut last = None;
-    for field in fields(value) {
-        let (number, val) = field?;
-        if (1..=8).contains(&number) {
-            last = Some((number, val));
+    use std::borrow::Cow;
+    Ok(match value_bytes(value)? {
+        Cow::Borrowed(bytes) => Cow::Borrowed(text(bytes)?),
+        Cow::Owned(bytes) => {
+            Cow::Owned(String::from_utf8(bytes).map_err(|_| malformed("a string is not UTF-8"))?)
         }
-    }
-    match last {
-        Some((1, Val::Bytes(s))) => Ok(std::borrow::Cow::Borrowed(text(s)?)),
-        None => Ok(std::borrow::Cow::Borrowed("")),
-        // Booleans and integers printed as the mapping prints them, without decoding first.
-        Some((2, Val::Varint(b))) => Ok(std::borrow::Cow::Borrowed(if b != 0 { "true" } else { "false" })),
-        Some((3, Val::Varint(n))) => Ok(std::borrow::Cow::Owned((n as i64).to_string())),
-        Some(_) => Ok(std::borrow::Cow::Owned(any_value_text(&AnyValue::decode(value)?))),
-    }
+    })
 }
 
 /// A `KeyValue`'s key (checked to be UTF-8) and value bytes.
