@@ -84,13 +84,17 @@ pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<Decode
     }
 }
 
+/// Whether a character may be in a label name as it is (others become `_`).
+pub(crate) fn is_label_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
 /// `service.name` → `service_name`; a leading digit gets a `_` before it.
 pub fn sanitize_label_name(name: &str) -> std::borrow::Cow<'_, str> {
-    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    if name.chars().all(valid) && !name.starts_with(|c: char| c.is_ascii_digit()) {
+    if name.chars().all(is_label_name_char) && !name.starts_with(|c: char| c.is_ascii_digit()) {
         return std::borrow::Cow::Borrowed(name);
     }
-    let mut out: String = name.chars().map(|c| if valid(c) { c } else { '_' }).collect();
+    let mut out: String = name.chars().map(|c| if is_label_name_char(c) { c } else { '_' }).collect();
     if out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }

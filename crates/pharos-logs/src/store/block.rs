@@ -41,6 +41,7 @@ use parquet::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::decode::is_label_name_char;
 use crate::model::{Entry, Labels, LineTest, StreamEntries};
 
 /// The format version written.
@@ -327,7 +328,7 @@ pub(crate) fn encode_bytes_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// label name becomes `_`, and a leading digit gets a `_` before it.
 pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let digit = name.first().is_some_and(u8::is_ascii_digit);
-    if !digit && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+    if !digit && name.iter().all(|&b| is_label_name_char(char::from(b))) {
         return encode_bytes_pair(name, value, out);
     }
     let name = String::from_utf8_lossy(name);
@@ -336,7 +337,7 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     if digit {
         out.push(b'_');
     }
-    out.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c as u8 } else { b'_' }));
+    out.extend(name.chars().map(|c| if is_label_name_char(c) { c as u8 } else { b'_' }));
     put_varint(value.len(), out);
     out.extend_from_slice(value);
 }
