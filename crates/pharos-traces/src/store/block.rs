@@ -307,7 +307,8 @@ fn inexact_keys(flags: &[bool; DEDICATED_ATTRIBUTES.len()]) -> Vec<String> {
     DEDICATED_ATTRIBUTES.iter().zip(flags).filter(|(_, f)| **f).map(|(d, _)| d.key.to_string()).collect()
 }
 
-/// A block writer: zstd pages (level 1), row groups of [`ROW_GROUP_ROWS`], chunk statistics of the trace ids, start times and durations, the
+/// A block writer: zstd pages (level 1; LZ4 for the encoded spans), row groups of
+/// [`ROW_GROUP_ROWS`], chunk statistics of the trace ids, start times and durations, the
 /// trace-id bloom filter, no Arrow schema in the file.
 fn writer(out: &mut Vec<u8>, schema: SchemaRef) -> Result<ArrowWriter<&mut Vec<u8>>, BlockError> {
     let props = WriterProperties::builder()

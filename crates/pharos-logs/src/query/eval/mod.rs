@@ -384,8 +384,6 @@ pub(crate) fn account_read(
     Ok(())
 }
 
-/// Reads what `query` selects in `[start, end)` from `source`, with its stored-line filters
-/// for the source to apply, and accounts for it.
 /// What a query reads of the entries that pass the line test.
 pub(crate) struct Needs {
     /// Only these structured metadata names (all when `None`).
@@ -394,6 +392,8 @@ pub(crate) struct Needs {
     pub(crate) lines: bool,
 }
 
+/// Reads what `query` selects in `[start, end)` from `source`, with its stored-line filters
+/// for the source to apply, and accounts for it.
 pub(crate) fn read(
     source: &dyn crate::model::LogSource,
     query: &crate::query::LogQuery,
