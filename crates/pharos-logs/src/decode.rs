@@ -144,13 +144,13 @@ fn any_value_json(value: &Value) -> serde_json::Value {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    hex_digits(bytes).map(char::from).collect()
+}
+
+/// The lower-case hex digits of `bytes`, as ASCII bytes.
+pub(crate) fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
+    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
 }
 
 fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {

@@ -41,7 +41,7 @@ use parquet::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::decode::is_label_name_char;
+use crate::decode::{hex_digits, is_label_name_char};
 use crate::model::{Entry, Labels, LineTest, StreamEntries};
 
 /// The format version written.
@@ -344,13 +344,10 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 
 /// Appends the pair `encode_pair(name, &hex(bytes), out)` appends, without making the string.
 pub(crate) fn encode_hex_pair(name: &str, bytes: &[u8], out: &mut Vec<u8>) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     put_varint(name.len(), out);
     out.extend_from_slice(name.as_bytes());
     put_varint(bytes.len() * 2, out);
-    for b in bytes {
-        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
-    }
+    out.extend(hex_digits(bytes));
 }
 
 struct Batch {
