@@ -191,7 +191,7 @@ pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -
     for resource_logs in request.resource_logs {
         let attributes = resource_logs.resource.map(|r| r.attributes).unwrap_or_default();
         let mut labels = Vec::new();
-        // Resource and scope metadata is encoded once and copied into each record's.
+        // Resource and scope metadata is encoded once and shared by the scope's records.
         let mut resource_metadata = Vec::new();
         for kv in &attributes {
             let value = kv.value.as_ref().map(any_value_text).unwrap_or_default();
@@ -221,12 +221,12 @@ pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -
                 push_attributes(&mut scope_metadata, &scope.attributes);
             }
             streams[at].entries.reserve(scope_logs.log_records.len());
+            let shared: Option<Arc<[u8]>> = (!scope_metadata.is_empty()).then(|| scope_metadata.into());
             // Each record's metadata is built in one scratch buffer, then copied out once at
             // its exact size.
-            let mut metadata: Vec<u8> = Vec::with_capacity(scope_metadata.len() + 1024);
+            let mut metadata: Vec<u8> = Vec::with_capacity(1024);
             for record in scope_logs.log_records {
                 metadata.clear();
-                metadata.extend_from_slice(&scope_metadata);
                 push_attributes(&mut metadata, &record.attributes);
                 if !record.severity_text.is_empty() {
                     encode_pair("severity_text", &record.severity_text, &mut metadata);
@@ -253,6 +253,7 @@ pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -
                 streams[at].entries.push(StoredEntry {
                     timestamp: i64::try_from(time).unwrap_or(i64::MAX),
                     line: line.into_boxed_str(),
+                    shared: shared.clone(),
                     metadata: Box::from(metadata.as_slice()),
                 });
             }
@@ -286,6 +287,7 @@ fn push(request: PushRequest) -> Result<Vec<DecodedStream>, DecodeError> {
             StoredEntry {
                 timestamp: e.timestamp.map_or(0, |t| t.unix_nanos()),
                 line: e.line.into_boxed_str(),
+                shared: None,
                 metadata: metadata.into_boxed_slice(),
             }
         }));

@@ -203,13 +203,14 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
             for kv in scope_attributes {
                 push_attribute(kv, &mut scope_metadata)?;
             }
+            // Shared by the scope's records, not copied into each.
+            let shared: Option<Arc<[u8]>> = (!scope_metadata.is_empty()).then(|| scope_metadata.into());
             for field in fields(scope_logs) {
                 let (2, Val::Bytes(record)) = field? else { continue };
                 let (mut time, mut observed, mut severity_number) = (0u64, 0u64, 0i32);
                 let (mut severity_text, mut body, mut trace_id, mut span_id) =
                     (&[][..], None, &[][..], &[][..]);
                 scratch.clear();
-                scratch.extend_from_slice(&scope_metadata);
                 for field in fields(record) {
                     match field? {
                         (1, Val::Fixed64(t)) => time = t,
@@ -243,6 +244,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                 streams[at].entries.push(StoredEntry {
                     timestamp: i64::try_from(time).unwrap_or(i64::MAX),
                     line: line.into_boxed_str(),
+                    shared: shared.clone(),
                     metadata: Box::from(scratch.as_slice()),
                 });
             }

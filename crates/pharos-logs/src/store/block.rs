@@ -1,4 +1,4 @@
-//! The log block format (version 1): one Parquet object `data.parquet` and `meta.json`.
+//! The log block format (version 2): one Parquet object `data.parquet` and `meta.json`.
 //!
 //! Rows are sorted by stream (in label order) then by time; a stream's rows are contiguous,
 //! and `meta.json` lists every stream with its labels, its time range and its rows, so a query
@@ -8,7 +8,10 @@
 //! - `timestamp` (int64, unix nanoseconds, delta-encoded);
 //! - `line` (utf8);
 //! - `metadata` (binary, nullable): the structured metadata pairs, each name and value
-//!   prefixed with its length as a LEB128 varint.
+//!   prefixed with its length as a LEB128 varint;
+//! - the dedicated metadata columns ([`DEDICATED_METADATA`]);
+//! - `shared` (binary, nullable, dictionary-encoded; since version 2): pairs shared by many
+//!   entries (their resource's and scope's attributes), which come before `metadata`'s.
 //!
 //! See `docs/formats/log-blocks.md`.
 
@@ -45,7 +48,7 @@ use crate::decode::{hex_digits, is_label_name_char};
 use crate::model::{Entry, Labels, LineTest, StreamEntries};
 
 /// The format version written.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The data object's name in a block directory.
 pub const DATA_FILE: &str = "data.parquet";
 /// Rows per row group.
@@ -113,6 +116,9 @@ impl pharos_storage::BlockMeta for LogBlockMeta {
 /// where that pays): a query that needs only these does not decode the `metadata` column.
 pub const DEDICATED_METADATA: &[&str] = &["severity_text", "trace_id"];
 
+/// The index of the `shared` column (after the dedicated ones; blocks of version 1 end before it).
+const SHARED_COLUMN: usize = 4 + DEDICATED_METADATA.len();
+
 fn schema() -> SchemaRef {
     let mut fields = vec![
         Field::new("stream", DataType::UInt32, false),
@@ -121,7 +127,19 @@ fn schema() -> SchemaRef {
         Field::new("metadata", DataType::Binary, true),
     ];
     fields.extend(DEDICATED_METADATA.iter().map(|name| Field::new(*name, DataType::Utf8, true)));
+    fields.push(Field::new("shared", DataType::Binary, true));
     Arc::new(Schema::new(fields))
+}
+
+/// Whether encoded metadata holds a pair of a dedicated name.
+fn has_dedicated(metadata: &[u8]) -> Result<bool, BlockError> {
+    for pair in pairs(metadata) {
+        let (k, _) = pair?;
+        if DEDICATED_METADATA.iter().any(|d| d.as_bytes() == k) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Iterates the (name, value) byte slices of encoded metadata.
@@ -190,6 +208,10 @@ pub fn encode<'a>(
     };
     let mut batch = Batch::default();
     let mut rest = Vec::new();
+    let mut combined = Vec::new();
+    // The shared pairs last seen (entries of a resource and scope come in runs) and whether
+    // they hold a dedicated name.
+    let mut last_shared: (*const u8, bool) = (std::ptr::null(), false);
     let mut row = 0u64;
     for (index, (labels, entries)) in order.iter().enumerate() {
         let mut info = BlockStream {
@@ -209,9 +231,32 @@ pub fn encode<'a>(
             batch.stream.append_value(index as u32);
             batch.timestamp.append_value(entry.timestamp);
             batch.line.append_value(&entry.line);
+            // Shared pairs go to the `shared` column as they are, unless they hold a dedicated
+            // name (never seen in practice): then they are the start of the entry's own.
+            let metadata = match &entry.shared {
+                Some(shared) if !shared.is_empty() => {
+                    let ptr = Arc::as_ptr(shared).cast::<u8>();
+                    if last_shared.0 != ptr {
+                        last_shared = (ptr, has_dedicated(shared)?);
+                    }
+                    if last_shared.1 {
+                        combined.clear();
+                        combined.extend_from_slice(shared);
+                        combined.extend_from_slice(&entry.metadata);
+                        batch.shared.append_null();
+                        &combined[..]
+                    } else {
+                        batch.shared.append_value(shared);
+                        &entry.metadata[..]
+                    }
+                }
+                _ => {
+                    batch.shared.append_null();
+                    &entry.metadata[..]
+                }
+            };
             // Dedicated names go to their columns, the rest stays in the blob.
             // The other pairs keep their bytes: the runs between dedicated pairs are copied whole.
-            let metadata = &entry.metadata[..];
             let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
             rest.clear();
             let (mut run_start, mut pair_start) = (0, 0);
@@ -275,18 +320,52 @@ pub fn encode<'a>(
 
 /// An entry as the head keeps it and blocks store it: its structured metadata already in the
 /// block encoding (two allocations per entry, instead of two per metadata pair).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its structured metadata is `shared` followed by `metadata`: the pairs of its resource and
+/// scope are made once per resource and scope of a request and shared by their entries (in the
+/// head and in blocks) instead of being copied into each.
+#[derive(Debug, Clone)]
 pub struct StoredEntry {
     pub timestamp: i64,
     pub line: Box<str>,
+    /// Pairs shared with other entries, before the entry's own.
+    pub shared: Option<Arc<[u8]>>,
+    /// The entry's own pairs.
     pub metadata: Box<[u8]>,
 }
+
+/// Equal when the time, the line and the pairs (shared then own) are, however they are split.
+impl PartialEq for StoredEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp == other.timestamp
+            && self.line == other.line
+            && self.shared_bytes().len() + self.metadata.len()
+                == other.shared_bytes().len() + other.metadata.len()
+            && self
+                .shared_bytes()
+                .iter()
+                .chain(&*self.metadata)
+                .eq(other.shared_bytes().iter().chain(&*other.metadata))
+    }
+}
+
+impl Eq for StoredEntry {}
 
 impl StoredEntry {
     pub fn from_entry(entry: &Entry) -> Self {
         let mut metadata = Vec::new();
         encode_metadata(&entry.metadata, &mut metadata);
-        Self { timestamp: entry.timestamp, line: entry.line.as_str().into(), metadata: metadata.into() }
+        Self {
+            timestamp: entry.timestamp,
+            line: entry.line.as_str().into(),
+            shared: None,
+            metadata: metadata.into(),
+        }
+    }
+
+    /// The shared pairs (empty when there are none).
+    pub fn shared_bytes(&self) -> &[u8] {
+        self.shared.as_deref().unwrap_or_default()
     }
 
     /// The entry with its metadata decoded.
@@ -300,13 +379,18 @@ impl StoredEntry {
         Ok(Entry {
             timestamp: self.timestamp,
             line: if line { self.line.to_string() } else { String::new() },
-            metadata: decode_metadata_of(&self.metadata, only)?,
+            metadata: {
+                let mut pairs = Vec::new();
+                decode_metadata_into(self.shared_bytes(), only, &mut pairs)?;
+                decode_metadata_into(&self.metadata, only, &mut pairs)?;
+                pairs
+            },
         })
     }
 
-    /// The bytes it counts for: its line and encoded metadata.
+    /// The bytes it counts for: its line and encoded metadata (shared pairs included).
     pub fn raw_bytes(&self) -> usize {
-        self.line.len() + self.metadata.len()
+        self.line.len() + self.shared_bytes().len() + self.metadata.len()
     }
 }
 
@@ -330,6 +414,17 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let digit = name.first().is_some_and(u8::is_ascii_digit);
     if !digit && name.iter().all(|&b| is_label_name_char(char::from(b))) {
         return encode_bytes_pair(name, value, out);
+    }
+    if name.is_ascii() {
+        // One byte per character (`service.name`, the usual case): mapped byte by byte.
+        put_varint(name.len() + usize::from(digit), out);
+        if digit {
+            out.push(b'_');
+        }
+        out.extend(name.iter().map(|&b| if is_label_name_char(char::from(b)) { b } else { b'_' }));
+        put_varint(value.len(), out);
+        out.extend_from_slice(value);
+        return;
     }
     let name = String::from_utf8_lossy(name);
     // Every character of the valid name is one byte.
@@ -356,6 +451,7 @@ struct Batch {
     line: StringBuilder,
     metadata: BinaryBuilder,
     dedicated: Vec<StringBuilder>,
+    shared: BinaryBuilder,
     rows: usize,
 }
 
@@ -367,6 +463,7 @@ impl Default for Batch {
             line: StringBuilder::new(),
             metadata: BinaryBuilder::new(),
             dedicated: DEDICATED_METADATA.iter().map(|_| StringBuilder::new()).collect(),
+            shared: BinaryBuilder::new(),
             rows: 0,
         }
     }
@@ -386,6 +483,7 @@ impl Batch {
             Arc::new(take_sized(&mut self.metadata)),
         ];
         columns.extend(self.dedicated.iter_mut().map(|b| Arc::new(take_sized(b)) as arrow_array::ArrayRef));
+        columns.push(Arc::new(take_sized(&mut self.shared)));
         Ok(RecordBatch::try_new(schema(), columns)?)
     }
 }
@@ -423,12 +521,15 @@ fn encode_metadata(pairs: &[(String, String)], out: &mut Vec<u8>) {
     }
 }
 
-/// The pairs of encoded metadata; with `only`, just the pairs with those names (the others
-/// are skipped without being copied).
-fn decode_metadata_of(buf: &[u8], only: Option<&[String]>) -> Result<Vec<(String, String)>, BlockError> {
+/// Appends the pairs of encoded metadata to `pairs`; with `only`, just the pairs with those
+/// names (the others are skipped without being copied).
+fn decode_metadata_into(
+    buf: &[u8],
+    only: Option<&[String]>,
+    pairs: &mut Vec<(String, String)>,
+) -> Result<(), BlockError> {
     let corrupt = || BlockError::Corrupt("undecodable structured metadata".into());
     let mut at = 0;
-    let mut pairs = Vec::new();
     let field = |at: &mut usize| -> Result<&[u8], BlockError> {
         let len = get_varint(buf, at).ok_or_else(corrupt)?;
         let bytes = buf.get(*at..*at + len).ok_or_else(corrupt)?;
@@ -443,7 +544,7 @@ fn decode_metadata_of(buf: &[u8], only: Option<&[String]>) -> Result<Vec<(String
             pairs.push((text(k)?, text(v)?));
         }
     }
-    Ok(pairs)
+    Ok(())
 }
 
 /// What a block read found, and how much it scanned.
@@ -565,10 +666,11 @@ pub fn read_streams(
     // Lines the query does not need past the line test, and dedicated metadata columns it
     // does not need, are not read (the test reads the lines on its own).
     let wanted = |name: &str| only_metadata.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
-    let columns: Vec<usize> = (0..4 + DEDICATED_METADATA.len())
+    let present = builder.parquet_schema().root_schema().get_fields().len();
+    let columns: Vec<usize> = (0..present.min(SHARED_COLUMN + 1))
         .filter(|&c| match c {
             2 => lines_needed,
-            3 => blob_needed,
+            3 | SHARED_COLUMN => blob_needed,
             c if c >= 4 => wanted(DEDICATED_METADATA[c - 4]),
             _ => true,
         })
@@ -588,6 +690,7 @@ pub fn read_streams(
         let times = column::<Int64Array>(&batch, "timestamp", "int64")?;
         let texts = optional_column::<StringArray>(&batch, "line", "utf8")?;
         let blob = optional_column::<BinaryArray>(&batch, "metadata", "binary")?;
+        let shared = optional_column::<BinaryArray>(&batch, "shared", "binary")?;
         let dedicated = DEDICATED_METADATA
             .iter()
             .filter(|name| wanted(name))
@@ -604,12 +707,12 @@ pub fn read_streams(
                 out.push(StreamEntries { labels: Arc::new(labels.clone()), entries: Vec::new() });
                 current = Some(stream);
             }
-            let mut metadata = match blob {
-                Some(blob) if !blob.is_null(row) => {
-                    decode_metadata_of(blob.value(row), only_metadata.as_deref())?
+            let mut metadata = Vec::with_capacity(dedicated.len());
+            for column in [shared, blob].into_iter().flatten() {
+                if !column.is_null(row) {
+                    decode_metadata_into(column.value(row), only_metadata.as_deref(), &mut metadata)?;
                 }
-                _ => Vec::with_capacity(dedicated.len()),
-            };
+            }
             for (name, values) in &dedicated {
                 if !values.is_null(row) {
                     metadata.push((name.to_string(), values.value(row).to_string()));
@@ -802,6 +905,142 @@ mod tests {
             .unwrap()
             .streams;
         assert_eq!(some[0].entries[0].metadata, [("severity_text".to_string(), "ERROR".to_string())]);
+    }
+
+    /// Entries whose first pairs are shared (one allocation for several entries), as the
+    /// decoders make them, including shared pairs that hold a dedicated name.
+    #[test]
+    fn shared_pairs_read_back_before_the_entry_own_in_any_query() {
+        let pairs = |md: &[(&str, &str)]| {
+            let mut buf = Vec::new();
+            for (k, v) in md {
+                encode_pair(k, v, &mut buf);
+            }
+            buf
+        };
+        let resource: Arc<[u8]> = pairs(&[("host", "n1"), ("pod", "p-1")]).into();
+        let odd: Arc<[u8]> = pairs(&[("severity_text", "FROM_RESOURCE"), ("zone", "z")]).into();
+        let own = |md: &[(&str, &str)]| pairs(md).into_boxed_slice();
+        let stored = |ts, shared: Option<&Arc<[u8]>>, md: &[(&str, &str)]| StoredEntry {
+            timestamp: ts,
+            line: format!("line {ts}").into(),
+            shared: shared.cloned(),
+            metadata: own(md),
+        };
+        let entries = vec![
+            stored(1, Some(&resource), &[("user", "u1"), ("severity_text", "ERROR")]),
+            stored(2, Some(&resource), &[]),
+            stored(3, None, &[("user", "u3")]),
+            stored(4, Some(&odd), &[("severity_text", "WARN"), ("trace_id", "t4")]),
+            stored(5, Some(&resource), &[("trace_id", "t5")]),
+        ];
+        let a = labels("a");
+        let (data, meta) = super::encode("s1".into(), 0, [(&*a, entries.as_slice())]).unwrap();
+        assert_eq!(meta.raw_bytes, entries.iter().map(|e| e.raw_bytes() as u64).sum::<u64>());
+        let sorted = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        let read = read_streams(data.clone(), &meta, &[0], Keep::range(0, 10)).unwrap().streams;
+        assert_eq!(read[0].entries.len(), entries.len());
+        for (got, want) in read[0].entries.iter().zip(&entries) {
+            let want = want.to_entry().unwrap();
+            assert_eq!((got.timestamp, &got.line), (want.timestamp, &want.line));
+            assert_eq!(
+                sorted(got.metadata.clone()),
+                sorted(want.metadata.clone()),
+                "entry {}",
+                want.timestamp
+            );
+        }
+        // The entry of the odd resource: its first severity_text (the resource's) is the
+        // dedicated one, as if nothing were shared.
+        let only: Arc<[String]> = vec!["severity_text".to_string(), "pod".to_string()].into();
+        let some = read_streams(data, &meta, &[0], Keep { only_metadata: Some(only), ..Keep::range(0, 10) })
+            .unwrap()
+            .streams;
+        let got: Vec<Vec<(String, String)>> =
+            some[0].entries.iter().map(|e| sorted(e.metadata.clone())).collect();
+        let s = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            got,
+            [
+                s(&[("pod", "p-1"), ("severity_text", "ERROR")]),
+                s(&[("pod", "p-1")]),
+                s(&[]),
+                s(&[("severity_text", "FROM_RESOURCE"), ("severity_text", "WARN")]),
+                s(&[("pod", "p-1")]),
+            ]
+        );
+        // Split differently, the same entry.
+        let whole = StoredEntry {
+            shared: None,
+            metadata: [&resource[..], &own(&[("user", "u1")])].concat().into(),
+            ..stored(1, None, &[])
+        };
+        assert_eq!(whole, stored(1, Some(&resource), &[("user", "u1")]));
+        assert_ne!(whole, stored(1, Some(&resource), &[("user", "u2")]));
+    }
+
+    /// A block of format version 1 (no `shared` column) reads as before.
+    #[test]
+    fn version_1_blocks_without_a_shared_column_still_read() {
+        let mut md = Vec::new();
+        encode_pair("user", "u1", &mut md);
+        let fields: Vec<Field> =
+            schema().fields().iter().take(SHARED_COLUMN).map(|f| (**f).clone()).collect();
+        let columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(UInt32Array::from(vec![0u32, 0])),
+            Arc::new(Int64Array::from(vec![1i64, 2])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(BinaryArray::from(vec![Some(&md[..]), None])),
+            Arc::new(StringArray::from(vec![Some("ERROR"), None])),
+            Arc::new(StringArray::from(vec![None::<&str>, Some("t2")])),
+        ];
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let labels = labels("a");
+        let meta = LogBlockMeta {
+            version: 1,
+            id: "v1".into(),
+            level: 0,
+            min_time: 1,
+            max_time: 2,
+            entries: 2,
+            raw_bytes: 0,
+            size_bytes: out.len() as u64,
+            streams: vec![BlockStream {
+                labels: (*labels).clone(),
+                min_time: 1,
+                max_time: 2,
+                first_row: 0,
+                rows: 2,
+                bytes: 2,
+            }],
+        };
+        let read = read_streams(Bytes::from(out), &meta, &[0], Keep::range(0, 10)).unwrap().streams;
+        let pairs = |e: &Entry| {
+            let mut v = e.metadata.clone();
+            v.sort();
+            v
+        };
+        assert_eq!(read[0].entries.len(), 2);
+        assert_eq!(
+            pairs(&read[0].entries[0]),
+            [("severity_text".to_string(), "ERROR".to_string()), ("user".to_string(), "u1".to_string())]
+        );
+        assert_eq!(pairs(&read[0].entries[1]), [("trace_id".to_string(), "t2".to_string())]);
+    }
+
+    fn decode_metadata_of(buf: &[u8], only: Option<&[String]>) -> Result<Vec<(String, String)>, BlockError> {
+        let mut pairs = Vec::new();
+        decode_metadata_into(buf, only, &mut pairs)?;
+        Ok(pairs)
     }
 
     #[test]
