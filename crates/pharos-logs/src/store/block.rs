@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow_array::{
-    Array, BinaryArray, BooleanArray, GenericByteArray, Int64Array, RecordBatch, StringArray, UInt32Array,
+    Array, BinaryArray, BooleanArray, GenericByteArray, Int64Array, RecordBatch, StringArray,
+    StringViewArray, UInt32Array,
     builder::{BinaryBuilder, GenericByteBuilder, Int64Builder, StringBuilder, UInt32Builder},
     types::ByteArrayType,
 };
@@ -30,8 +31,8 @@ use parquet::{
     arrow::{
         ArrowWriter, ProjectionMask,
         arrow_reader::{
-            ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
-            RowSelector,
+            ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+            RowFilter, RowSelection, RowSelector,
         },
         arrow_writer::ArrowWriterOptions,
     },
@@ -624,10 +625,24 @@ pub fn read_streams(
         selectors.push(RowSelector::select(s.rows as usize));
         at = s.first_row + s.rows;
     }
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        data,
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    // Lines are read as string views: each view points into its decompressed page instead of
+    // the page's bytes being copied into one growing buffer per batch.
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let file = ArrowReaderMetadata::load(&data, options.clone())?;
+    let fields: Vec<Field> = file
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "line" => Field::new("line", DataType::Utf8View, f.is_nullable()),
+            _ => (**f).clone(),
+        })
+        .collect();
+    let file = ArrowReaderMetadata::try_new(
+        file.metadata().clone(),
+        options.with_schema(Arc::new(Schema::new(fields))),
     )?;
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(data, file);
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let seen = counts.clone();
     let mask = ProjectionMask::leaves(builder.parquet_schema(), [1, 2]);
@@ -640,7 +655,7 @@ pub fn read_streams(
         let texts = batch
             .column(1)
             .as_any()
-            .downcast_ref::<StringArray>()
+            .downcast_ref::<StringViewArray>()
             .ok_or_else(|| arrow_schema::ArrowError::SchemaError("line is not utf8".into()))?;
         let (mut n, mut bytes) = (0u64, 0u64);
         let keep: BooleanArray = (0..batch.num_rows())
@@ -688,7 +703,7 @@ pub fn read_streams(
         let batch = batch?;
         let streams = column::<UInt32Array>(&batch, "stream", "uint32")?;
         let times = column::<Int64Array>(&batch, "timestamp", "int64")?;
-        let texts = optional_column::<StringArray>(&batch, "line", "utf8")?;
+        let texts = optional_column::<StringViewArray>(&batch, "line", "utf8")?;
         let blob = optional_column::<BinaryArray>(&batch, "metadata", "binary")?;
         let shared = optional_column::<BinaryArray>(&batch, "shared", "binary")?;
         let dedicated = DEDICATED_METADATA
