@@ -2,7 +2,8 @@
 # Logs end to end: OTLP/gRPC log records from pharos-loadgen into durable Parquet log blocks.
 # Prints (and writes to $OUT/logs.json):
 #   - acknowledged lines/s (durable in the write-ahead log) and stored lines/s (decoded by the
-#     processors into the log store, measured until the queue is empty);
+#     processors into the log store, measured until the queue is empty), and the server's CPU
+#     time (user + system) per stored line until then;
 #   - stored size: block bytes against the raw bytes of the lines (and of lines plus
 #     structured metadata);
 #   - peak resident memory of pharos during ingest;
@@ -66,9 +67,14 @@ START_NS=$(date +%s%N)
   --workers "$WORKERS" --batch "$BATCH" --rate "$RATE" --label pharos-logs | tee "$OUT/loadgen.txt"
 tail -1 "$OUT/loadgen.txt" >"$OUT/loadgen.json"
 
-python3 - "$API" "$OUT" "$START_NS" "$WORK/data" <<'PY'
+python3 - "$API" "$OUT" "$START_NS" "$WORK/data" "$PID" <<'PY'
 import json, os, re, sys, time, urllib.parse, urllib.request
-api, out, start_ns, data_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+api, out, start_ns, data_dir, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+def cpu_seconds():
+    # utime + stime of the server: less sensitive than rates to what else the host runs.
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 def metrics():
     text = urllib.request.urlopen(f"http://{api}/metrics", timeout=30).read().decode()
@@ -89,6 +95,7 @@ def get(path):
 while metrics().get("pharos_queue_depth_records", 1) != 0:
     time.sleep(0.2)
 done_ns = time.time_ns()
+cpu_stored = cpu_seconds()
 m = metrics()
 stored = m.get("pharos_logs_entries_stored_total", 0)
 rss_ingest = int(open(f"{out}/rss_peak_kib").read()) if os.path.exists(f"{out}/rss_peak_kib") else 0
@@ -133,6 +140,7 @@ result = {
     "acked_lines_per_s": loadgen["items_per_sec"],
     "stored_lines": int(stored),
     "stored_lines_per_s": round(stored / ((done_ns - start_ns) / 1e9)),
+    "server_cpu_us_per_stored_line": round(cpu_stored * 1e6 / max(stored, 1), 2),
     "raw_otlp_bytes_per_line": round(loadgen["request_bytes_avg"] / loadgen["batch"], 1),
     "blocks": len(blocks),
     "block_entries": entries,

@@ -144,13 +144,21 @@ fn any_value_json(value: &Value) -> serde_json::Value {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    hex_digits(bytes).map(char::from).collect()
+    let mut digits = Vec::new();
+    push_hex(bytes, &mut digits);
+    digits.into_iter().map(char::from).collect()
 }
 
-/// The lower-case hex digits of `bytes`, as ASCII bytes.
-pub(crate) fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+/// Appends the lower-case hex digits of `bytes` to `out`, as ASCII bytes.
+pub(crate) fn push_hex(bytes: &[u8], out: &mut Vec<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+    let start = out.len();
+    // Written in place: two digits per byte into room made at once.
+    out.resize(start + 2 * bytes.len(), 0);
+    for (pair, b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {

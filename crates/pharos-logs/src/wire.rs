@@ -28,6 +28,13 @@ fn malformed(what: &'static str) -> DecodeError {
 }
 
 fn varint(buf: &[u8], at: &mut usize) -> Result<u64, DecodeError> {
+    // One byte (keys, and lengths under 128) without the loop.
+    if let Some(&b) = buf.get(*at)
+        && b < 0x80
+    {
+        *at += 1;
+        return Ok(u64::from(b));
+    }
     let mut n = 0u64;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*at).ok_or_else(|| malformed("truncated varint"))?;

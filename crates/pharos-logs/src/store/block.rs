@@ -45,7 +45,7 @@ use parquet::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{hex_digits, is_label_name_char};
+use crate::decode::{is_label_name_char, push_hex};
 use crate::model::{Entry, Labels, LineTest, StreamEntries};
 
 /// The format version written.
@@ -177,6 +177,10 @@ fn properties() -> Result<WriterProperties, BlockError> {
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
         .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(ColumnPath::from("line"), false)
+        // Nearly unique per row: a dictionary would be built for each row group's first MB of
+        // values, then dropped.
+        .set_column_dictionary_enabled(ColumnPath::from("metadata"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false)
         .set_column_compression(ColumnPath::from("line"), Compression::LZ4_RAW)
         .build())
 }
@@ -210,9 +214,9 @@ pub fn encode<'a>(
     let mut batch = Batch::default();
     let mut rest = Vec::new();
     let mut combined = Vec::new();
-    // The shared pairs last seen (entries of a resource and scope come in runs) and whether
-    // they hold a dedicated name.
-    let mut last_shared: (*const u8, bool) = (std::ptr::null(), false);
+    // Shared pairs seen (by address; the entries hold them while this runs) and whether they
+    // hold a dedicated name.
+    let mut seen_shared = [(std::ptr::null::<u8>(), false); 256];
     let mut row = 0u64;
     for (index, (labels, entries)) in order.iter().enumerate() {
         let mut info = BlockStream {
@@ -236,11 +240,13 @@ pub fn encode<'a>(
             // name (never seen in practice): then they are the start of the entry's own.
             let metadata = match &entry.shared {
                 Some(shared) if !shared.is_empty() => {
+                    // Entries of many requests interleave in time: a small cache by address.
                     let ptr = Arc::as_ptr(shared).cast::<u8>();
-                    if last_shared.0 != ptr {
-                        last_shared = (ptr, has_dedicated(shared)?);
+                    let slot = &mut seen_shared[(ptr as usize >> 4) % seen_shared.len()];
+                    if slot.0 != ptr {
+                        *slot = (ptr, has_dedicated(shared)?);
                     }
-                    if last_shared.1 {
+                    if slot.1 {
                         combined.clear();
                         combined.extend_from_slice(shared);
                         combined.extend_from_slice(&entry.metadata);
@@ -443,7 +449,7 @@ pub(crate) fn encode_hex_pair(name: &str, bytes: &[u8], out: &mut Vec<u8>) {
     put_varint(name.len(), out);
     out.extend_from_slice(name.as_bytes());
     put_varint(bytes.len() * 2, out);
-    out.extend(hex_digits(bytes));
+    push_hex(bytes, out);
 }
 
 struct Batch {
@@ -504,6 +510,12 @@ fn put_varint(mut n: usize, out: &mut Vec<u8>) {
 }
 
 fn get_varint(buf: &[u8], at: &mut usize) -> Option<usize> {
+    // One byte (lengths under 128: nearly every name and value) without the loop.
+    let first = *buf.get(*at)?;
+    if first < 0x80 {
+        *at += 1;
+        return Some(usize::from(first));
+    }
     let mut n = 0usize;
     for shift in (0..64).step_by(7) {
         let b = *buf.get(*at)?;
