@@ -2,18 +2,26 @@
 //!
 //! - `logs/block`: `store::block::encode` of 50,000 logfmt lines in 16 streams, with
 //!   structured metadata (throughput in lines).
+//! - `logs/process`: what a processor does with OTLP log requests between the queue and a
+//!   block, without I/O: 50 requests of 1,000 records (with resource and scope attributes)
+//!   decoded from their bytes (`decode::decode`), then their streams encoded as one block.
 //! - `logs/logql`: `parse` plus evaluation over an in-memory `MemSource` of the same 50,000
 //!   lines spread over an hour: metric queries (line filter, `logfmt`, label filter,
 //!   `count_over_time`, `sum by`) as instant queries over the whole hour and as a range query
 //!   (1 h, 60 s step, 5 m windows), and a log query (newest 100 matching lines).
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use std::{collections::HashMap, sync::Arc};
+
+use pharos_core::{Envelope, PayloadFormat, Signal, Tenant};
 use pharos_logs::{
-    model::MemSource,
+    decode::{StreamMapping, decode},
+    model::{Labels, MemSource},
     query::{Direction, Expr, Limits, QueryValue, evaluate_instant, evaluate_range, parse, select_logs},
     store::block::{self, StoredEntry},
 };
-use pharos_microbench::{MEASUREMENT_TIME, SEED, T0_NANOS, WARM_UP_TIME, log_streams};
+use pharos_microbench::{MEASUREMENT_TIME, SEED, T0_NANOS, WARM_UP_TIME, log_streams, logs_request};
+use prost::Message;
 
 const LINES: usize = 50_000;
 const HOUR_NANOS: i64 = 3_600_000_000_000;
@@ -74,6 +82,43 @@ fn block_encode(c: &mut Criterion) {
     group.finish();
 }
 
+fn process(c: &mut Criterion) {
+    const REQUESTS: usize = 50;
+    const RECORDS: usize = 1_000;
+    let envelopes: Vec<Envelope> = (0..REQUESTS)
+        .map(|i| Envelope {
+            tenant: Tenant::default(),
+            signal: Signal::Logs,
+            format: PayloadFormat::Otlp,
+            received_at_unix_nanos: T0_NANOS,
+            items: RECORDS as u32,
+            metadata: Vec::new(),
+            payload: logs_request(SEED + i as u64, RECORDS).encode_to_vec().into(),
+        })
+        .collect();
+    let mapping = StreamMapping::default();
+    let run = || {
+        let mut streams: HashMap<Arc<Labels>, Vec<StoredEntry>> = HashMap::new();
+        for envelope in &envelopes {
+            for stream in decode(envelope, &mapping).expect("a valid request") {
+                streams.entry(stream.labels).or_default().extend(stream.entries);
+            }
+        }
+        for entries in streams.values_mut() {
+            entries.sort_by_key(|e| e.timestamp);
+        }
+        block::encode("bench".into(), 0, streams.iter().map(|(l, e)| (&**l, e.as_slice()))).expect("encode")
+    };
+    let (_, meta) = run();
+    assert_eq!(meta.entries as usize, REQUESTS * RECORDS);
+    let mut group = c.benchmark_group("logs/process");
+    group.warm_up_time(WARM_UP_TIME).measurement_time(MEASUREMENT_TIME).sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements((REQUESTS * RECORDS) as u64));
+    group.bench_function(format!("decode_and_encode_{}_records", REQUESTS * RECORDS), |b| b.iter(run));
+    group.finish();
+}
+
 fn logql(c: &mut Criterion) {
     let source = source();
     let limits = Limits::default();
@@ -116,5 +161,5 @@ fn logql(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, block_encode, logql);
+criterion_group!(benches, block_encode, process, logql);
 criterion_main!(benches);
