@@ -157,6 +157,8 @@ fn extract_part(
     let mut index = SeriesIndex::new();
     let mut samples: Vec<Vec<(i64, f64)>> = Vec::new();
     let mut state = LabelState::new();
+    // Under `by (…)`: the grouping values of the last entry looked up, and their series.
+    let mut last_by: Option<(Vec<Option<String>>, u32)> = None;
     for stream in streams {
         let mut stream_series: Option<u32> = None;
         'entries: for entry in &stream.entries {
@@ -199,15 +201,23 @@ fn extract_part(
                     index.id_of_pairs(&pairs)
                 })
             } else if let Grouping::By(names) = grouping {
-                // Look the few grouping labels up rather than listing every label.
-                let mut pairs: Vec<(&str, &str)> = names
-                    .iter()
-                    .filter(|n| grouping.keeps(n))
-                    .filter_map(|n| state.get(n).map(|v| (n.as_str(), v)))
-                    .collect();
-                pairs.sort_unstable();
-                pairs.dedup_by(|a, b| a.0 == b.0);
-                index.id_of_pairs(&pairs)
+                let kept = || names.iter().filter(|n| grouping.keeps(n));
+                match &last_by {
+                    // The values of the entry before (entries of a stream mostly repeat them).
+                    Some((values, id)) if kept().zip(values).all(|(n, v)| state.get(n) == v.as_deref()) => {
+                        *id
+                    }
+                    _ => {
+                        // Look the few grouping labels up rather than listing every label.
+                        let mut pairs: Vec<(&str, &str)> =
+                            kept().filter_map(|n| state.get(n).map(|v| (n.as_str(), v))).collect();
+                        pairs.sort_unstable();
+                        pairs.dedup_by(|a, b| a.0 == b.0);
+                        let id = index.id_of_pairs(&pairs);
+                        last_by = Some((kept().map(|n| state.get(n).map(str::to_owned)).collect(), id));
+                        id
+                    }
+                }
             } else {
                 let mut pairs = state.pairs();
                 pairs.retain(|(k, _)| grouping.keeps(k));
