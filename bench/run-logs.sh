@@ -10,7 +10,7 @@
 #     structured metadata);
 #   - peak resident memory of pharos during ingest;
 #   - a line filter that matches nothing (`|= "needle"`) over everything: bytes of lines
-#     scanned per second;
+#     scanned per second, and per second of the server's CPU (per core);
 #   - `sum by (severity_text) (count_over_time({service_name="checkout"} |= "failed" [1m]))` over
 #     the whole range, and the same over every stream: seconds.
 # No peer runs here (Loki is not installable on this machine); see docs/benchmarks.md.
@@ -134,19 +134,26 @@ def query_range(q, **extra):
     params = {"query": q, "start": start, "end": end + (60 * 10**9 if "step" in extra else 0), **extra}
     return get("/loki/api/v1/query_range?" + urllib.parse.urlencode(params))
 
+cpu_before = cpu_seconds()
 secs, body = query_range('{service_name=~".+"} |= "no-such-needle"', limit=100)
+cpu = cpu_seconds() - cpu_before
 summary = body["data"]["stats"]["summary"]
+# Per core: the bytes over the server's CPU time for the query (blocks are read in parallel).
 scan = {"seconds": round(secs, 3), "bytes": summary["totalBytesProcessed"], "lines": summary["totalLinesProcessed"],
-        "mb_per_s": round(summary["totalBytesProcessed"] / secs / 1e6, 1)}
+        "mb_per_s": round(summary["totalBytesProcessed"] / secs / 1e6, 1),
+        "cpu_seconds": round(cpu, 2),
+        "mb_per_cpu_s": round(summary["totalBytesProcessed"] / max(cpu, 0.01) / 1e6, 1)}
 counts = {}
 for label, q in {
     "one_service": 'sum by (severity_text) (count_over_time({service_name="checkout"} |= "failed" [1m]))',
     "every_stream": 'sum by (severity_text) (count_over_time({service_name=~".+"} |= "failed" [1m]))',
 }.items():
+    cpu_before = cpu_seconds()
     secs, body = query_range(q, step="60s")
+    cpu = cpu_seconds() - cpu_before
     s = body["data"]["stats"]["summary"]
     counts[label] = {"query": q, "seconds": round(secs, 3), "bytes": s["totalBytesProcessed"],
-                     "series": len(body["data"]["result"])}
+                     "cpu_seconds": round(cpu, 2), "series": len(body["data"]["result"])}
 rss = int(open(f"{out}/rss_peak_kib").read()) if os.path.exists(f"{out}/rss_peak_kib") else 0
 result = {
     "acked_lines_per_s": loadgen["items_per_sec"],
