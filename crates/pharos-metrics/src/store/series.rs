@@ -58,9 +58,15 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Decodes and merges the snapshot into samples within `[mint, maxt]`, in time order.
     pub(crate) fn samples(&self, mint: i64, maxt: i64) -> Vec<Sample> {
-        let mut ordered = Vec::new();
-        for c in self.chunks.iter().map(|c| &**c).chain(self.open.as_ref()) {
-            ordered.extend(c.iter().filter(|s| s.t >= mint && s.t <= maxt));
+        let chunks = || self.chunks.iter().map(|c| &**c).chain(self.open.as_ref());
+        // Room for every sample at once (no regrowth, copying what was decoded).
+        let mut ordered = Vec::with_capacity(chunks().map(|c| usize::from(c.len())).sum());
+        for c in chunks() {
+            if c.min_t() >= mint && c.max_t() <= maxt {
+                ordered.extend(c.iter());
+            } else {
+                ordered.extend(c.iter().filter(|s| s.t >= mint && s.t <= maxt));
+            }
         }
         if self.ooo.is_empty() {
             return ordered;
