@@ -132,11 +132,15 @@ fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The position of `name` in [`DEDICATED_METADATA`], if it is one.
+fn dedicated_index(name: &[u8]) -> Option<usize> {
+    DEDICATED_METADATA.iter().position(|d| d.as_bytes() == name)
+}
+
 /// Whether encoded metadata holds a pair of a dedicated name.
 fn has_dedicated(metadata: &[u8]) -> Result<bool, BlockError> {
     for pair in pairs(metadata) {
-        let (k, _) = pair?;
-        if DEDICATED_METADATA.iter().any(|d| d.as_bytes() == k) {
+        if dedicated_index(pair?.0).is_some() {
             return Ok(true);
         }
     }
@@ -266,7 +270,7 @@ pub fn encode<'a>(
             for pair in pairs(metadata) {
                 let (k, v) = pair?;
                 let pair_end = v.as_ptr() as usize - metadata.as_ptr() as usize + v.len();
-                if let Some(i) = DEDICATED_METADATA.iter().position(|d| d.as_bytes() == k)
+                if let Some(i) = dedicated_index(k)
                     && dedicated[i].is_none()
                 {
                     dedicated[i] = Some(v);
@@ -418,24 +422,15 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     if !digit && name.iter().all(|&b| is_label_name_char(char::from(b))) {
         return encode_bytes_pair(name, value, out);
     }
-    if name.is_ascii() {
-        // One byte per character (`service.name`, the usual case): mapped byte by byte.
-        put_varint(name.len() + usize::from(digit), out);
-        if digit {
-            out.push(b'_');
-        }
-        out.extend(name.iter().map(|&b| if is_label_name_char(char::from(b)) { b } else { b'_' }));
-        put_varint(value.len(), out);
-        out.extend_from_slice(value);
-        return;
-    }
-    let name = String::from_utf8_lossy(name);
-    // Every character of the valid name is one byte.
-    put_varint(name.chars().count() + usize::from(digit), out);
+    // Every character becomes one byte, read off the UTF-8 bytes without decoding them: the
+    // first byte of a character stands for it (a byte of a multi-byte character is never a
+    // label-name character, so it becomes `_`) and continuation bytes (0b10xx_xxxx) are dropped.
+    let chars = name.iter().filter(|&&b| b & 0xC0 != 0x80);
+    put_varint(chars.clone().count() + usize::from(digit), out);
     if digit {
         out.push(b'_');
     }
-    out.extend(name.chars().map(|c| if is_label_name_char(c) { c as u8 } else { b'_' }));
+    out.extend(chars.map(|&b| if is_label_name_char(char::from(b)) { b } else { b'_' }));
     put_varint(value.len(), out);
     out.extend_from_slice(value);
 }
