@@ -221,13 +221,7 @@ fn eval_range(
     let lines = lines_needed(agg);
     let needs = Needs { metadata: metadata_needed(agg, &grouping), lines };
     let streams = read(ctx.source, &agg.range.query, from, to, needs, &mut ctx.stats, ctx.limits)?;
-    let extracted = range::extract(agg, &grouping, &streams, !lines, &mut ctx.budget)?;
-    // Freeing many entries takes a while: on another thread, not before the answer.
-    if streams.iter().map(|s| s.entries.len()).sum::<usize>() > range::PARALLEL_ENTRIES {
-        std::thread::spawn(move || drop(streams));
-    } else {
-        drop(streams);
-    }
+    let extracted = range::extract(agg, &grouping, streams, !lines, &mut ctx.budget)?;
     range::aggregate(agg, extracted, &ctx.steps, &mut ctx.budget)
 }
 

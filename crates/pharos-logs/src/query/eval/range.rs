@@ -72,17 +72,18 @@ pub(super) fn extraction_grouping(agg: &RangeAggregation, pushed: Option<&Groupi
 /// Entries above which extraction runs on one thread per core (tests split any query, so
 /// that the differential tests cover the parallel path).
 #[cfg(not(test))]
-pub(super) const PARALLEL_ENTRIES: usize = 65_536;
+const PARALLEL_ENTRIES: usize = 65_536;
 #[cfg(test)]
-pub(super) const PARALLEL_ENTRIES: usize = 0;
+const PARALLEL_ENTRIES: usize = 0;
 
 /// Runs the range's pipeline over `streams` and groups the samples into series. Large inputs
 /// are extracted in parts of consecutive streams, one per core, and the parts' series joined
-/// in stream order, so the samples are those of one pass in the same order.
+/// in stream order, so the samples are those of one pass in the same order; their entries are
+/// then freed on another thread (that takes a while), not before the answer.
 pub(super) fn extract(
     agg: &RangeAggregation,
     grouping: &Grouping,
-    streams: &[StreamEntries],
+    streams: Vec<StreamEntries>,
     lines_filtered: bool,
     budget: &mut Budget,
 ) -> Result<Extracted, EvalError> {
@@ -96,12 +97,18 @@ pub(super) fn extract(
     };
     let entries: usize = streams.iter().map(|s| s.entries.len()).sum();
     let deadline = budget.deadline();
+    let large = entries > PARALLEL_ENTRIES;
     let parts = pharos_core::parallel::in_weighted_parts(
-        streams,
-        entries > PARALLEL_ENTRIES,
+        &streams,
+        large,
         |s| s.entries.len(),
         |_, part| extract_part(agg, &stages, grouping, part, &mut Budget::new(deadline)),
     );
+    if large {
+        std::thread::spawn(move || drop(streams));
+    } else {
+        drop(streams);
+    }
     let mut parts = parts.into_iter();
     let first = parts.next().unwrap_or_else(|| Ok(Extracted { series: Vec::new(), samples: Vec::new() }))?;
     let mut joined = if parts.len() == 0 {
