@@ -12,6 +12,7 @@ pub mod prompb;
 mod signal;
 mod tenant;
 pub mod time;
+pub mod wire;
 
 pub use envelope::{
     Envelope, EnvelopeError, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES,

@@ -23,6 +23,8 @@ pub enum IngestError {
     DecodeProtobuf(#[from] prost::DecodeError),
     #[error("cannot decode the protobuf body: {0}")]
     MalformedProtobuf(#[from] crate::otlp::WireError),
+    #[error("cannot decode the protobuf body: {0}")]
+    DecodeWire(#[from] pharos_core::wire::WireError),
     #[error("cannot decode the JSON body: {0}")]
     DecodeJson(#[from] serde_json::Error),
     #[error("request has {count} {}, over the limit max_items_per_request of {limit}", signal.item_name())]
@@ -46,6 +48,7 @@ impl IngestError {
             | IngestError::Decompress { .. }
             | IngestError::DecodeProtobuf(_)
             | IngestError::MalformedProtobuf(_)
+            | IngestError::DecodeWire(_)
             | IngestError::DecodeJson(_)
             | IngestError::AllRejected { .. }
             | IngestError::ReadBody(_)
@@ -79,7 +82,9 @@ impl IngestError {
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
             IngestError::Decompress { .. } => "bad_compression",
-            IngestError::DecodeProtobuf(_) | IngestError::MalformedProtobuf(_) => "malformed_protobuf",
+            IngestError::DecodeProtobuf(_) | IngestError::MalformedProtobuf(_) | IngestError::DecodeWire(_) => {
+                "malformed_protobuf"
+            }
             IngestError::DecodeJson(_) => "malformed_json",
             IngestError::TooManyItems { .. } => "too_many_items",
             IngestError::AllRejected { .. } => "all_rejected",

@@ -18,73 +18,80 @@ use axum::{
     routing::post,
 };
 use bytes::Bytes;
-use pharos_core::{PartitionKey, PayloadFormat, Signal, Tenant, label_set_hash, partition_of, prompb};
+use pharos_core::{
+    PartitionKey, PayloadFormat, Signal, Tenant, label_set_hash, partition_of, prompb, wire::put_bytes_field,
+};
 use prost::Message;
 
 use crate::{
     IngestError, Ingestor, Limits, TENANT_HEADER,
     body::read_body,
     otlp::{
-        Outcome, Prepared, Rejections, encode_envelope, http::HttpOptions, now_unix_nanos,
+        EncodedBody, Outcome, Prepared, Rejections, encode_envelope, http::HttpOptions, now_unix_nanos,
         validate::Violation,
     },
     tenant_from_header,
 };
 
-/// A sample the metrics store would refuse: its position in the series' samples, a short
-/// reason (a metric label) and the message for the client.
+/// A sample the metrics store would refuse: its series (position in the list given to
+/// [`SampleCheck::refused`]), its position in the series' samples, a short reason (a metric
+/// label) and the message for the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefusedSample {
+    pub series: usize,
     pub index: usize,
     pub reason: &'static str,
     pub message: String,
 }
 
-/// Which samples of a series the metrics store would refuse now (out of order, too old,
-/// out of bounds, duplicate), so that remote write answers them with 400 as Prometheus does
-/// while the rest of the request is written. The store is read as it is: a sample made out of
-/// order only by data still in the queue passes here and is refused when it reaches the store
-/// (counted there).
-pub trait SampleCheck: Send + Sync {
-    /// `labels`: the series' sorted `(name, value)` pairs; `samples` as sent (timestamps in ms).
-    fn refused(
-        &self,
-        tenant: &Tenant,
-        labels: &[(&str, &str)],
-        samples: &[prompb::v1::Sample],
-    ) -> Vec<RefusedSample>;
+/// One series for [`SampleCheck::refused`].
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedSeries<'s> {
+    /// [`label_set_hash`] of `labels`.
+    pub hash: u64,
+    /// Sorted `(name, value)` pairs.
+    pub labels: &'s [(&'s str, &'s str)],
+    /// As sent (timestamps in ms).
+    pub samples: &'s [prompb::v1::Sample],
 }
 
-/// Removes the samples `check` refuses from one series (`labels` gives its sorted pairs),
-/// recording them in `rejections`; true when it had samples and none is left.
-fn drop_refused<'a>(
+/// Which samples the metrics store would refuse now (out of order, too old, out of bounds,
+/// duplicate), so that remote write answers them with 400 as Prometheus does while the rest of
+/// the request is written. The store is read as it is: a sample made out of order only by data
+/// still in the queue passes here and is refused when it reaches the store (counted there).
+pub trait SampleCheck: Send + Sync {
+    /// The refused samples of a request's series, in the order of `series`.
+    fn refused(&self, tenant: &Tenant, series: &[CheckedSeries<'_>]) -> Vec<RefusedSample>;
+}
+
+/// Asks `check` about `series` and records what it refuses in `rejections`; returns, per
+/// series, which of its samples are refused (`None` for a series with none refused).
+fn refusals(
     check: Option<&dyn SampleCheck>,
     tenant: &Tenant,
-    labels: impl FnOnce() -> Vec<(&'a str, &'a str)>,
-    samples: &mut Vec<prompb::v1::Sample>,
+    series: &[CheckedSeries<'_>],
     rejections: &mut Rejections,
-) -> bool {
-    let Some(check) = check else { return false };
-    if samples.is_empty() {
-        return false;
-    }
-    let refused = check.refused(tenant, &labels(), samples);
-    if refused.is_empty() {
-        return false;
-    }
-    let mut gone = vec![false; samples.len()];
-    for r in refused {
-        if let Some(g) = gone.get_mut(r.index) {
+) -> Vec<Option<Vec<bool>>> {
+    let mut gone: Vec<Option<Vec<bool>>> = vec![None; series.len()];
+    let Some(check) = check else { return gone };
+    for r in check.refused(tenant, series) {
+        let Some(s) = series.get(r.series) else { continue };
+        let g = gone[r.series].get_or_insert_with(|| vec![false; s.samples.len()]);
+        if let Some(g) = g.get_mut(r.index) {
             *g = true;
             rejections.add(Violation { reason: r.reason, message: r.message }, 1);
         }
     }
+    gone
+}
+
+/// Removes the samples marked in `gone`.
+fn drop_marked(samples: &mut Vec<prompb::v1::Sample>, gone: &[bool]) {
     let mut i = 0;
     samples.retain(|_| {
         i += 1;
-        !gone[i - 1]
+        !gone.get(i - 1).copied().unwrap_or(false)
     });
-    samples.is_empty()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -294,10 +301,6 @@ fn check_labels<'a>(
     Ok(())
 }
 
-fn series_partition<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>, partitions: u32) -> u32 {
-    partition_of(PartitionKey::Hash(label_set_hash(labels)), partitions)
-}
-
 fn prepare(
     ingestor: &Ingestor,
     tenant: &Tenant,
@@ -312,55 +315,71 @@ fn prepare(
     let received_at = now_unix_nanos();
     let parts: Vec<(u32, Bytes, u64)> = match version {
         Version::V1 => {
-            let req = prompb::v1::WriteRequest::decode(&raw[..])?;
-            let mut per: Vec<prompb::v1::WriteRequest> = vec![Default::default(); partitions as usize];
-            let mut metadata = Some(req.metadata);
-            for mut series in req.timeseries {
-                let items = (series.samples.len() + series.histograms.len()) as u64;
-                let labels = || series.labels.iter().map(|l| (l.name.as_str(), l.value.as_str()));
-                if let Err(v) = check_labels(labels(), limits) {
-                    rejections.add(v, items.max(1));
+            // Read in place: labels borrowed from the body, each series forwarded as it came.
+            let view = prompb::view::WriteRequestView::read(&raw)?;
+            // What the view does not look into is checked as decoding the request would.
+            view.metadata()?;
+            let mut checked = Vec::with_capacity(view.series.len());
+            let mut which = Vec::with_capacity(view.series.len());
+            for (i, series) in view.series.iter().enumerate() {
+                let (labels, samples) = (view.labels(series), view.samples(series));
+                if let Err(v) = check_labels(labels.iter().copied(), limits) {
+                    rejections.add(v, (samples.len() + series.histograms).max(1) as u64);
                     continue;
                 }
-                let pairs = || labels().collect();
-                let emptied = drop_refused(
-                    ingestor.sample_check(),
-                    tenant,
-                    pairs,
-                    &mut series.samples,
-                    &mut rejections,
-                );
-                if emptied && series.histograms.is_empty() && series.exemplars.is_empty() {
-                    continue;
+                if series.histograms > 0 || view.exemplar_count(series) > 0 {
+                    prompb::v1::TimeSeries::decode(series.raw)?;
                 }
-                written.samples += series.samples.len() as u64;
-                written.histograms += series.histograms.len() as u64;
-                written.exemplars += series.exemplars.len() as u64;
-                let p = series_partition(labels(), partitions) as usize;
-                per[p].timeseries.push(series);
+                checked.push(CheckedSeries { hash: label_set_hash(labels.iter().copied()), labels, samples });
+                which.push(i);
+            }
+            let gone = refusals(ingestor.sample_check(), tenant, &checked, &mut rejections);
+            // Per partition: the encoded request and its items.
+            let mut per: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); partitions as usize];
+            for ((c, &i), gone) in checked.iter().zip(&which).zip(gone) {
+                let series = &view.series[i];
+                let exemplars = view.exemplar_count(series);
+                let (body, items) = &mut per[partition_of(PartitionKey::Hash(c.hash), partitions) as usize];
+                let samples = match gone {
+                    None => {
+                        put_bytes_field(body, 1, series.raw);
+                        c.samples.len()
+                    }
+                    Some(gone) => {
+                        let mut ts = prompb::v1::TimeSeries::decode(series.raw)?;
+                        drop_marked(&mut ts.samples, &gone);
+                        if ts.samples.is_empty() && series.histograms == 0 && exemplars == 0 {
+                            continue;
+                        }
+                        put_bytes_field(body, 1, &ts.encode_to_vec());
+                        ts.samples.len()
+                    }
+                };
+                *items += (samples + series.histograms) as u64;
+                written.samples += samples as u64;
+                written.histograms += series.histograms as u64;
+                written.exemplars += exemplars as u64;
             }
             // Metadata is small and per metric family: it travels with the first partition's part.
-            if let Some(first) = per.iter_mut().find(|r| !r.timeseries.is_empty()) {
-                first.metadata = metadata.take().unwrap_or_default();
+            if let Some((body, _)) = per.iter_mut().find(|(body, _)| !body.is_empty()) {
+                for m in &view.metadata {
+                    put_bytes_field(body, 3, m);
+                }
             }
             per.into_iter()
                 .enumerate()
-                .filter(|(_, r)| !r.timeseries.is_empty())
-                .map(|(p, r)| {
-                    let n = r.timeseries.iter().map(|s| (s.samples.len() + s.histograms.len()) as u64).sum();
-                    (
-                        p as u32,
-                        encode_envelope(
-                            tenant,
-                            Signal::Metrics,
-                            PayloadFormat::PrometheusWriteV1,
-                            received_at,
-                            n,
-                            &[],
-                            &r,
-                        ),
+                .filter(|(_, (body, _))| !body.is_empty())
+                .map(|(p, (body, n))| {
+                    let envelope = encode_envelope(
+                        tenant,
+                        Signal::Metrics,
+                        PayloadFormat::PrometheusWriteV1,
+                        received_at,
                         n,
-                    )
+                        &[],
+                        &EncodedBody(&body),
+                    );
+                    (p as u32, envelope, n)
                 })
                 .collect()
         }
@@ -369,9 +388,10 @@ fn prepare(
             if req.symbols.first().is_some_and(|s| !s.is_empty()) {
                 return Err(IngestError::Invalid("symbols[0] must be the empty string".into()));
             }
-            let symbols = &req.symbols;
-            let mut per: Vec<Vec<prompb::v2::TimeSeries>> = vec![Vec::new(); partitions as usize];
-            for mut series in req.timeseries {
+            let (symbols, mut timeseries) = (&req.symbols, req.timeseries);
+            // The valid series: position, labels, hash.
+            let mut valid: Vec<(usize, Vec<(&str, &str)>, u64)> = Vec::with_capacity(timeseries.len());
+            for (i, series) in timeseries.iter().enumerate() {
                 let items = (series.samples.len() + series.histograms.len()) as u64;
                 let resolved: Option<Vec<(&str, &str)>> = (series.labels_refs.len() % 2 == 0)
                     .then(|| {
@@ -401,22 +421,28 @@ fn prepare(
                     rejections.add(v, items.max(1));
                     continue;
                 }
-                let pairs = || labels.clone();
-                let emptied = drop_refused(
-                    ingestor.sample_check(),
-                    tenant,
-                    pairs,
-                    &mut series.samples,
-                    &mut rejections,
-                );
-                if emptied && series.histograms.is_empty() && series.exemplars.is_empty() {
-                    continue;
+                let hash = label_set_hash(labels.iter().copied());
+                valid.push((i, labels, hash));
+            }
+            let checked: Vec<CheckedSeries<'_>> = valid
+                .iter()
+                .map(|(i, labels, hash)| CheckedSeries { hash: *hash, labels, samples: &timeseries[*i].samples })
+                .collect();
+            let gone = refusals(ingestor.sample_check(), tenant, &checked, &mut rejections);
+            drop(checked);
+            let mut per: Vec<Vec<prompb::v2::TimeSeries>> = vec![Vec::new(); partitions as usize];
+            for ((i, _, hash), gone) in valid.iter().zip(gone) {
+                let mut series = std::mem::take(&mut timeseries[*i]);
+                if let Some(gone) = gone {
+                    drop_marked(&mut series.samples, &gone);
+                    if series.samples.is_empty() && series.histograms.is_empty() && series.exemplars.is_empty() {
+                        continue;
+                    }
                 }
                 written.samples += series.samples.len() as u64;
                 written.histograms += series.histograms.len() as u64;
                 written.exemplars += series.exemplars.len() as u64;
-                let p = series_partition(labels.into_iter(), partitions) as usize;
-                per[p].push(series);
+                per[partition_of(PartitionKey::Hash(*hash), partitions) as usize].push(series);
             }
             // Each partition's part carries the whole symbol table: refs stay valid as they are.
             per.into_iter()

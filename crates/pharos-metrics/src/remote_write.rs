@@ -1,5 +1,6 @@
-//! Prometheus remote write 1.0 and 2.0 requests (as the queue holds them, decompressed) turned
-//! into series, exemplars and metadata for the head.
+//! Prometheus remote write 2.0 requests (as the queue holds them, decompressed) turned into
+//! series, exemplars and metadata for the head (1.0 requests are read in place by the
+//! partition writer).
 //!
 //! The receiver has already checked labels (names, sorting, duplicates, limits); this is total
 //! anyway: whatever cannot be turned into a series is counted as dropped, never a panic.
@@ -13,38 +14,12 @@ use crate::store::{Batch, Exemplar, Metadata, MetricType};
 
 /// The metric type of a remote-write metadata type code (the same codes in 1.0 and 2.0, and
 /// in part files); an unknown code is `Unknown`.
-fn metric_type(code: i32) -> MetricType {
+pub(crate) fn metric_type(code: i32) -> MetricType {
     u8::try_from(code).ok().and_then(MetricType::from_code).unwrap_or(MetricType::Unknown)
 }
 
 fn samples(samples: &[v1::Sample]) -> Vec<Sample> {
     samples.iter().map(|s| Sample { t: s.timestamp, v: s.value }).collect()
-}
-
-/// Decodes a remote write 1.0 `WriteRequest`.
-pub fn decode_v1(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
-    let req = v1::WriteRequest::decode(payload)?;
-    let mut batch = Batch::default();
-    for ts in req.timeseries {
-        let labels = Labels::from_pairs(ts.labels.into_iter().map(|l| (l.name, l.value)));
-        batch.drop_items("native_histogram", ts.histograms.len() as u64);
-        for e in ts.exemplars {
-            let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
-            batch
-                .exemplars
-                .push((labels.clone(), Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp }));
-        }
-        if !ts.samples.is_empty() {
-            batch.series.push((labels, samples(&ts.samples)));
-        }
-    }
-    for m in req.metadata {
-        batch.metadata.push((
-            m.metric_family_name,
-            Metadata { kind: metric_type(m.r#type), help: m.help, unit: m.unit },
-        ));
-    }
-    Ok(batch)
 }
 
 /// Decodes a remote write 2.0 `Request`, resolving its symbol references.
@@ -95,45 +70,6 @@ pub fn decode_v2(payload: &[u8]) -> Result<Batch, prost::DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn label(name: &str, value: &str) -> v1::Label {
-        v1::Label { name: name.into(), value: value.into() }
-    }
-
-    #[test]
-    fn decode_v1_keeps_series_exemplars_and_metadata() {
-        let req = v1::WriteRequest {
-            timeseries: vec![v1::TimeSeries {
-                labels: vec![label("__name__", "up"), label("job", "node")],
-                samples: vec![
-                    v1::Sample { value: 1.0, timestamp: 1000 },
-                    v1::Sample { value: 0.0, timestamp: 2000 },
-                ],
-                exemplars: vec![v1::Exemplar {
-                    labels: vec![label("trace_id", "abc")],
-                    value: 1.0,
-                    timestamp: 1000,
-                }],
-                histograms: vec![Default::default()],
-            }],
-            metadata: vec![v1::MetricMetadata {
-                r#type: 2,
-                metric_family_name: "up".into(),
-                help: "Up.".into(),
-                unit: String::new(),
-            }],
-        };
-        let batch = decode_v1(&req.encode_to_vec()).unwrap();
-        let up = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
-        assert_eq!(
-            batch.series,
-            vec![(up.clone(), vec![Sample { t: 1000, v: 1.0 }, Sample { t: 2000, v: 0.0 }])]
-        );
-        assert_eq!(batch.exemplars.len(), 1);
-        assert_eq!(batch.exemplars[0].0, up);
-        assert_eq!(batch.metadata[0].1.kind, MetricType::Gauge);
-        assert_eq!(batch.dropped, vec![("native_histogram", 1)]);
-    }
 
     #[test]
     fn decode_v2_resolves_symbols_and_drops_bad_references() {

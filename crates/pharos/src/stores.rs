@@ -354,9 +354,9 @@ impl Sink for StoresSink {
         // Records whose data a processor still holds (tail sampling waits, batches) are read
         // again after a crash: nothing at or above the oldest of them is reported durable.
         let held = self.pipelines.held_offset().unwrap_or(next).min(next);
-        if let Some(flush) = self.metrics.take_flush(held, closing) {
+        if let Some(mut flush) = self.metrics.take_flush(held, closing) {
             let parts = self.parts.clone();
-            let flush = tokio::task::spawn_blocking(move || parts.write(&flush).map(|()| flush))
+            let flush = tokio::task::spawn_blocking(move || parts.write(&mut flush).map(|()| flush))
                 .await
                 .map_err(|e| PipelineError::Store(e.into()))?
                 .map_err(|e| PipelineError::Store(e.into()))?;
@@ -405,18 +405,17 @@ impl pharos_ingest::remote_write::SampleCheck for HeadSampleCheck {
     fn refused(
         &self,
         tenant: &pharos_core::Tenant,
-        labels: &[(&str, &str)],
-        samples: &[pharos_core::prompb::v1::Sample],
+        series: &[pharos_ingest::remote_write::CheckedSeries<'_>],
     ) -> Vec<pharos_ingest::remote_write::RefusedSample> {
-        let samples: Vec<pharos_metrics::model::Sample> =
-            samples.iter().map(|s| pharos_metrics::model::Sample { t: s.timestamp, v: s.value }).collect();
+        let to_sample = |s: &pharos_core::prompb::v1::Sample| pharos_metrics::model::Sample { t: s.timestamp, v: s.value };
         self.0
-            .refused_samples(tenant, labels, &samples)
+            .refused_many(tenant, series.iter().map(|c| (c.hash, c.labels, c.samples.iter().map(to_sample))))
             .into_iter()
-            .map(|(index, e)| pharos_ingest::remote_write::RefusedSample {
+            .map(|(n, index, e)| pharos_ingest::remote_write::RefusedSample {
+                series: n,
                 index,
                 reason: e.reason(),
-                message: format!("{e} (series {{{}}})", series_text(labels)),
+                message: format!("{e} (series {{{}}})", series_text(series[n].labels)),
             })
             .collect()
     }

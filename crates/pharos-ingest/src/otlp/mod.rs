@@ -51,6 +51,36 @@ pub(crate) fn now_unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What an envelope carries: a message encoded straight into the envelope's buffer, or bytes
+/// already encoded ([`EncodedBody`]).
+pub(crate) trait EnvelopeBody {
+    fn body_len(&self) -> usize;
+    fn put(&self, buf: &mut bytes::BytesMut);
+}
+
+impl<M: prost::Message> EnvelopeBody for M {
+    fn body_len(&self) -> usize {
+        self.encoded_len()
+    }
+
+    fn put(&self, buf: &mut bytes::BytesMut) {
+        self.encode(buf).expect("the buffer has room for the whole message");
+    }
+}
+
+/// A payload already encoded.
+pub(crate) struct EncodedBody<'a>(pub(crate) &'a [u8]);
+
+impl EnvelopeBody for EncodedBody<'_> {
+    fn body_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn put(&self, buf: &mut bytes::BytesMut) {
+        buf.extend_from_slice(self.0);
+    }
+}
+
 /// Encodes `message` as the payload of an envelope, straight into the envelope's buffer.
 pub(crate) fn encode_envelope(
     tenant: &Tenant,
@@ -59,7 +89,7 @@ pub(crate) fn encode_envelope(
     received_at_unix_nanos: u64,
     items: u64,
     metadata: &[(String, String)],
-    message: &impl prost::Message,
+    message: &impl EnvelopeBody,
 ) -> Bytes {
     let mut buf = Envelope::encode_header(
         tenant,
@@ -68,9 +98,9 @@ pub(crate) fn encode_envelope(
         received_at_unix_nanos,
         items as u32,
         metadata,
-        message.encoded_len(),
+        message.body_len(),
     );
-    message.encode(&mut buf).expect("the buffer has room for the whole message");
+    message.put(&mut buf);
     buf.freeze()
 }
 

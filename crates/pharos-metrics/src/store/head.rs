@@ -83,6 +83,13 @@ pub struct Head {
     min_valid: AtomicI64,
 }
 
+/// How an append names its series: a label set, or sorted pairs with their hash.
+#[derive(Clone, Copy)]
+enum SeriesKey<'a> {
+    Labels(&'a Labels),
+    Pairs(u64, &'a [(&'a str, &'a str)]),
+}
+
 impl Default for Head {
     fn default() -> Self {
         Self::new(HeadOptions::default())
@@ -239,7 +246,7 @@ impl Head {
 
     /// Appends one series' samples, keeping the valid ones (as remote write expects).
     pub fn append_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
-        self.append_each(labels, samples, self.window_ms, |_, _| {})
+        self.append_each(SeriesKey::Labels(labels), samples.iter().copied(), self.window_ms, |_, _| {})
     }
 
     /// [`append_samples`](Self::append_samples), handing each accepted sample to `kept` with
@@ -251,7 +258,26 @@ impl Head {
         samples: &[Sample],
         kept: impl FnMut(&Arc<MemSeries>, &Sample),
     ) -> AppendOutcome {
-        self.append_each(labels, samples, self.window_ms, kept)
+        self.append_each(SeriesKey::Labels(labels), samples.iter().copied(), self.window_ms, kept)
+    }
+
+    /// [`append_samples_with`](Self::append_samples_with) for a label set given as `(name,
+    /// value)` pairs and their hash ([`series_hash_of`](super::index::series_hash_of)): a
+    /// series the head has is found without building its labels. Pairs that are not a label
+    /// set as the head keeps them (sorted, unique names, no empty value) are made into one.
+    pub(crate) fn append_pairs_with(
+        &self,
+        hash: u64,
+        pairs: &[(&str, &str)],
+        samples: impl Iterator<Item = Sample>,
+        kept: impl FnMut(&Arc<MemSeries>, &Sample),
+    ) -> AppendOutcome {
+        let canonical = pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty());
+        if canonical {
+            return self.append_each(SeriesKey::Pairs(hash, pairs), samples, self.window_ms, kept);
+        }
+        let labels = Labels::from_pairs(pairs.iter().copied());
+        self.append_each(SeriesKey::Labels(&labels), samples, self.window_ms, kept)
     }
 
     /// Puts back samples the head had accepted before (read from a part on start): the
@@ -263,21 +289,33 @@ impl Head {
         if from == samples.len() {
             return AppendOutcome::default();
         }
-        self.append_each(labels, &samples[from..], i64::MAX, |_, _| {})
+        self.append_each(SeriesKey::Labels(labels), samples[from..].iter().copied(), i64::MAX, |_, _| {})
+    }
+
+    /// The series `key` names, created (within the limits) if new.
+    fn series_by(&self, key: SeriesKey<'_>) -> Result<Arc<MemSeries>, AppendError> {
+        match key {
+            SeriesKey::Labels(labels) => self.series(labels),
+            SeriesKey::Pairs(hash, pairs) => {
+                // (The index guard must be gone before `series` may take the write lock.)
+                let found = self.read_index().find_pairs(hash, pairs);
+                found.map_or_else(|| self.series(&Labels::from_pairs(pairs.iter().copied())), Ok)
+            }
+        }
     }
 
     fn append_each(
         &self,
-        labels: &Labels,
-        samples: &[Sample],
+        key: SeriesKey<'_>,
+        samples: impl Iterator<Item = Sample>,
         window_ms: i64,
         mut kept: impl FnMut(&Arc<MemSeries>, &Sample),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
-        let mut s = match self.series(labels) {
+        let mut s = match self.series_by(key) {
             Ok(s) => s,
             Err(e) => {
-                out.rejected = samples.len();
+                out.rejected = samples.count();
                 out.first_error = Some(e);
                 return out;
             }
@@ -291,7 +329,7 @@ impl Head {
             };
             if appended == Err(AppendError::Removed) {
                 // Truncation dropped the series between the lookup and this append.
-                match self.series(labels) {
+                match self.series_by(key) {
                     Ok(fresh) => {
                         s = fresh;
                         appended = s.append(sample.t, sample.v, window_ms);
@@ -304,7 +342,7 @@ impl Head {
                     self.min_t.fetch_min(sample.t, Ordering::Relaxed);
                     self.max_t.fetch_max(sample.t, Ordering::Relaxed);
                     out.accepted += 1;
-                    kept(&s, sample);
+                    kept(&s, &sample);
                 }
                 Err(e) => {
                     out.rejected += 1;
@@ -320,17 +358,35 @@ impl Head {
     /// sorted `(name, value)` pairs; a series the head does not have yet refuses only
     /// samples older than [`min_valid_time`](Self::min_valid_time).
     pub fn refused_samples(&self, labels: &[(&str, &str)], samples: &[Sample]) -> Vec<(usize, AppendError)> {
-        let min_valid = self.min_valid_time();
         let hash = super::index::series_hash_of(labels.iter().copied());
-        match self.read_index().find_pairs(hash, labels) {
-            Some(series) => series.refused(samples, self.window_ms, min_valid),
-            None => samples
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.t < min_valid)
-                .map(|(i, s)| (i, AppendError::OutOfBounds { timestamp: s.t, min_valid }))
-                .collect(),
+        self.refused_many([(hash, labels, samples.iter().copied())]).into_iter().map(|(_, i, e)| (i, e)).collect()
+    }
+
+    /// [`refused_samples`](Self::refused_samples) of many series with one look at the index:
+    /// each is given as its hash ([`series_hash_of`](super::index::series_hash_of) of its
+    /// pairs), sorted pairs and samples; the answer is `(series position, sample position,
+    /// why)`.
+    pub fn refused_many<'s, I>(
+        &self,
+        series: impl IntoIterator<Item = (u64, &'s [(&'s str, &'s str)], I)>,
+    ) -> Vec<(usize, usize, AppendError)>
+    where
+        I: Iterator<Item = Sample>,
+    {
+        let min_valid = self.min_valid_time();
+        let mut out = Vec::new();
+        let idx = self.read_index();
+        for (n, (hash, labels, samples)) in series.into_iter().enumerate() {
+            match idx.find_pairs(hash, labels) {
+                Some(series) => series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e))),
+                None => {
+                    for (i, s) in samples.enumerate().filter(|(_, s)| s.t < min_valid) {
+                        out.push((n, i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));
+                    }
+                }
+            }
         }
+        out
     }
 
     /// Keeps an exemplar for the series (created if new); a repeat of the newest one is
@@ -517,15 +573,17 @@ impl Heads {
         t
     }
 
-    /// [`Head::refused_samples`] in the tenant's head (nothing is refused for a tenant
-    /// without one yet).
-    pub fn refused_samples(
+    /// [`Head::refused_many`] in the tenant's head (nothing is refused for a tenant without one
+    /// yet).
+    pub fn refused_many<'s, I>(
         &self,
         tenant: &Tenant,
-        labels: &[(&str, &str)],
-        samples: &[Sample],
-    ) -> Vec<(usize, AppendError)> {
-        self.get(tenant).map_or_else(Vec::new, |h| h.refused_samples(labels, samples))
+        series: impl IntoIterator<Item = (u64, &'s [(&'s str, &'s str)], I)>,
+    ) -> Vec<(usize, usize, AppendError)>
+    where
+        I: Iterator<Item = Sample>,
+    {
+        self.get(tenant).map_or_else(Vec::new, |h| h.refused_many(series))
     }
 
     /// Appends one sample to the tenant's head.

@@ -263,23 +263,23 @@ impl MemSeries {
         Ok(())
     }
 
-    /// Which of `samples` (in the order given) [`append`](Self::append) would refuse, and
+    /// Hands `refuse` each of `samples` (by position) that [`append`](Self::append) would refuse, and
     /// why, without changing anything: each sample is judged as if the ones before it that
     /// would be accepted were already in (for the newest timestamp; out-of-order samples
     /// within the window are judged against the stored data only). Samples older than
     /// `min_valid`, the head's lower bound, are out of bounds.
     pub(crate) fn refused(
         &self,
-        samples: &[Sample],
+        samples: impl Iterator<Item = Sample>,
         window_ms: i64,
         min_valid: i64,
-    ) -> Vec<(usize, AppendError)> {
+        mut refuse: impl FnMut(usize, AppendError),
+    ) {
         let d = self.lock();
         let mut last = d.last;
-        let mut out = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
+        for (i, s) in samples.enumerate() {
             if s.t < min_valid {
-                out.push((i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));
+                refuse(i, AppendError::OutOfBounds { timestamp: s.t, min_valid });
                 continue;
             }
             if d.removed {
@@ -290,10 +290,9 @@ impl MemSeries {
             match d.place_after(last, s.t, bits, window_ms) {
                 Ok(Placement::InOrder) => last = Some((s.t, bits)),
                 Ok(_) => {}
-                Err(e) => out.push((i, e)),
+                Err(e) => refuse(i, e),
             }
         }
-        out
     }
 
     /// Copies out what is needed to read `[mint, maxt]`: full chunks are shared, the open

@@ -259,9 +259,10 @@ impl PartStore {
     }
 
     /// Writes the parts of a flush, each durably: written to a temporary file, fsynced,
-    /// renamed into place, and the directory fsynced.
-    pub fn write(&self, flush: &Flush) -> Result<(), PartStoreError> {
-        for (tenant, part) in &flush.parts {
+    /// renamed into place, and the directory fsynced. A part's samples are released once it
+    /// is written (the flush keeps what [`PartitionWriter::flushed`] needs).
+    pub fn write(&self, flush: &mut Flush) -> Result<(), PartStoreError> {
+        for (tenant, part) in &mut flush.parts {
             let dir = self.dir.join(tenant.as_str());
             fs::create_dir_all(&dir).map_err(io_error("create tenant part directory", &dir))?;
             let name = format!("p{:05}-{:020}", part.partition, part.covers_below);
@@ -287,6 +288,9 @@ impl PartStore {
                 max_t: part.max_t(),
                 path,
             });
+            // Written: the samples (and the series they hold) are let go here, off the
+            // processor's loop.
+            part.release_samples();
         }
         Ok(())
     }
@@ -378,7 +382,16 @@ impl PartitionWriter {
             return stats;
         }
         let decoded = match envelope.format {
-            PayloadFormat::PrometheusWriteV1 => crate::remote_write::decode_v1(&envelope.payload),
+            PayloadFormat::PrometheusWriteV1 => {
+                return match pharos_core::prompb::view::WriteRequestView::read(&envelope.payload) {
+                    Ok(view) => self.append_v1(&envelope.tenant, &view, stats),
+                    Err(e) => {
+                        error!(partition = self.partition, offset, error = %e, "undecodable metrics record, skipping it");
+                        stats.reject("undecodable", u64::from(envelope.items));
+                        stats
+                    }
+                };
+            }
             PayloadFormat::PrometheusWriteV2 => crate::remote_write::decode_v2(&envelope.payload),
             PayloadFormat::Otlp => self.otlp.decode(&envelope.payload),
             PayloadFormat::LokiPush => {
@@ -416,6 +429,55 @@ impl PartitionWriter {
         }
         let batch = self.otlp.convert_request(request);
         self.append(tenant, batch, WriteStats::default())
+    }
+
+    /// Applies a remote write 1.0 request read in place: a series the head has is found from
+    /// the request's label pairs, without building its labels.
+    fn append_v1(
+        &mut self,
+        tenant: &Tenant,
+        view: &pharos_core::prompb::view::WriteRequestView<'_>,
+        mut stats: WriteStats,
+    ) -> WriteStats {
+        let head = self.heads.head(tenant);
+        let part = self.pending.entry(tenant.clone()).or_insert_with(|| PendingPart::new(self.partition));
+        for series in &view.series {
+            stats.reject("native_histogram", series.histograms as u64);
+            let pairs = view.labels(series);
+            let samples = view.samples(series);
+            if !samples.is_empty() {
+                let hash = super::index::series_hash_of(pairs.iter().copied());
+                let samples = samples.iter().map(|s| Sample { t: s.timestamp, v: s.value });
+                let outcome = head.append_pairs_with(hash, pairs, samples, |series, s| part.add(series, *s));
+                stats.accepted += outcome.accepted as u64;
+                if let Some(e) = &outcome.first_error {
+                    stats.reject(e.reason(), outcome.rejected as u64);
+                }
+            }
+            if view.exemplar_count(series) == 0 {
+                continue;
+            }
+            let Ok(exemplars) = view.exemplars(series) else {
+                stats.reject("exemplar", view.exemplar_count(series) as u64);
+                continue;
+            };
+            let labels = Labels::from_pairs(pairs.iter().copied());
+            for e in exemplars {
+                let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
+                let exemplar = Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp };
+                if head.append_exemplar(&labels, exemplar).is_err() {
+                    stats.reject("exemplar", 1);
+                }
+            }
+        }
+        for m in view.metadata().unwrap_or_default() {
+            let metadata =
+                Metadata { kind: crate::remote_write::metric_type(m.r#type), help: m.help, unit: m.unit };
+            if head.set_metadata(&m.metric_family_name, metadata.clone()).is_ok() {
+                part.metadata.insert(m.metric_family_name, metadata);
+            }
+        }
+        stats
     }
 
     fn append(&mut self, tenant: &Tenant, batch: Batch, mut stats: WriteStats) -> WriteStats {
@@ -567,8 +629,8 @@ mod tests {
         // Pending samples, interval not reached: the offset stays where it was.
         assert!(w.take_flush(4, false).is_none());
         assert_eq!(w.durable_below(), 3);
-        let flush = w.take_flush(4, true).expect("forced");
-        store.write(&flush).unwrap();
+        let mut flush = w.take_flush(4, true).expect("forced");
+        store.write(&mut flush).unwrap();
         w.flushed(&flush);
         assert_eq!(w.durable_below(), 4);
 
@@ -585,6 +647,74 @@ mod tests {
     }
 
     #[test]
+    fn writer_applies_remote_write_series_exemplars_metadata_and_counts_histograms_dropped() {
+        let label = |n: &str, v: &str| v1::Label { name: n.into(), value: v.into() };
+        let req = v1::WriteRequest {
+            timeseries: vec![
+                v1::TimeSeries {
+                    labels: vec![label("__name__", "up"), label("job", "node")],
+                    samples: vec![
+                        v1::Sample { value: 1.0, timestamp: 1000 },
+                        v1::Sample { value: 0.0, timestamp: 2000 },
+                    ],
+                    exemplars: vec![v1::Exemplar {
+                        labels: vec![label("trace_id", "abc")],
+                        value: 1.0,
+                        timestamp: 1000,
+                    }],
+                    histograms: vec![Default::default()],
+                },
+                // Labels not as the head keeps them (unsorted, an empty value): still one series.
+                v1::TimeSeries {
+                    labels: vec![label("job", "api"), label("__name__", "up"), label("zone", "")],
+                    samples: vec![v1::Sample { value: 5.0, timestamp: 1000 }],
+                    ..Default::default()
+                },
+            ],
+            metadata: vec![v1::MetricMetadata {
+                r#type: 2,
+                metric_family_name: "up".into(),
+                help: "Up.".into(),
+                unit: String::new(),
+            }],
+        };
+        let mut e = envelope("a", 0, 0);
+        e.payload = req.encode_to_vec().into();
+        let heads = Arc::new(Heads::default());
+        let mut w = writer(&heads, &LoadReport::default());
+        let stats = w.write(0, &e);
+        assert_eq!(stats.accepted, 3);
+        assert_eq!(stats.rejected, vec![("native_histogram", 1)]);
+        let head = heads.head(&Tenant::parse("a").unwrap());
+        let got: Vec<(Labels, Vec<Sample>)> = head
+            .select(&[Matcher::equal("__name__", "up")], i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.labels, s.samples))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Labels::from_pairs([("__name__", "up"), ("job", "api")]), vec![Sample { t: 1000, v: 5.0 }]),
+                (
+                    Labels::from_pairs([("__name__", "up"), ("job", "node")]),
+                    vec![Sample { t: 1000, v: 1.0 }, Sample { t: 2000, v: 0.0 }]
+                ),
+            ]
+        );
+        let exemplars = head.exemplars(&[vec![Matcher::equal("job", "node")]], i64::MIN, i64::MAX);
+        assert_eq!(exemplars.len(), 1);
+        assert_eq!(exemplars[0].exemplars[0].labels, Labels::from_pairs([("trace_id", "abc")]));
+        let metadata = head.metadata(Some("up"), None);
+        assert_eq!(metadata[0].1.kind, crate::store::MetricType::Gauge);
+        assert_eq!(metadata[0].1.help, "Up.");
+        // A record that is not a request is skipped and counted.
+        e.payload = vec![0x0a, 0x05].into();
+        e.items = 7;
+        assert_eq!(w.write(1, &e).rejected, vec![("undecodable", 7)]);
+    }
+
+    #[test]
     fn store_moves_damaged_parts_aside_and_removes_unfinished_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = PartStore::open(dir.path()).unwrap();
@@ -593,8 +723,8 @@ mod tests {
         for (offset, tenant) in [(0, "a"), (1, "b")] {
             w.write(offset, &envelope(tenant, 1000, 3));
         }
-        let flush = w.take_flush(2, true).unwrap();
-        store.write(&flush).unwrap();
+        let mut flush = w.take_flush(2, true).unwrap();
+        store.write(&mut flush).unwrap();
         let part_b = dir.path().join("b").join(format!("p00000-{:020}.part", 2));
         let mut bytes = fs::read(&part_b).unwrap();
         bytes[30] ^= 0xff;

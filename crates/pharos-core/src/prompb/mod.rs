@@ -1,7 +1,9 @@
 //! Prometheus remote-write wire types: 1.0 (`prometheus.WriteRequest`) and 2.0
 //! (`io.prometheus.write.v2.Request`), written from the published protobuf schemas. Receivers
 //! decode them, processors and the metrics store read them from the queue: like the OTLP types of
-//! `opentelemetry-proto`, they are shared vocabulary.
+//! `opentelemetry-proto`, they are shared vocabulary. [`view`] reads a 1.0 request in place.
+
+pub mod view;
 
 /// Remote write 1.0.
 pub mod v1 {
