@@ -5,7 +5,7 @@
 //! as Prometheus remote write 1.0, remote write 2.0 (symbols, metadata, exemplars, created
 //! timestamps) or OTLP metrics (cumulative monotonic sums and gauges).
 
-use crate::remote_write::{Label, Sample, TimeSeries, WriteRequest, v2};
+use crate::remote_write::{Sample, v2};
 use crate::rng::{Rng, hex, splitmix64};
 use crate::shape::Shape;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -74,23 +74,49 @@ impl Live {
             .collect()
     }
 
-    /// Remote write 1.0 (snappy-compressed protobuf).
+    /// Remote write 1.0 (snappy-compressed protobuf), encoded straight into one buffer (the
+    /// labels of [`series_name`]; building a `TimeSeries` of owned strings per sample made the
+    /// load generator as busy as the server's receiver).
     pub(crate) fn rw1(&self, points: &[Point]) -> Vec<u8> {
-        let timeseries = points
-            .iter()
-            .map(|p| {
-                let (name, instance) = series_name(p.id);
-                TimeSeries {
-                    labels: vec![
-                        Label { name: "__name__".into(), value: name },
-                        Label { name: "instance".into(), value: instance },
-                        Label { name: "job".into(), value: "loadgen".into() },
-                    ],
-                    samples: vec![Sample { value: p.value, timestamp: p.timestamp_ms }],
-                }
-            })
-            .collect();
-        snappy(&WriteRequest { timeseries }.encode_to_vec())
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        use std::fmt::Write;
+        let mut out = Vec::with_capacity(points.len() * 72);
+        let (mut series, mut text) = (Vec::with_capacity(128), String::with_capacity(32));
+        for p in points {
+            series.clear();
+            for (name, value) in [("__name__", 0), ("instance", 1), ("job", 2)] {
+                text.clear();
+                let _ = match value {
+                    0 => write!(text, "bench_metric_{}", p.id % 100),
+                    1 => write!(text, "host-{}", p.id / 100),
+                    _ => write!(text, "loadgen"),
+                };
+                let len = 2
+                    + name.len()
+                    + encoded_len_varint(name.len() as u64)
+                    + text.len()
+                    + encoded_len_varint(text.len() as u64);
+                encode_key(1, WireType::LengthDelimited, &mut series);
+                encode_varint(len as u64, &mut series);
+                encode_key(1, WireType::LengthDelimited, &mut series);
+                encode_varint(name.len() as u64, &mut series);
+                series.extend_from_slice(name.as_bytes());
+                encode_key(2, WireType::LengthDelimited, &mut series);
+                encode_varint(text.len() as u64, &mut series);
+                series.extend_from_slice(text.as_bytes());
+            }
+            let ts = p.timestamp_ms as u64;
+            encode_key(2, WireType::LengthDelimited, &mut series);
+            encode_varint((1 + 8 + 1 + encoded_len_varint(ts)) as u64, &mut series);
+            encode_key(1, WireType::SixtyFourBit, &mut series);
+            series.extend_from_slice(&p.value.to_bits().to_le_bytes());
+            encode_key(2, WireType::Varint, &mut series);
+            encode_varint(ts, &mut series);
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(series.len() as u64, &mut out);
+            out.extend_from_slice(&series);
+        }
+        snappy(&out)
     }
 
     /// Remote write 2.0: a symbol table per request, counter metadata with help text, the start
@@ -221,6 +247,7 @@ pub(crate) fn snappy(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote_write::{Label, TimeSeries, WriteRequest};
     use std::collections::{BTreeMap, BTreeSet};
 
     fn live(series: u64, churn: f64) -> Live {
@@ -292,6 +319,29 @@ mod tests {
         assert_eq!(a.len(), 200);
         assert_eq!(b.len(), 200);
         assert_eq!(b.difference(&a).count(), 50, "a quarter of the series replaced");
+    }
+
+    #[test]
+    fn remote_write_1_carries_each_point_as_a_series_of_three_labels() {
+        let l = live(1000, 0.0);
+        let pts = l.points(0, 3, 0);
+        let raw = snap::raw::Decoder::new().decompress_vec(&l.rw1(&pts)).unwrap();
+        let got = WriteRequest::decode(&raw[..]).unwrap();
+        let want: Vec<TimeSeries> = pts
+            .iter()
+            .map(|p| {
+                let (name, instance) = series_name(p.id);
+                TimeSeries {
+                    labels: vec![
+                        Label { name: "__name__".into(), value: name },
+                        Label { name: "instance".into(), value: instance },
+                        Label { name: "job".into(), value: "loadgen".into() },
+                    ],
+                    samples: vec![Sample { value: p.value, timestamp: p.timestamp_ms }],
+                }
+            })
+            .collect();
+        assert_eq!(got, WriteRequest { timeseries: want });
     }
 
     #[test]
