@@ -74,7 +74,8 @@ impl<'a> Fields<'a> {
             }
             2 => {
                 let len = varint(buf, at)?;
-                let end = usize::try_from(len).ok().and_then(|l| at.checked_add(l)).filter(|&e| e <= buf.len());
+                let end =
+                    usize::try_from(len).ok().and_then(|l| at.checked_add(l)).filter(|&e| e <= buf.len());
                 let end = end.ok_or(WireError { what: "length past the end of the message", at: *at })?;
                 let b = &buf[*at..end];
                 *at = end;
@@ -107,7 +108,8 @@ impl<'a> Iterator for Fields<'a> {
 /// Bytes of a `string` field, checked to be UTF-8 (as prost checks them).
 #[inline]
 pub fn text(bytes: &[u8]) -> Result<&str, WireError> {
-    std::str::from_utf8(bytes).map_err(|e| WireError { what: "string field is not UTF-8", at: e.valid_up_to() })
+    std::str::from_utf8(bytes)
+        .map_err(|e| WireError { what: "string field is not UTF-8", at: e.valid_up_to() })
 }
 
 /// Appends a varint.
@@ -134,7 +136,7 @@ mod tests {
     #[test]
     fn fields_read_every_wire_type_and_stop_at_the_first_malformed_one() {
         let mut buf = Vec::new();
-        put_varint(&mut buf, (1 << 3) | 0);
+        put_varint(&mut buf, 1 << 3); // field 1, varint
         put_varint(&mut buf, 300);
         buf.push((2 << 3) | 1);
         buf.extend_from_slice(&7u64.to_le_bytes());
@@ -144,7 +146,12 @@ mod tests {
         let got: Vec<(u32, Value<'_>)> = fields(&buf).collect::<Result<_, _>>().unwrap();
         assert_eq!(
             got,
-            vec![(1, Value::Varint(300)), (2, Value::Fixed64(7)), (3, Value::Bytes(b"abc")), (4, Value::Fixed32(9))]
+            vec![
+                (1, Value::Varint(300)),
+                (2, Value::Fixed64(7)),
+                (3, Value::Bytes(b"abc")),
+                (4, Value::Fixed32(9))
+            ]
         );
         // A length past the end, a group, field number 0, a truncated varint.
         for bad in [&[0x1a, 0x05, b'a'][..], &[0x0b][..], &[0x00, 0x01][..], &[0x08, 0x80][..]] {

@@ -82,9 +82,9 @@ impl IngestError {
             IngestError::BodyTooLarge { .. } => "body_too_large",
             IngestError::DecompressedTooLarge { .. } => "decompressed_too_large",
             IngestError::Decompress { .. } => "bad_compression",
-            IngestError::DecodeProtobuf(_) | IngestError::MalformedProtobuf(_) | IngestError::DecodeWire(_) => {
-                "malformed_protobuf"
-            }
+            IngestError::DecodeProtobuf(_)
+            | IngestError::MalformedProtobuf(_)
+            | IngestError::DecodeWire(_) => "malformed_protobuf",
             IngestError::DecodeJson(_) => "malformed_json",
             IngestError::TooManyItems { .. } => "too_many_items",
             IngestError::AllRejected { .. } => "all_rejected",

@@ -390,7 +390,8 @@ fn prepare(
             }
             let (symbols, mut timeseries) = (&req.symbols, req.timeseries);
             // The valid series: position, labels, hash.
-            let mut valid: Vec<(usize, Vec<(&str, &str)>, u64)> = Vec::with_capacity(timeseries.len());
+            type Valid<'s> = (usize, Vec<(&'s str, &'s str)>, u64);
+            let mut valid: Vec<Valid<'_>> = Vec::with_capacity(timeseries.len());
             for (i, series) in timeseries.iter().enumerate() {
                 let items = (series.samples.len() + series.histograms.len()) as u64;
                 let resolved: Option<Vec<(&str, &str)>> = (series.labels_refs.len() % 2 == 0)
@@ -426,7 +427,11 @@ fn prepare(
             }
             let checked: Vec<CheckedSeries<'_>> = valid
                 .iter()
-                .map(|(i, labels, hash)| CheckedSeries { hash: *hash, labels, samples: &timeseries[*i].samples })
+                .map(|(i, labels, hash)| CheckedSeries {
+                    hash: *hash,
+                    labels,
+                    samples: &timeseries[*i].samples,
+                })
                 .collect();
             let gone = refusals(ingestor.sample_check(), tenant, &checked, &mut rejections);
             drop(checked);
@@ -435,7 +440,10 @@ fn prepare(
                 let mut series = std::mem::take(&mut timeseries[*i]);
                 if let Some(gone) = gone {
                     drop_marked(&mut series.samples, &gone);
-                    if series.samples.is_empty() && series.histograms.is_empty() && series.exemplars.is_empty() {
+                    if series.samples.is_empty()
+                        && series.histograms.is_empty()
+                        && series.exemplars.is_empty()
+                    {
                         continue;
                     }
                 }

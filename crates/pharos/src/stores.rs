@@ -407,7 +407,10 @@ impl pharos_ingest::remote_write::SampleCheck for HeadSampleCheck {
         tenant: &pharos_core::Tenant,
         series: &[pharos_ingest::remote_write::CheckedSeries<'_>],
     ) -> Vec<pharos_ingest::remote_write::RefusedSample> {
-        let to_sample = |s: &pharos_core::prompb::v1::Sample| pharos_metrics::model::Sample { t: s.timestamp, v: s.value };
+        let to_sample = |s: &pharos_core::prompb::v1::Sample| pharos_metrics::model::Sample {
+            t: s.timestamp,
+            v: s.value,
+        };
         self.0
             .refused_many(tenant, series.iter().map(|c| (c.hash, c.labels, c.samples.iter().map(to_sample))))
             .into_iter()

@@ -14,7 +14,7 @@ use super::error::AppendError;
 use super::exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars, label_chars};
 use super::index::{Index, series_hash};
 use super::metadata::Metadata;
-use super::series::MemSeries;
+use super::series::{MemSeries, Placement};
 
 /// Series a query selects from the head above which they are decoded on one thread per core
 /// (tests split even small selections, so that they cover the parallel path).
@@ -246,7 +246,7 @@ impl Head {
 
     /// Appends one series' samples, keeping the valid ones (as remote write expects).
     pub fn append_samples(&self, labels: &Labels, samples: &[Sample]) -> AppendOutcome {
-        self.append_each(SeriesKey::Labels(labels), samples.iter().copied(), self.window_ms, |_, _| {})
+        self.append_each(SeriesKey::Labels(labels), samples.iter().copied(), self.window_ms, |_, _, _| {})
     }
 
     /// [`append_samples`](Self::append_samples), handing each accepted sample to `kept` with
@@ -256,7 +256,7 @@ impl Head {
         &self,
         labels: &Labels,
         samples: &[Sample],
-        kept: impl FnMut(&Arc<MemSeries>, &Sample),
+        kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
         self.append_each(SeriesKey::Labels(labels), samples.iter().copied(), self.window_ms, kept)
     }
@@ -270,7 +270,7 @@ impl Head {
         hash: u64,
         pairs: &[(&str, &str)],
         samples: impl Iterator<Item = Sample>,
-        kept: impl FnMut(&Arc<MemSeries>, &Sample),
+        kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
         let canonical = pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty());
         if canonical {
@@ -289,7 +289,7 @@ impl Head {
         if from == samples.len() {
             return AppendOutcome::default();
         }
-        self.append_each(SeriesKey::Labels(labels), samples[from..].iter().copied(), i64::MAX, |_, _| {})
+        self.append_each(SeriesKey::Labels(labels), samples[from..].iter().copied(), i64::MAX, |_, _, _| {})
     }
 
     /// The series `key` names, created (within the limits) if new.
@@ -309,7 +309,7 @@ impl Head {
         key: SeriesKey<'_>,
         samples: impl Iterator<Item = Sample>,
         window_ms: i64,
-        mut kept: impl FnMut(&Arc<MemSeries>, &Sample),
+        mut kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
         let mut s = match self.series_by(key) {
@@ -325,24 +325,24 @@ impl Head {
             let mut appended = if sample.t < min_valid {
                 Err(AppendError::OutOfBounds { timestamp: sample.t, min_valid })
             } else {
-                s.append(sample.t, sample.v, window_ms)
+                s.append_placed(sample.t, sample.v, window_ms)
             };
             if appended == Err(AppendError::Removed) {
                 // Truncation dropped the series between the lookup and this append.
                 match self.series_by(key) {
                     Ok(fresh) => {
                         s = fresh;
-                        appended = s.append(sample.t, sample.v, window_ms);
+                        appended = s.append_placed(sample.t, sample.v, window_ms);
                     }
                     Err(e) => appended = Err(e),
                 }
             }
             match appended {
-                Ok(()) => {
+                Ok(placement) => {
                     self.min_t.fetch_min(sample.t, Ordering::Relaxed);
                     self.max_t.fetch_max(sample.t, Ordering::Relaxed);
                     out.accepted += 1;
-                    kept(&s, &sample);
+                    kept(&s, &sample, placement);
                 }
                 Err(e) => {
                     out.rejected += 1;
@@ -359,7 +359,10 @@ impl Head {
     /// samples older than [`min_valid_time`](Self::min_valid_time).
     pub fn refused_samples(&self, labels: &[(&str, &str)], samples: &[Sample]) -> Vec<(usize, AppendError)> {
         let hash = super::index::series_hash_of(labels.iter().copied());
-        self.refused_many([(hash, labels, samples.iter().copied())]).into_iter().map(|(_, i, e)| (i, e)).collect()
+        self.refused_many([(hash, labels, samples.iter().copied())])
+            .into_iter()
+            .map(|(_, i, e)| (i, e))
+            .collect()
     }
 
     /// [`refused_samples`](Self::refused_samples) of many series with one look at the index:
@@ -378,7 +381,9 @@ impl Head {
         let idx = self.read_index();
         for (n, (hash, labels, samples)) in series.into_iter().enumerate() {
             match idx.find_pairs(hash, labels) {
-                Some(series) => series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e))),
+                Some(series) => {
+                    series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e)))
+                }
                 None => {
                     for (i, s) in samples.enumerate().filter(|(_, s)| s.t < min_valid) {
                         out.push((n, i, AppendError::OutOfBounds { timestamp: s.t, min_valid }));

@@ -7,13 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::model::{Labels, Sample};
 
 use super::chunk::{ChunkIter, XorChunk};
 use super::codec::{Malformed, Reader, put_str, put_varint};
 use super::metadata::{Metadata, MetricType};
-use super::series::MemSeries;
+use super::series::{MemSeries, Placement};
 
 /// The first 8 bytes of every part file: `PHMPART` and the format version.
 pub const PART_MAGIC: &[u8; 8] = b"PHMPART\x01";
@@ -212,21 +213,32 @@ impl Encoder {
     }
 }
 
-/// A part as a partition writer fills it: the samples each head series accepted since the
-/// last flush. The labels stay the head's (shared, not copied: at a million series a copy per
-/// series was about as large as the head itself); the file is the same as [`Part::encode`]'s.
+/// Hands out pending-part generations (0 is "none" in a series' mark).
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A part as a partition writer fills it. It does not copy the samples: it logs which head
+/// series took samples since the previous part, and from which timestamp on, and the part is
+/// read out of those series when it is written. A series is logged at the first sample the part
+/// takes for it (found from a mark in the series, without a lookup) and again at any
+/// out-of-order sample; a later in-order sample is newer than the first one, so it is included.
+/// Memory is a few words per series written to, where a copy of every sample was 16 bytes each
+/// (over a minute at a million samples a second, most of the process's memory).
 ///
-/// Samples are logged in the order they are accepted, each with its series, and grouped by
-/// series only when the part is encoded: adding one is a push at the end of a vector, where a
-/// map from series to samples cost a cache-missing lookup per sample (at a million series).
-#[derive(Debug, Default)]
+/// The file may hold more than the samples this writer took since the previous part: samples
+/// taken after the part was taken for writing, or from another partition's records for the
+/// same series. Loading a part puts samples back as repeats of what another part or the
+/// queue's replay brings, which the head accepts unchanged.
+#[derive(Debug)]
 pub struct PendingPart {
     /// The queue partition whose records the part holds.
     pub partition: u32,
     /// Set when the part is taken for writing; see [`Part::covers_below`].
     pub covers_below: u64,
-    /// Every accepted sample with its series, in the order accepted.
-    log: Vec<(Arc<MemSeries>, Sample)>,
+    generation: u64,
+    /// Each series written to, with a timestamp from which the part holds its samples.
+    touched: Vec<(Arc<MemSeries>, i64)>,
+    samples: usize,
+    max_t: i64,
     /// Metric metadata seen since the previous part.
     pub metadata: BTreeMap<String, Metadata>,
 }
@@ -234,57 +246,69 @@ pub struct PendingPart {
 impl PendingPart {
     /// An empty pending part of `partition`.
     pub fn new(partition: u32) -> PendingPart {
-        PendingPart { partition, ..PendingPart::default() }
+        PendingPart {
+            partition,
+            covers_below: 0,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            touched: Vec::new(),
+            samples: 0,
+            max_t: i64::MIN,
+            metadata: BTreeMap::new(),
+        }
     }
 
     /// Whether the part holds nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.log.is_empty() && self.metadata.is_empty()
+        self.touched.is_empty() && self.metadata.is_empty()
     }
 
-    /// Samples accepted into the part (a repeat of a sample counts again).
+    /// Samples the head accepted into the part (repeats included).
     pub fn samples(&self) -> usize {
-        self.log.len()
+        self.samples
     }
 
-    /// Newest sample timestamp (`i64::MIN` without samples).
+    /// Newest sample timestamp accepted (`i64::MIN` without samples).
     pub fn max_t(&self) -> i64 {
-        self.log.iter().map(|(_, s)| s.t).max().unwrap_or(i64::MIN)
+        self.max_t
     }
 
-    /// Adds a sample the head's `series` accepted.
-    pub(crate) fn add(&mut self, series: &Arc<MemSeries>, sample: Sample) {
-        self.log.push((Arc::clone(series), sample));
-    }
-
-    /// Lets go of the samples (once the part is written).
-    pub(crate) fn release_samples(&mut self) {
-        self.log = Vec::new();
-    }
-
-    /// The part's file content, as [`Part::encode`] writes it. Sorts the log by series and
-    /// time; a sample logged twice (a retried write) is written once: the head accepts a
-    /// timestamp again only with the same value.
-    pub fn encode(&mut self) -> Vec<u8> {
-        self.log.sort_unstable_by_key(|(series, s)| (Arc::as_ptr(series) as usize, s.t));
-        self.log.dedup_by_key(|(series, s)| (Arc::as_ptr(series) as usize, s.t));
-        // Runs of one series, then the runs in label order.
-        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-        for (i, (series, _)) in self.log.iter().enumerate() {
-            match runs.last_mut() {
-                Some(run) if Arc::ptr_eq(&self.log[run.start].0, series) => run.end = i + 1,
-                _ => runs.push(i..i + 1),
-            }
+    /// Notes a sample the head's `series` accepted (`placement`: where it went).
+    pub(crate) fn add(&mut self, series: &Arc<MemSeries>, sample: Sample, placement: Placement) {
+        self.samples += 1;
+        self.max_t = self.max_t.max(sample.t);
+        let log = match placement {
+            // The head had it already: whatever put it there made it durable.
+            Placement::Repeat => false,
+            Placement::OutOfOrder => true,
+            Placement::InOrder => series.mark_for_part(self.generation),
+        };
+        if log {
+            self.touched.push((Arc::clone(series), sample.t));
         }
-        let log = &self.log;
-        runs.sort_unstable_by(|a, b| log[a.start].0.labels.cmp(&log[b.start].0.labels));
-        let mut enc = Encoder::new(self.partition, self.covers_below, runs.len(), log.len());
-        let mut samples = Vec::new();
-        for run in runs {
-            let series = &log[run.start].0;
-            samples.clear();
-            samples.extend(log[run].iter().map(|(_, s)| *s));
-            enc.series(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), &samples);
+    }
+
+    /// Lets go of the series (once the part is written).
+    pub(crate) fn release_samples(&mut self) {
+        self.touched = Vec::new();
+    }
+
+    /// The part's file content, in [`Part::encode`]'s format: each logged series' samples
+    /// from its oldest logged timestamp on, read from the head now.
+    pub fn encode(&mut self) -> Vec<u8> {
+        // One entry per series, with its oldest timestamp.
+        self.touched.sort_unstable_by_key(|(series, t)| (Arc::as_ptr(series) as usize, *t));
+        self.touched.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
+        self.touched.sort_unstable_by(|a, b| a.0.labels.cmp(&b.0.labels));
+        let read: Vec<(&Arc<MemSeries>, Vec<Sample>)> = self
+            .touched
+            .iter()
+            .map(|(series, from)| (series, series.snapshot(*from, i64::MAX).samples(*from, i64::MAX)))
+            .filter(|(_, samples)| !samples.is_empty())
+            .collect();
+        let total = read.iter().map(|(_, s)| s.len()).sum();
+        let mut enc = Encoder::new(self.partition, self.covers_below, read.len(), total);
+        for (series, samples) in &read {
+            enc.series(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), samples);
         }
         enc.finish(&self.metadata)
     }
@@ -360,7 +384,9 @@ mod tests {
             // In two batches, as two records would bring them.
             let (a, b) = samples.split_at(samples.len() / 2);
             for run in [a, b] {
-                let out = head.append_samples_with(labels, run, |series, x| pending.add(series, *x));
+                let out = head.append_samples_with(labels, run, |series, x, placement| {
+                    pending.add(series, *x, placement)
+                });
                 assert_eq!(out.accepted, run.len());
             }
         }
@@ -368,10 +394,53 @@ mod tests {
         assert_eq!(pending.max_t(), part.max_t());
         // A retried write: the head takes the same samples again, the file holds them once.
         for (labels, samples) in &part.series {
-            let out = head.append_samples_with(labels, samples, |series, x| pending.add(series, *x));
+            let out = head.append_samples_with(labels, samples, |series, x, placement| {
+                pending.add(series, *x, placement)
+            });
             assert_eq!(out.accepted, samples.len());
         }
         assert_eq!(pending.encode(), part.encode());
+    }
+
+    #[test]
+    fn pending_part_reads_from_the_first_sample_it_took_and_any_older_one_after() {
+        use super::super::head::{Head, HeadOptions};
+        let head = Head::new(HeadOptions {
+            out_of_order_window: std::time::Duration::from_secs(10),
+            ..Default::default()
+        });
+        let x = Labels::from_pairs([("__name__", "x")]);
+        let y = Labels::from_pairs([("__name__", "y")]);
+        let put = |part: &mut PendingPart, labels: &Labels, t: i64| {
+            let s = [Sample { t, v: t as f64 }];
+            let out =
+                head.append_samples_with(labels, &s, |series, x, placement| part.add(series, *x, placement));
+            assert_eq!(out.accepted, 1);
+        };
+        let times = |part: &mut PendingPart| -> Vec<(String, Vec<i64>)> {
+            let mut got: Vec<(String, Vec<i64>)> = Part::decode(&part.encode())
+                .unwrap()
+                .series
+                .into_iter()
+                .map(|(l, s)| (l.get("__name__").to_owned(), s.iter().map(|s| s.t).collect()))
+                .collect();
+            got.sort();
+            got
+        };
+        put(&mut PendingPart::new(0), &y, 500);
+        let mut a = PendingPart::new(0);
+        put(&mut a, &x, 1000);
+        put(&mut a, &x, 2000);
+        put(&mut a, &x, 1500); // out of order, older than the first the part took
+        // A new part (the first was taken for writing): the series are logged again.
+        let mut b = PendingPart::new(0);
+        put(&mut b, &x, 3000);
+        put(&mut b, &y, 500); // a retried write: the head has it, another part holds it
+        assert_eq!((a.samples(), b.samples()), (3, 2));
+        assert_eq!(a.max_t(), 2000);
+        assert_eq!(times(&mut b), vec![("x".to_owned(), vec![3000])]);
+        // The part taken first also holds the sample taken after it (a repeat when loaded).
+        assert_eq!(times(&mut a), vec![("x".to_owned(), vec![1000, 1500, 2000, 3000])]);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::exemplar::Exemplar;
 pub(crate) const OOO_BUFFER_SAMPLES: usize = 32;
 
 /// Where an accepted sample goes.
-enum Placement {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
     /// After the newest sample.
     InOrder,
     /// A repeat of a stored sample (same timestamp, same value bits): nothing changes.
@@ -45,6 +46,8 @@ pub(crate) struct MemSeries {
     pub(crate) id: u64,
     /// Sorted by name, as in [`Labels`].
     pub(crate) labels: Box<[InternedLabel]>,
+    /// The pending part that last logged the series (its generation; 0: none).
+    part_mark: std::sync::atomic::AtomicU64,
     data: Mutex<SeriesData>,
 }
 
@@ -211,7 +214,12 @@ impl SeriesData {
 
 impl MemSeries {
     pub(crate) fn new(id: u64, labels: Box<[InternedLabel]>) -> Self {
-        Self { id, labels, data: Mutex::new(SeriesData::default()) }
+        Self {
+            id,
+            labels,
+            part_mark: std::sync::atomic::AtomicU64::new(0),
+            data: Mutex::new(SeriesData::default()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SeriesData> {
@@ -244,12 +252,19 @@ impl MemSeries {
 
     /// Appends a sample; `window_ms` is the out-of-order window (0: none). Fails with
     /// [`AppendError::Removed`] if the head dropped the series meanwhile.
+    #[cfg(test)]
     pub(crate) fn append(&self, t: i64, v: f64, window_ms: i64) -> Result<(), AppendError> {
+        self.append_placed(t, v, window_ms).map(|_| ())
+    }
+
+    /// [`append`](Self::append), telling where the sample went.
+    pub(crate) fn append_placed(&self, t: i64, v: f64, window_ms: i64) -> Result<Placement, AppendError> {
         let mut d = self.lock();
         if d.removed {
             return Err(AppendError::Removed);
         }
-        match d.place(t, v.to_bits(), window_ms)? {
+        let placement = d.place(t, v.to_bits(), window_ms)?;
+        match placement {
             Placement::InOrder => d.push_in_order(t, v),
             Placement::Repeat => {}
             Placement::OutOfOrder => {
@@ -260,7 +275,13 @@ impl MemSeries {
                 }
             }
         }
-        Ok(())
+        Ok(placement)
+    }
+
+    /// Marks the series as logged by the pending part `generation`; true if it was not
+    /// already (see [`PendingPart`](super::part::PendingPart)).
+    pub(crate) fn mark_for_part(&self, generation: u64) -> bool {
+        self.part_mark.swap(generation, std::sync::atomic::Ordering::Relaxed) != generation
     }
 
     /// Hands `refuse` each of `samples` (by position) that [`append`](Self::append) would refuse, and

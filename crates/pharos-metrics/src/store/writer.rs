@@ -1,8 +1,8 @@
 //! Durable writing into the heads: what one queue partition's processor does with metrics.
 //!
 //! A [`PartitionWriter`] decodes each metrics record (remote write 1.0/2.0, OTLP), appends its
-//! samples to the tenant's head and keeps the samples the head accepted in a pending [`Part`] per
-//! tenant. Every flush interval the pending parts are written by the [`PartStore`] (one file per
+//! samples to the tenant's head and logs which series took them in a [`PendingPart`] per tenant
+//! (the part is read out of the head when written). Every flush interval the pending parts are written by the [`PartStore`] (one file per
 //! tenant, fsynced, then renamed into place), and only then does the writer report the queue
 //! offset they cover as durable, so the processor may commit it. On start, [`PartStore::load`]
 //! puts every part back into the heads, and the records after the committed offset are replayed;
@@ -448,7 +448,9 @@ impl PartitionWriter {
             if !samples.is_empty() {
                 let hash = super::index::series_hash_of(pairs.iter().copied());
                 let samples = samples.iter().map(|s| Sample { t: s.timestamp, v: s.value });
-                let outcome = head.append_pairs_with(hash, pairs, samples, |series, s| part.add(series, *s));
+                let outcome = head.append_pairs_with(hash, pairs, samples, |series, s, placement| {
+                    part.add(series, *s, placement)
+                });
                 stats.accepted += outcome.accepted as u64;
                 if let Some(e) = &outcome.first_error {
                     stats.reject(e.reason(), outcome.rejected as u64);
@@ -488,7 +490,8 @@ impl PartitionWriter {
         let partition = self.partition;
         let part = self.pending.entry(tenant.clone()).or_insert_with(|| PendingPart::new(partition));
         for (labels, samples) in &batch.series {
-            let outcome = head.append_samples_with(labels, samples, |series, s| part.add(series, *s));
+            let outcome = head
+                .append_samples_with(labels, samples, |series, s, placement| part.add(series, *s, placement));
             stats.accepted += outcome.accepted as u64;
             if let Some(e) = &outcome.first_error {
                 stats.reject(e.reason(), outcome.rejected as u64);
