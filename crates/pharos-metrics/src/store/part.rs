@@ -165,7 +165,7 @@ struct Encoder {
 
 impl Encoder {
     fn new(partition: u32, covers_below: u64, series: usize, samples: usize) -> Encoder {
-        let mut out = Vec::with_capacity(64 + samples * 4);
+        let mut out = Vec::with_capacity(64 + series * 64 + samples * 2);
         out.extend_from_slice(PART_MAGIC);
         out.extend_from_slice(&partition.to_le_bytes());
         out.extend_from_slice(&covers_below.to_le_bytes());
@@ -299,16 +299,15 @@ impl PendingPart {
         self.touched.sort_unstable_by_key(|(series, t)| (Arc::as_ptr(series) as usize, *t));
         self.touched.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
         self.touched.sort_unstable_by(|a, b| a.0.labels.cmp(&b.0.labels));
-        let read: Vec<(&Arc<MemSeries>, Vec<Sample>)> = self
-            .touched
-            .iter()
-            .map(|(series, from)| (series, series.snapshot(*from, i64::MAX).samples(*from, i64::MAX)))
-            .filter(|(_, samples)| !samples.is_empty())
-            .collect();
-        let total = read.iter().map(|(_, s)| s.len()).sum();
-        let mut enc = Encoder::new(self.partition, self.covers_below, read.len(), total);
-        for (series, samples) in &read {
-            enc.series(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), samples);
+        // The series with samples to write (the header counts them first), each read and
+        // encoded in turn: the samples of a whole part are never all decoded at once. A
+        // series counted here keeps its samples unless a block cut truncates it meanwhile
+        // (they are in the block then); it is written with what it has, maybe nothing.
+        self.touched.retain(|(series, from)| series.overlaps(*from, i64::MAX));
+        let mut enc = Encoder::new(self.partition, self.covers_below, self.touched.len(), self.samples);
+        for (series, from) in &self.touched {
+            let samples = series.snapshot(*from, i64::MAX).samples(*from, i64::MAX);
+            enc.series(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), &samples);
         }
         enc.finish(&self.metadata)
     }
