@@ -2,7 +2,8 @@
 //! buffer, samples copied into one vector for the whole request, each series' encoded message
 //! kept so that it can be forwarded without encoding it again. It reads what
 //! [`v1::WriteRequest`]'s prost decoding reads (the tests compare the two): unknown fields are
-//! skipped, of a repeated singular field the last wins, strings must be UTF-8.
+//! skipped, of a repeated singular field the last wins, strings must be UTF-8. (Groups, wire
+//! types 3 and 4 deprecated since proto2, are refused even in unknown fields, which prost skips.)
 
 use std::ops::Range;
 
