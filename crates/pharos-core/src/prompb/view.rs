@@ -47,6 +47,16 @@ fn bytes<'a>(value: Value<'a>, field: &'static str) -> Result<&'a [u8], WireErro
 }
 
 fn label(buf: &[u8]) -> Result<(&str, &str), WireError> {
+    // As every encoder writes it: name (field 1) then value (field 2), each shorter than 128
+    // bytes. Anything else takes the general loop.
+    if let [0x0a, n, rest @ ..] = buf
+        && *n < 0x80
+        && let Some((name, rest)) = rest.split_at_checked(usize::from(*n))
+        && let [0x12, v, value @ ..] = rest
+        && usize::from(*v) == value.len()
+    {
+        return Ok((wire::text(name)?, wire::text(value)?));
+    }
     let (mut name, mut value) = ("", "");
     for field in wire::fields(buf) {
         match field? {
@@ -59,6 +69,17 @@ fn label(buf: &[u8]) -> Result<(&str, &str), WireError> {
 }
 
 fn sample(buf: &[u8]) -> Result<v1::Sample, WireError> {
+    // As every encoder writes a sample whose value and timestamp are not zero: the double, then
+    // the varint, to the end.
+    if let [0x09, b0, b1, b2, b3, b4, b5, b6, b7, 0x10, rest @ ..] = buf {
+        let mut at = 0;
+        if let Ok(t) = wire::varint(rest, &mut at)
+            && at == rest.len()
+        {
+            let bits = u64::from_le_bytes([*b0, *b1, *b2, *b3, *b4, *b5, *b6, *b7]);
+            return Ok(v1::Sample { value: f64::from_bits(bits), timestamp: t as i64 });
+        }
+    }
     let mut s = v1::Sample::default();
     for field in wire::fields(buf) {
         match field? {
@@ -168,7 +189,8 @@ mod tests {
                 },
                 v1::TimeSeries::default(),
                 v1::TimeSeries {
-                    labels: vec![label("__name__", "x"), label("", "")],
+                    // A value of 200 bytes: a two-byte length, past the common layout.
+                    labels: vec![label("__name__", "x"), label("", ""), label("long", &"v".repeat(200))],
                     samples: vec![v1::Sample { value: -0.0, timestamp: i64::MAX }],
                     ..Default::default()
                 },
