@@ -18,6 +18,7 @@ mod index;
 mod metadata;
 mod packed;
 mod part;
+mod recent;
 mod series;
 mod tsdb;
 mod writer;
