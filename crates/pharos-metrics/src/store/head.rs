@@ -14,7 +14,6 @@ use super::error::AppendError;
 use super::exemplar::{EXEMPLAR_MAX_LABEL_CHARS, Exemplar, SeriesExemplars, label_chars};
 use super::index::{Index, series_hash};
 use super::metadata::Metadata;
-use super::recent::{RECENT_SLOTS, RecentSeries};
 use super::series::{MemSeries, Placement};
 
 /// Series a query selects from the head above which they are decoded on one thread per core
@@ -82,15 +81,7 @@ pub struct Head {
     max_t: AtomicI64,
     /// Samples older than this are refused: that time is in blocks already.
     min_valid: AtomicI64,
-    /// Tells this head from the others in `recent`.
-    id: u64,
-    /// Series remote write's sample check found, for the appends that follow (shared by the
-    /// heads of one [`Heads`]; none for a head on its own).
-    recent: Option<Arc<RecentSeries>>,
 }
-
-/// Hands out head ids.
-static HEAD_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// How an append names its series: a label set, or sorted pairs with their hash.
 #[derive(Clone, Copy)]
@@ -108,10 +99,6 @@ impl Default for Head {
 impl Head {
     /// An empty head.
     pub fn new(opts: HeadOptions) -> Self {
-        Self::with_recent(opts, None)
-    }
-
-    fn with_recent(opts: HeadOptions, recent: Option<Arc<RecentSeries>>) -> Self {
         let window_ms = i64::try_from(opts.out_of_order_window.as_millis()).unwrap_or(i64::MAX);
         Self {
             opts,
@@ -121,8 +108,6 @@ impl Head {
             min_t: AtomicI64::new(i64::MAX),
             max_t: AtomicI64::new(i64::MIN),
             min_valid: AtomicI64::new(i64::MIN),
-            id: HEAD_IDS.fetch_add(1, Ordering::Relaxed),
-            recent,
         }
     }
 
@@ -307,15 +292,11 @@ impl Head {
         self.append_each(SeriesKey::Labels(labels), samples[from..].iter().copied(), i64::MAX, |_, _, _| {})
     }
 
-    /// The series `key` names, created (within the limits) if new; `recent`: whether a series
-    /// remembered by the sample check may be taken (not when that one was just found removed).
-    fn series_by(&self, key: SeriesKey<'_>, recent: bool) -> Result<Arc<MemSeries>, AppendError> {
+    /// The series `key` names, created (within the limits) if new.
+    fn series_by(&self, key: SeriesKey<'_>) -> Result<Arc<MemSeries>, AppendError> {
         match key {
             SeriesKey::Labels(labels) => self.series(labels),
             SeriesKey::Pairs(hash, pairs) => {
-                if recent && let Some(s) = self.recent.as_ref().and_then(|r| r.get(self.id, hash, pairs)) {
-                    return Ok(s);
-                }
                 // (The index guard must be gone before `series` may take the write lock.)
                 let found = self.read_index().find_pairs(hash, pairs);
                 found.map_or_else(|| self.series(&Labels::from_pairs(pairs.iter().copied())), Ok)
@@ -331,7 +312,7 @@ impl Head {
         mut kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
-        let mut s = match self.series_by(key, true) {
+        let mut s = match self.series_by(key) {
             Ok(s) => s,
             Err(e) => {
                 out.rejected = samples.count();
@@ -348,7 +329,7 @@ impl Head {
             };
             if appended == Err(AppendError::Removed) {
                 // Truncation dropped the series between the lookup and this append.
-                match self.series_by(key, false) {
+                match self.series_by(key) {
                     Ok(fresh) => {
                         s = fresh;
                         appended = s.append_placed(sample.t, sample.v, window_ms);
@@ -401,10 +382,7 @@ impl Head {
         for (n, (hash, labels, samples)) in series.into_iter().enumerate() {
             match idx.find_pairs(hash, labels) {
                 Some(series) => {
-                    series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e)));
-                    if let Some(recent) = &self.recent {
-                        recent.remember(self.id, hash, &series);
-                    }
+                    series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e)))
                 }
                 None => {
                     for (i, s) in samples.enumerate().filter(|(_, s)| s.t < min_valid) {
@@ -557,7 +535,6 @@ impl SeriesSource for Head {
 #[derive(Debug)]
 pub struct Heads {
     opts: HeadOptions,
-    recent: Arc<RecentSeries>,
     heads: RwLock<HashMap<Tenant, Arc<Head>>>,
     empty: Arc<Head>,
 }
@@ -571,12 +548,7 @@ impl Default for Heads {
 impl Heads {
     /// No tenants yet; every head gets `opts`.
     pub fn new(opts: HeadOptions) -> Self {
-        Self {
-            empty: Arc::new(Head::new(opts.clone())),
-            recent: Arc::new(RecentSeries::new(RECENT_SLOTS)),
-            opts,
-            heads: RwLock::new(HashMap::new()),
-        }
+        Self { empty: Arc::new(Head::new(opts.clone())), opts, heads: RwLock::new(HashMap::new()) }
     }
 
     /// The tenant's head, created if new (for writers).
@@ -585,10 +557,7 @@ impl Heads {
             return h;
         }
         let mut heads = self.heads.write().unwrap_or_else(PoisonError::into_inner);
-        heads
-            .entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Head::with_recent(self.opts.clone(), Some(self.recent.clone()))))
-            .clone()
+        heads.entry(tenant.clone()).or_insert_with(|| Arc::new(Head::new(self.opts.clone()))).clone()
     }
 
     /// The tenant's head if it has one.
@@ -669,29 +638,6 @@ mod tests {
         assert_eq!(err, AppendError::OutOfOrder { timestamp: 2000, last: 3000 });
         let got: Vec<(i64, u64)> = values(&head, &up("a"));
         assert_eq!(got, [1000, 2000, 3000].map(|t: i64| (t, (t as f64).to_bits())).to_vec());
-    }
-
-    #[test]
-    fn an_append_after_the_sample_check_finds_its_series_again_when_truncation_removed_it() {
-        let heads = Heads::default();
-        let head = heads.head(&Tenant::parse("a").unwrap());
-        head.append(&up("a"), 1000, 1.0).expect("first");
-        let pairs = [("__name__", "up"), ("job", "a")];
-        let hash = super::super::index::series_hash_of(pairs.iter().copied());
-        // The check finds the series (and remembers it for the append).
-        let checked = head.refused_many([(hash, &pairs[..], [Sample { t: 2000, v: 2.0 }].into_iter())]);
-        assert!(checked.is_empty());
-        // A block cut takes every sample: the series leaves the head.
-        assert_eq!(head.truncate_below(1500), 1);
-        let out =
-            head.append_pairs_with(hash, &pairs, [Sample { t: 2000, v: 2.0 }].into_iter(), |_, _, _| {});
-        assert_eq!((out.accepted, out.first_error), (1, None));
-        assert_eq!(values(&head, &up("a")), vec![(2000, 2f64.to_bits())]);
-        // Another tenant's head with the same labels does not take this one's series.
-        let other = heads.head(&Tenant::parse("b").unwrap());
-        other.append_pairs_with(hash, &pairs, [Sample { t: 3000, v: 3.0 }].into_iter(), |_, _, _| {});
-        assert_eq!(values(&head, &up("a")), vec![(2000, 2f64.to_bits())]);
-        assert_eq!(values(&other, &up("a")), vec![(3000, 3f64.to_bits())]);
     }
 
     #[test]

@@ -18,7 +18,6 @@ mod index;
 mod metadata;
 mod packed;
 mod part;
-mod recent;
 mod series;
 mod tsdb;
 mod writer;
