@@ -83,6 +83,12 @@ pub struct Head {
     min_valid: AtomicI64,
 }
 
+/// Whether `pairs` are a label set as the head keeps them: sorted by name, names unique, no
+/// empty value.
+fn canonical(pairs: &[(&str, &str)]) -> bool {
+    pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty())
+}
+
 /// How an append names its series: a label set, or sorted pairs with their hash.
 #[derive(Clone, Copy)]
 enum SeriesKey<'a> {
@@ -272,8 +278,7 @@ impl Head {
         samples: impl Iterator<Item = Sample>,
         kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
-        let canonical = pairs.windows(2).all(|w| w[0].0 < w[1].0) && pairs.iter().all(|(_, v)| !v.is_empty());
-        if canonical {
+        if canonical(pairs) {
             return self.append_each(SeriesKey::Pairs(hash, pairs), samples, self.window_ms, kept);
         }
         let labels = Labels::from_pairs(pairs.iter().copied());
@@ -312,37 +317,57 @@ impl Head {
         mut kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
     ) -> AppendOutcome {
         let mut out = AppendOutcome::default();
-        let mut s = match self.series_by(key) {
-            Ok(s) => s,
-            Err(e) => {
-                out.rejected = samples.count();
-                out.first_error = Some(e);
-                return out;
-            }
-        };
+        let mut samples = samples.peekable();
         let min_valid = self.min_valid_time();
-        for sample in samples {
-            let mut appended = if sample.t < min_valid {
-                Err(AppendError::OutOfBounds { timestamp: sample.t, min_valid })
-            } else {
-                s.append_placed(sample.t, sample.v, window_ms)
-            };
-            if appended == Err(AppendError::Removed) {
-                // Truncation dropped the series between the lookup and this append.
-                match self.series_by(key) {
-                    Ok(fresh) => {
-                        s = fresh;
-                        appended = s.append_placed(sample.t, sample.v, window_ms);
+        let mut s = self.series_by(key);
+        loop {
+            match s {
+                Ok(series) => {
+                    if !self.append_to(&series, &mut samples, window_ms, min_valid, &mut kept, &mut out) {
+                        break;
                     }
-                    Err(e) => appended = Err(e),
+                    // Truncation dropped the series between the lookup and this append.
+                    s = self.series_by(key);
+                }
+                Err(e) => {
+                    out.rejected += samples.count();
+                    out.first_error.get_or_insert(e);
+                    break;
                 }
             }
+        }
+        out
+    }
+
+    /// Appends `samples` to `series` until they run out (false) or the series turns out removed
+    /// from the head (true; the sample that found it is left in `samples`).
+    fn append_to(
+        &self,
+        series: &Arc<MemSeries>,
+        samples: &mut std::iter::Peekable<impl Iterator<Item = Sample>>,
+        window_ms: i64,
+        min_valid: i64,
+        kept: &mut impl FnMut(&Arc<MemSeries>, &Sample, Placement),
+        out: &mut AppendOutcome,
+    ) -> bool {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        let mut removed = false;
+        while let Some(&sample) = samples.peek() {
+            let appended = if sample.t < min_valid {
+                Err(AppendError::OutOfBounds { timestamp: sample.t, min_valid })
+            } else {
+                series.append_placed(sample.t, sample.v, window_ms)
+            };
+            if appended == Err(AppendError::Removed) {
+                removed = true;
+                break;
+            }
+            samples.next();
             match appended {
                 Ok(placement) => {
-                    self.min_t.fetch_min(sample.t, Ordering::Relaxed);
-                    self.max_t.fetch_max(sample.t, Ordering::Relaxed);
+                    (lo, hi) = (lo.min(sample.t), hi.max(sample.t));
                     out.accepted += 1;
-                    kept(&s, &sample, placement);
+                    kept(series, &sample, placement);
                 }
                 Err(e) => {
                     out.rejected += 1;
@@ -350,7 +375,50 @@ impl Head {
                 }
             }
         }
-        out
+        if lo <= hi {
+            self.min_t.fetch_min(lo, Ordering::Relaxed);
+            self.max_t.fetch_max(hi, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// [`append_pairs_with`](Self::append_pairs_with) for the series of a whole request: the
+    /// series the head has are found and appended to under one read of the index (not one per
+    /// series: the lock is shared with every receiver and processor); the others are created
+    /// after it. `outcome` gets each series' outcome, in no particular order.
+    pub(crate) fn append_pairs_batch<'p, I: Iterator<Item = Sample>>(
+        &self,
+        series: impl Iterator<Item = (u64, &'p [(&'p str, &'p str)], I)>,
+        mut kept: impl FnMut(&Arc<MemSeries>, &Sample, Placement),
+        mut outcome: impl FnMut(AppendOutcome),
+    ) {
+        let min_valid = self.min_valid_time();
+        let mut later = Vec::new();
+        {
+            let idx = self.read_index();
+            for (hash, pairs, samples) in series {
+                let mut samples = samples.peekable();
+                let found = if canonical(pairs) { idx.find_pairs(hash, pairs) } else { None };
+                let Some(s) = found else {
+                    later.push((hash, pairs, samples, AppendOutcome::default()));
+                    continue;
+                };
+                let mut out = AppendOutcome::default();
+                if self.append_to(&s, &mut samples, self.window_ms, min_valid, &mut kept, &mut out) {
+                    // (Not while the index is read: a removed series is looked up again after.)
+                    later.push((hash, pairs, samples, out));
+                } else {
+                    outcome(out);
+                }
+            }
+        }
+        for (hash, pairs, samples, mut out) in later {
+            let rest = self.append_pairs_with(hash, pairs, samples, &mut kept);
+            out.accepted += rest.accepted;
+            out.rejected += rest.rejected;
+            out.first_error = out.first_error.or(rest.first_error);
+            outcome(out);
+        }
     }
 
     /// Which of one series' `samples` an append would refuse now, and why, without

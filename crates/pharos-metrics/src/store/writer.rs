@@ -441,21 +441,24 @@ impl PartitionWriter {
     ) -> WriteStats {
         let head = self.heads.head(tenant);
         let part = self.pending.entry(tenant.clone()).or_insert_with(|| PendingPart::new(self.partition));
-        for series in &view.series {
-            stats.reject("native_histogram", series.histograms as u64);
+        // Samples first, every series under one read of the head's index.
+        let with_samples = view.series.iter().filter(|s| !view.samples(s).is_empty()).map(|series| {
             let pairs = view.labels(series);
-            let samples = view.samples(series);
-            if !samples.is_empty() {
-                let hash = super::index::series_hash_of(pairs.iter().copied());
-                let samples = samples.iter().map(|s| Sample { t: s.timestamp, v: s.value });
-                let outcome = head.append_pairs_with(hash, pairs, samples, |series, s, placement| {
-                    part.add(series, *s, placement)
-                });
+            let samples = view.samples(series).iter().map(|s| Sample { t: s.timestamp, v: s.value });
+            (super::index::series_hash_of(pairs.iter().copied()), pairs, samples)
+        });
+        head.append_pairs_batch(
+            with_samples,
+            |series, s, placement| part.add(series, *s, placement),
+            |outcome| {
                 stats.accepted += outcome.accepted as u64;
                 if let Some(e) = &outcome.first_error {
                     stats.reject(e.reason(), outcome.rejected as u64);
                 }
-            }
+            },
+        );
+        for series in &view.series {
+            stats.reject("native_histogram", series.histograms as u64);
             if view.exemplar_count(series) == 0 {
                 continue;
             }
@@ -463,7 +466,7 @@ impl PartitionWriter {
                 stats.reject("exemplar", view.exemplar_count(series) as u64);
                 continue;
             };
-            let labels = Labels::from_pairs(pairs.iter().copied());
+            let labels = Labels::from_pairs(view.labels(series).iter().copied());
             for e in exemplars {
                 let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
                 let exemplar = Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp };
@@ -708,13 +711,32 @@ mod tests {
         let exemplars = head.exemplars(&[vec![Matcher::equal("job", "node")]], i64::MIN, i64::MAX);
         assert_eq!(exemplars.len(), 1);
         assert_eq!(exemplars[0].exemplars[0].labels, Labels::from_pairs([("trace_id", "abc")]));
+        // The same request again (a retry): every sample a repeat, taken unchanged, through the
+        // series the head now has; then an older sample of a known series is refused.
+        let again = w.write(1, &e);
+        assert_eq!((again.accepted, again.rejected.clone()), (3, vec![("native_histogram", 1)]));
+        let older = v1::WriteRequest {
+            timeseries: vec![v1::TimeSeries {
+                labels: vec![label("__name__", "up"), label("job", "node")],
+                samples: vec![
+                    v1::Sample { value: 7.0, timestamp: 1500 },
+                    v1::Sample { value: 8.0, timestamp: 3000 },
+                ],
+                ..Default::default()
+            }],
+            metadata: vec![],
+        };
+        let mut e2 = e.clone();
+        e2.payload = older.encode_to_vec().into();
+        let stats = w.write(2, &e2);
+        assert_eq!((stats.accepted, stats.rejected), (1, vec![("out_of_order", 1)]));
         let metadata = head.metadata(Some("up"), None);
         assert_eq!(metadata[0].1.kind, crate::store::MetricType::Gauge);
         assert_eq!(metadata[0].1.help, "Up.");
         // A record that is not a request is skipped and counted.
         e.payload = vec![0x0a, 0x05].into();
         e.items = 7;
-        assert_eq!(w.write(1, &e).rejected, vec![("undecodable", 7)]);
+        assert_eq!(w.write(3, &e).rejected, vec![("undecodable", 7)]);
     }
 
     #[test]
