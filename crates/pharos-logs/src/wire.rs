@@ -9,81 +9,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::AnyValue;
+use pharos_core::wire::{self, Value as Val};
 use prost::Message;
 
 use crate::decode::{DecodeError, DecodedStream, StreamMapping, any_value_text, sanitize_label_name};
 use crate::model::Labels;
 use crate::store::block::{StoredEntry, encode_bytes_pair, encode_hex_pair, encode_label_pair, encode_pair};
 
-#[derive(Clone, Copy)]
-enum Val<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    Bytes(&'a [u8]),
-    Fixed32,
-}
-
 fn malformed(what: &'static str) -> DecodeError {
     DecodeError::Malformed(what)
 }
 
-fn varint(buf: &[u8], at: &mut usize) -> Result<u64, DecodeError> {
-    // One byte (keys, and lengths under 128) without the loop.
-    if let Some(&b) = buf.get(*at)
-        && b < 0x80
-    {
-        *at += 1;
-        return Ok(u64::from(b));
-    }
-    let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*at).ok_or_else(|| malformed("truncated varint"))?;
-        *at += 1;
-        n |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return Ok(n);
-        }
-    }
-    Err(malformed("varint longer than 10 bytes"))
-}
-
-/// The fields of a message, in order.
-fn fields(buf: &[u8]) -> impl Iterator<Item = Result<(u64, Val<'_>), DecodeError>> {
-    let mut at = 0;
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if at >= buf.len() || failed {
-            return None;
-        }
-        let field = (|| {
-            let key = varint(buf, &mut at)?;
-            let (number, wire) = (key >> 3, key & 7);
-            let val = match wire {
-                0 => Val::Varint(varint(buf, &mut at)?),
-                1 => {
-                    let b = buf.get(at..at + 8).ok_or_else(|| malformed("truncated fixed64"))?;
-                    at += 8;
-                    Val::Fixed64(u64::from_le_bytes(b.try_into().map_err(|_| malformed("fixed64"))?))
-                }
-                2 => {
-                    let len = usize::try_from(varint(buf, &mut at)?).map_err(|_| malformed("length"))?;
-                    let b =
-                        buf.get(at..at.saturating_add(len)).ok_or_else(|| malformed("truncated field"))?;
-                    at += len;
-                    Val::Bytes(b)
-                }
-                5 => {
-                    buf.get(at..at + 4).ok_or_else(|| malformed("truncated fixed32"))?;
-                    at += 4;
-                    Val::Fixed32
-                }
-                _ => return Err(malformed("unsupported wire type")),
-            };
-            Ok((number, val))
-        })();
-        failed = field.is_err();
-        Some(field)
-    })
+/// The fields of a message, in order ([`pharos_core::wire::fields`]).
+fn fields(buf: &[u8]) -> impl Iterator<Item = Result<(u32, Val<'_>), DecodeError>> {
+    wire::fields(buf).map(|field| field.map_err(|e| malformed(e.what)))
 }
 
 fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
