@@ -20,7 +20,8 @@ pub enum Value<'a> {
     Fixed32(u32),
 }
 
-/// Reads a varint at `*at`, advancing past it.
+/// Reads a varint at `*at`, advancing past it. (Everything here is `#[inline]`: decoders in
+/// other crates call it per field.)
 #[inline]
 pub fn varint(buf: &[u8], at: &mut usize) -> Result<u64, WireError> {
     // One byte (keys, small lengths) without the loop.
@@ -46,6 +47,7 @@ pub fn varint(buf: &[u8], at: &mut usize) -> Result<u64, WireError> {
 /// The fields of a message in the order they are encoded, as `(number, value)`; the first
 /// malformed field ends the iteration with its error. Groups (wire types 3 and 4, deprecated
 /// since proto2) are refused.
+#[inline]
 pub fn fields(buf: &[u8]) -> Fields<'_> {
     Fields { buf, at: 0, failed: false }
 }
@@ -59,6 +61,7 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline]
     fn field(&mut self) -> Result<(u32, Value<'a>), WireError> {
         let (buf, start) = (self.buf, self.at);
         let key = varint(buf, &mut self.at)?;
@@ -95,6 +98,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, Value<'a>), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.at >= self.buf.len() {
             return None;
