@@ -116,32 +116,24 @@ pub fn text(bytes: &[u8]) -> Result<&str, WireError> {
         .map_err(|e| WireError { what: "string field is not UTF-8", at: e.valid_up_to() })
 }
 
-/// Appends a varint.
-#[inline]
-pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-/// Appends a length-delimited field (`number`, wire type 2) holding `bytes`.
+/// Appends a length-delimited field (`number`, wire type 2) holding `bytes` (prost's key and
+/// varint encoders; prost's own `bytes::encode` wants an owned buffer).
 pub fn put_bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
-    put_varint(out, (u64::from(number) << 3) | 2);
-    put_varint(out, bytes.len() as u64);
+    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::encoding::encode_varint;
 
     #[test]
     fn fields_read_every_wire_type_and_stop_at_the_first_malformed_one() {
         let mut buf = Vec::new();
-        put_varint(&mut buf, 1 << 3); // field 1, varint
-        put_varint(&mut buf, 300);
+        encode_varint(1 << 3, &mut buf); // field 1, varint
+        encode_varint(300, &mut buf);
         buf.push((2 << 3) | 1);
         buf.extend_from_slice(&7u64.to_le_bytes());
         put_bytes_field(&mut buf, 3, b"abc");

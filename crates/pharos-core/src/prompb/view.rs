@@ -256,10 +256,10 @@ mod tests {
         let mut s = Vec::new();
         s.push((1 << 3) | 1);
         s.extend_from_slice(&2.5f64.to_bits().to_le_bytes());
-        wire::put_varint(&mut s, 9 << 3);
-        wire::put_varint(&mut s, 77);
+        prost::encoding::encode_varint(9 << 3, &mut s);
+        prost::encoding::encode_varint(77, &mut s);
         s.push(2 << 3);
-        wire::put_varint(&mut s, 42);
+        prost::encoding::encode_varint(42, &mut s);
         wire::put_bytes_field(&mut series, 2, &s);
         wire::put_bytes_field(&mut series, 12, b"unknown");
         let mut buf = Vec::new();
