@@ -180,7 +180,7 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
                 });
             }
         };
-        if label.is_empty() || std::str::from_utf8(label.as_bytes()).is_err() {
+        if !super::strings::valid_label_name(&label) {
             return Err(QueryError::InvalidLabelName { name: label });
         }
         let input = ev.eval_vector(&agg.expr, t)?;

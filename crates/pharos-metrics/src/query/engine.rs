@@ -91,7 +91,8 @@ pub struct Engine {
 
 /// Parses a PromQL expression.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
-    promql_parser::parser::parse(query).map_err(|message| located(query, message))
+    let text = super::strings::byte_escapes(query);
+    promql_parser::parser::parse(&text).map_err(|message| located(query, message))
 }
 
 /// Longest query whose error position is looked for (each look parses prefixes of it: about
@@ -363,6 +364,27 @@ mod tests {
         let err = parse("rate(x)").expect_err("an instant vector to rate");
         assert!(err.to_string().starts_with("1:5: parse error: "), "{err}");
         assert!(err.to_string().contains("rate"), "{err}");
+    }
+
+    #[test]
+    fn byte_escapes_in_strings_are_bytes_as_in_go() {
+        use promql_parser::parser::Expr as E;
+        let string = |q: &str| match parse(q).expect(q) {
+            E::StringLiteral(s) => s.val,
+            other => panic!("{other:?}"),
+        };
+        // Two escaped bytes are one character; a code point escape stays one.
+        assert_eq!(string(r#""\xc3\xbf""#), "ÿ");
+        assert_eq!(string(r#""a\303\277b""#), "aÿb");
+        assert_eq!(string(r#""\u00ff\x41""#), "ÿA");
+        assert_eq!(string(r#""\\xc3\\xbf""#), r"\xc3\xbf", "escaped backslashes are not escapes");
+        assert_eq!(string(r"`\xff`"), r"\xff", "raw strings have no escapes");
+        // Bytes that are not UTF-8 stand for themselves, to fail where they name a label.
+        let raw = string(r#""a\xc5z""#);
+        assert!(!super::super::strings::valid_label_name(&raw));
+        assert_eq!(super::super::strings::quoted(&raw), r#""a\xc5z""#);
+        // Outside strings (a comment) nothing is read as an escape.
+        assert!(parse("m # \\xff\n").is_ok());
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub enum QueryError {
         direction: &'static str,
     },
     /// A label name produced or used by the query is not valid.
-    #[error("invalid label name {name:?}")]
+    #[error("invalid label name {}", super::strings::quoted(.name))]
     InvalidLabelName {
         /// The offending name.
         name: String,
@@ -103,7 +103,7 @@ pub enum QueryError {
         pattern: String,
     },
     /// label_replace/label_join got an invalid destination label name.
-    #[error("invalid destination label name in {function}(): {name}")]
+    #[error("invalid destination label name in {function}(): {}", super::strings::shown(.name))]
     InvalidDestinationLabel {
         /// `label_replace` or `label_join`.
         function: &'static str,
@@ -111,7 +111,7 @@ pub enum QueryError {
         name: String,
     },
     /// label_join got an invalid source label name.
-    #[error("invalid source label name in label_join(): {name}")]
+    #[error("invalid source label name in label_join(): {}", super::strings::shown(.name))]
     InvalidSourceLabel {
         /// The name.
         name: String,

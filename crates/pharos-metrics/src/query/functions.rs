@@ -273,10 +273,6 @@ fn eval_timestamp(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value, Quer
     Ok(map_values(vec, |_| now))
 }
 
-fn valid_label_name(name: &str) -> bool {
-    !name.is_empty()
-}
-
 fn eval_label_replace(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value, QueryError> {
     let dst = string_arg(call, 1)?;
     let repl = string_arg(call, 2)?;
@@ -284,7 +280,7 @@ fn eval_label_replace(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value, 
     let pattern = string_arg(call, 4)?;
     let re = compile_anchored(&pattern)
         .map_err(|_| QueryError::InvalidLabelReplaceRegex { pattern: pattern.clone() })?;
-    if !valid_label_name(&dst) {
+    if !super::strings::valid_label_name(&dst) {
         return Err(QueryError::InvalidDestinationLabel { function: "label_replace", name: dst });
     }
     let mut vec = ev.eval_vector(arg(call, 0)?, t)?;
@@ -310,12 +306,12 @@ fn eval_label_join(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value, Que
     let mut srcs = Vec::new();
     for i in 3..call.args.args.len() {
         let s = string_arg(call, i)?;
-        if !valid_label_name(&s) {
+        if !super::strings::valid_label_name(&s) {
             return Err(QueryError::InvalidSourceLabel { name: s });
         }
         srcs.push(s);
     }
-    if !valid_label_name(&dst) {
+    if !super::strings::valid_label_name(&dst) {
         return Err(QueryError::InvalidDestinationLabel { function: "label_join", name: dst });
     }
     let mut vec = ev.eval_vector(arg(call, 0)?, t)?;

@@ -17,6 +17,7 @@ mod quantile;
 mod rollup;
 mod selector;
 mod source;
+mod strings;
 mod value;
 
 pub use engine::{CancelToken, Engine, EngineOptions, parse};
