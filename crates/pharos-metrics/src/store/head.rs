@@ -465,12 +465,22 @@ impl Head {
     /// Keeps an exemplar for the series (created if new); a repeat of the newest one is
     /// ignored, an older one refused.
     pub fn append_exemplar(&self, labels: &Labels, exemplar: Exemplar) -> Result<(), AppendError> {
+        self.append_exemplar_to(labels, exemplar).map(drop)
+    }
+
+    /// [`Head::append_exemplar`], giving the series that kept it.
+    pub(crate) fn append_exemplar_to(
+        &self,
+        labels: &Labels,
+        exemplar: Exemplar,
+    ) -> Result<Arc<MemSeries>, AppendError> {
         let len = label_chars(&exemplar.labels);
         if len > EXEMPLAR_MAX_LABEL_CHARS {
             return Err(AppendError::ExemplarLabelsTooLong { len, limit: EXEMPLAR_MAX_LABEL_CHARS });
         }
         let s = self.series(labels)?;
-        s.add_exemplar(exemplar, self.opts.max_exemplars_per_series)
+        s.add_exemplar(exemplar, self.opts.max_exemplars_per_series)?;
+        Ok(s)
     }
 
     /// Records (or replaces) the metadata of a metric name.

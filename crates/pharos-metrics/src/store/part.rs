@@ -11,13 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::model::{Labels, Sample};
 
+use super::exemplar::Exemplar;
+
 use super::chunk::{ChunkIter, XorChunk};
 use super::codec::{Malformed, Reader, put_str, put_varint};
 use super::metadata::{Metadata, MetricType};
 use super::series::{MemSeries, Placement};
 
-/// The first 8 bytes of every part file: `PHMPART` and the format version.
-pub const PART_MAGIC: &[u8; 8] = b"PHMPART\x01";
+/// The first 8 bytes of every part file: `PHMPART` and the format version (2: with exemplars).
+pub const PART_MAGIC: &[u8; 8] = b"PHMPART\x02";
+
+/// The magic of version 1 (no exemplars), still read.
+const PART_MAGIC_V1: &[u8; 8] = b"PHMPART\x01";
 
 /// The content of a part.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +38,9 @@ pub struct Part {
     pub series: HashMap<Labels, Vec<Sample>>,
     /// Metric metadata seen since the previous part.
     pub metadata: BTreeMap<String, Metadata>,
+    /// The exemplars the head kept for series written to since the previous part (each
+    /// series' whole ring, oldest first).
+    pub exemplars: HashMap<Labels, Vec<Exemplar>>,
 }
 
 /// Why a part file cannot be read.
@@ -55,7 +63,7 @@ impl From<Malformed> for PartError {
 impl Part {
     /// Whether the part holds nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty() && self.metadata.is_empty()
+        self.series.is_empty() && self.metadata.is_empty() && self.exemplars.is_empty()
     }
 
     /// Samples in the part.
@@ -85,14 +93,26 @@ impl Part {
         for (labels, samples) in sorted {
             enc.series(labels.len(), labels.iter().map(|l| (l.name.as_str(), l.value.as_str())), samples);
         }
-        enc.finish(&self.metadata)
+        enc.metadata(&self.metadata);
+        let mut exemplars: Vec<(&Labels, &Vec<Exemplar>)> = self.exemplars.iter().collect();
+        exemplars.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        enc.exemplars(exemplars.len());
+        for (labels, ring) in exemplars {
+            enc.series_exemplars(
+                labels.len(),
+                labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+                ring,
+            );
+        }
+        enc.finish()
     }
 
     /// Reads a part file's content, checking its magic and checksum.
     pub fn decode(bytes: &[u8]) -> Result<Part, PartError> {
-        if bytes.len() < PART_MAGIC.len() + 4 || &bytes[..8] != PART_MAGIC {
+        if bytes.len() < PART_MAGIC.len() + 4 || (&bytes[..8] != PART_MAGIC && &bytes[..8] != PART_MAGIC_V1) {
             return Err(PartError::Magic);
         }
+        let with_exemplars = &bytes[..8] == PART_MAGIC;
         let (body, crc) = bytes.split_at(bytes.len() - 4);
         if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(PartError::Checksum);
@@ -102,12 +122,7 @@ impl Part {
         let covers_below = u64::from_le_bytes(r.array()?);
         let mut part = Part { partition, covers_below, ..Part::default() };
         for _ in 0..r.varint()? {
-            let n = r.varint()?;
-            let mut pairs = Vec::with_capacity(n.min(64) as usize);
-            for _ in 0..n {
-                pairs.push((r.string()?, r.string()?));
-            }
-            let labels = Labels::from_pairs(pairs);
+            let labels = read_labels(&mut r)?;
             let mut samples = Vec::new();
             for _ in 0..r.varint()? {
                 let len = r.varint()? as usize;
@@ -133,11 +148,34 @@ impl Part {
             let kind = MetricType::from_code(r.bytes(1)?[0]).ok_or(PartError::Malformed(at))?;
             part.metadata.insert(name, Metadata { kind, help: r.string()?, unit: r.string()? });
         }
+        if with_exemplars {
+            for _ in 0..r.varint()? {
+                let series = read_labels(&mut r)?;
+                let mut ring = Vec::new();
+                for _ in 0..r.varint()? {
+                    let labels = read_labels(&mut r)?;
+                    let value = f64::from_bits(u64::from_le_bytes(r.array()?));
+                    let t = i64::from_le_bytes(r.array()?);
+                    ring.push(Exemplar { labels, value, t });
+                }
+                part.exemplars.entry(series).or_default().extend(ring);
+            }
+        }
         if r.pos != body.len() {
             return Err(PartError::Malformed(r.pos));
         }
         Ok(part)
     }
+}
+
+/// A label set: a varint count, then (name, value) strings.
+fn read_labels(r: &mut Reader<'_>) -> Result<Labels, PartError> {
+    let n = r.varint()?;
+    let mut pairs = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        pairs.push((r.string()?, r.string()?));
+    }
+    Ok(Labels::from_pairs(pairs))
 }
 
 /// Newest timestamp over time-ordered runs (`i64::MIN` without samples).
@@ -198,7 +236,7 @@ impl Encoder {
         }
     }
 
-    fn finish(mut self, metadata: &BTreeMap<String, Metadata>) -> Vec<u8> {
+    fn metadata(&mut self, metadata: &BTreeMap<String, Metadata>) {
         let out = &mut self.out;
         put_varint(out, metadata.len() as u64);
         for (name, m) in metadata {
@@ -207,8 +245,40 @@ impl Encoder {
             put_str(out, &m.help);
             put_str(out, &m.unit);
         }
-        let crc = crc32c::crc32c(out);
-        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Starts the exemplar section: `series` series follow.
+    fn exemplars(&mut self, series: usize) {
+        put_varint(&mut self.out, series as u64);
+    }
+
+    fn series_exemplars<'a>(
+        &mut self,
+        count: usize,
+        labels: impl Iterator<Item = (&'a str, &'a str)>,
+        ring: &[Exemplar],
+    ) {
+        let out = &mut self.out;
+        put_varint(out, count as u64);
+        for (name, value) in labels {
+            put_str(out, name);
+            put_str(out, value);
+        }
+        put_varint(out, ring.len() as u64);
+        for e in ring {
+            put_varint(out, e.labels.len() as u64);
+            for l in e.labels.iter() {
+                put_str(out, &l.name);
+                put_str(out, &l.value);
+            }
+            out.extend_from_slice(&e.value.to_bits().to_le_bytes());
+            out.extend_from_slice(&e.t.to_le_bytes());
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let crc = crc32c::crc32c(&self.out);
+        self.out.extend_from_slice(&crc.to_le_bytes());
         self.out
     }
 }
@@ -241,6 +311,8 @@ pub struct PendingPart {
     max_t: i64,
     /// Metric metadata seen since the previous part.
     pub metadata: BTreeMap<String, Metadata>,
+    /// Series that kept an exemplar since the previous part (repeats included).
+    exemplar_series: Vec<Arc<MemSeries>>,
 }
 
 impl PendingPart {
@@ -254,12 +326,13 @@ impl PendingPart {
             samples: 0,
             max_t: i64::MIN,
             metadata: BTreeMap::new(),
+            exemplar_series: Vec::new(),
         }
     }
 
     /// Whether the part holds nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.touched.is_empty() && self.metadata.is_empty()
+        self.touched.is_empty() && self.metadata.is_empty() && self.exemplar_series.is_empty()
     }
 
     /// Samples the head accepted into the part (repeats included).
@@ -287,9 +360,15 @@ impl PendingPart {
         }
     }
 
+    /// Notes an exemplar the head's `series` kept.
+    pub(crate) fn add_exemplar(&mut self, series: &Arc<MemSeries>) {
+        self.exemplar_series.push(Arc::clone(series));
+    }
+
     /// Lets go of the series (once the part is written).
     pub(crate) fn release_samples(&mut self) {
         self.touched = Vec::new();
+        self.exemplar_series = Vec::new();
     }
 
     /// The part's file content, in [`Part::encode`]'s format: each logged series' samples
@@ -299,6 +378,20 @@ impl PendingPart {
         self.touched.sort_unstable_by_key(|(series, t)| (Arc::as_ptr(series) as usize, *t));
         self.touched.dedup_by(|later, first| Arc::ptr_eq(&later.0, &first.0));
         self.touched.sort_unstable_by(|a, b| a.0.labels.cmp(&b.0.labels));
+        // The exemplar rings of every series written to (samples or exemplars): a series'
+        // exemplars stay in the newest part as long as it takes samples.
+        let mut with_exemplars: Vec<&Arc<MemSeries>> =
+            self.touched.iter().map(|(s, _)| s).chain(&self.exemplar_series).collect();
+        with_exemplars.sort_unstable_by_key(|s| Arc::as_ptr(s) as usize);
+        with_exemplars.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let mut rings: Vec<(Arc<MemSeries>, Vec<Exemplar>)> = with_exemplars
+            .into_iter()
+            .filter_map(|s| {
+                let ring = s.exemplars(i64::MIN, i64::MAX);
+                (!ring.is_empty()).then(|| (Arc::clone(s), ring))
+            })
+            .collect();
+        rings.sort_unstable_by(|a, b| a.0.labels.cmp(&b.0.labels));
         // The series with samples to write (the header counts them first), each read and
         // encoded in turn: the samples of a whole part are never all decoded at once. A
         // series counted here keeps its samples unless a block cut truncates it meanwhile
@@ -309,7 +402,12 @@ impl PendingPart {
             let samples = series.snapshot(*from, i64::MAX).samples(*from, i64::MAX);
             enc.series(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), &samples);
         }
-        enc.finish(&self.metadata)
+        enc.metadata(&self.metadata);
+        enc.exemplars(rings.len());
+        for (series, ring) in &rings {
+            enc.series_exemplars(series.labels.len(), series.labels.iter().map(|(n, v)| (&**n, &**v)), ring);
+        }
+        enc.finish()
     }
 }
 
@@ -335,7 +433,28 @@ mod tests {
             "http_requests_total".into(),
             Metadata { kind: MetricType::Counter, help: "Requests.".into(), unit: String::new() },
         );
+        let exemplar = |trace: &str, value: f64, t: i64| Exemplar {
+            labels: Labels::from_pairs([("trace_id", trace), ("span_id", "ab")]),
+            value,
+            t,
+        };
+        part.exemplars.insert(
+            Labels::from_pairs([("__name__", "http_requests_total"), ("code", "200")]),
+            vec![exemplar("t1", 1.5, 1_700_000_000_000), exemplar("t2", -0.0, 1_700_000_015_000)],
+        );
+        part.exemplars
+            .insert(odd.clone(), vec![Exemplar { labels: Labels::empty(), value: f64::NAN, t: -5 }]);
         part
+    }
+
+    /// Exemplars with their values as bits (NaN compares equal to itself).
+    fn exemplar_bits(part: &Part) -> BTreeMap<Labels, Vec<(Labels, u64, i64)>> {
+        part.exemplars
+            .iter()
+            .map(|(l, ring)| {
+                (l.clone(), ring.iter().map(|e| (e.labels.clone(), e.value.to_bits(), e.t)).collect())
+            })
+            .collect()
     }
 
     #[test]
@@ -346,6 +465,7 @@ mod tests {
         assert_eq!(back.partition, 3);
         assert_eq!(back.covers_below, 1234);
         assert_eq!(back.metadata, part.metadata);
+        assert_eq!(exemplar_bits(&back), exemplar_bits(&part));
         assert_eq!(back.encode(), bytes, "the file is written in label order, whatever the map's order");
         assert_eq!(back.series.len(), part.series.len());
         for (labels, samples) in &part.series {
@@ -358,6 +478,46 @@ mod tests {
         assert_eq!((odd[0].t, odd[1].v.to_bits()), (10, (-0.0f64).to_bits()));
         // Compressed: 5000 regular samples take far less than 16 bytes each.
         assert!(bytes.len() < 5000 * 4, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn a_version_1_part_without_exemplars_is_still_read() {
+        let mut part = sample_part();
+        part.exemplars.clear();
+        let v2 = part.encode();
+        // Version 1 is version 2 without the exemplar section (its count, 0, is the last byte
+        // before the checksum).
+        let mut v1 = v2[..v2.len() - 5].to_vec();
+        v1[..8].copy_from_slice(PART_MAGIC_V1);
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let back = Part::decode(&v1).unwrap();
+        assert_eq!(back.encode(), v2, "the same part, written as version 2");
+        assert!(back.exemplars.is_empty());
+    }
+
+    #[test]
+    fn pending_part_writes_the_exemplars_of_the_series_it_took_samples_or_exemplars_for() {
+        let head = super::super::head::Head::default();
+        let x = Labels::from_pairs([("__name__", "x")]);
+        let y = Labels::from_pairs([("__name__", "y")]);
+        let z = Labels::from_pairs([("__name__", "z")]);
+        let exemplar = |t: i64| Exemplar { labels: Labels::from_pairs([("trace_id", "t")]), value: 1.0, t };
+        // Exemplars kept before this part: x's come along with its next samples, z's do not.
+        head.append_exemplar(&x, exemplar(10)).unwrap();
+        head.append_exemplar(&z, exemplar(10)).unwrap();
+        let mut pending = PendingPart::new(0);
+        let s = [Sample { t: 100, v: 1.0 }];
+        head.append_samples_with(&x, &s, |series, x, placement| pending.add(series, *x, placement));
+        // y takes an exemplar and no sample.
+        pending.add_exemplar(&head.append_exemplar_to(&y, exemplar(20)).unwrap());
+        pending.add_exemplar(&head.append_exemplar_to(&y, exemplar(30)).unwrap());
+        let back = Part::decode(&pending.encode()).unwrap();
+        let times = |l: &Labels| back.exemplars.get(l).map(|r| r.iter().map(|e| e.t).collect::<Vec<_>>());
+        assert_eq!(times(&x), Some(vec![10]));
+        assert_eq!(times(&y), Some(vec![20, 30]));
+        assert_eq!(times(&z), None);
+        assert_eq!(back.series.keys().collect::<Vec<_>>(), vec![&x], "y has no samples to write");
     }
 
     #[test]
@@ -387,6 +547,11 @@ mod tests {
                     pending.add(series, *x, placement)
                 });
                 assert_eq!(out.accepted, run.len());
+            }
+        }
+        for (labels, ring) in &part.exemplars {
+            for e in ring {
+                pending.add_exemplar(&head.append_exemplar_to(labels, e.clone()).unwrap());
             }
         }
         assert_eq!(pending.samples(), part.samples());
@@ -460,9 +625,10 @@ mod tests {
         };
         let mut joined = one[..series_at(&one)].to_vec();
         joined[series_at(&one) - 1] = 2;
-        joined.extend_from_slice(&one[series_at(&one)..one.len() - 5]);
-        joined.extend_from_slice(&two[series_at(&two)..two.len() - 5]);
-        joined.push(0);
+        // Each ends with no metadata, no exemplars and the checksum.
+        joined.extend_from_slice(&one[series_at(&one)..one.len() - 6]);
+        joined.extend_from_slice(&two[series_at(&two)..two.len() - 6]);
+        joined.extend_from_slice(&[0, 0]);
         let crc = crc32c::crc32c(&joined);
         joined.extend_from_slice(&crc.to_le_bytes());
         let back = Part::decode(&joined).unwrap();

@@ -93,6 +93,8 @@ pub struct LoadReport {
     pub parts: usize,
     /// Samples put back into the heads.
     pub samples: u64,
+    /// Exemplars put back into the heads.
+    pub exemplars: u64,
     /// Damaged parts, moved aside (renamed `*.corrupt`).
     pub damaged: usize,
     /// Per partition and tenant, the offset below which every record is in a part.
@@ -241,6 +243,15 @@ impl PartStore {
             for (name, m) in &part.metadata {
                 let _ = head.set_metadata(name, m.clone());
             }
+            // Exemplars the head has (a later part or the replay brought them) are refused as
+            // older than its newest or ignored as repeats.
+            for (labels, exemplars) in &part.exemplars {
+                for e in exemplars {
+                    if head.append_exemplar(labels, e.clone()).is_ok() {
+                        report.exemplars += 1;
+                    }
+                }
+            }
             let covered = report.coverage.entry((part.partition, tenant)).or_default();
             *covered = (*covered).max(part.covers_below);
             report.parts += 1;
@@ -252,6 +263,7 @@ impl PartStore {
         info!(
             parts = report.parts,
             samples = report.samples,
+            exemplars = report.exemplars,
             damaged = report.damaged,
             "metrics parts loaded"
         );
@@ -470,8 +482,9 @@ impl PartitionWriter {
             for e in exemplars {
                 let exemplar_labels = Labels::from_pairs(e.labels.into_iter().map(|l| (l.name, l.value)));
                 let exemplar = Exemplar { labels: exemplar_labels, value: e.value, t: e.timestamp };
-                if head.append_exemplar(&labels, exemplar).is_err() {
-                    stats.reject("exemplar", 1);
+                match head.append_exemplar_to(&labels, exemplar) {
+                    Ok(series) => part.add_exemplar(&series),
+                    Err(_) => stats.reject("exemplar", 1),
                 }
             }
         }
@@ -501,8 +514,9 @@ impl PartitionWriter {
             }
         }
         for (labels, exemplar) in batch.exemplars {
-            if head.append_exemplar(&labels, exemplar).is_err() {
-                stats.reject("exemplar", 1);
+            match head.append_exemplar_to(&labels, exemplar) {
+                Ok(series) => part.add_exemplar(&series),
+                Err(_) => stats.reject("exemplar", 1),
             }
         }
         for (name, metadata) in batch.metadata {
@@ -643,7 +657,7 @@ mod tests {
         // A restart: the part is loaded back, and replaying offset 3 is skipped.
         let heads = Arc::new(Heads::default());
         let report = store.load(&heads).unwrap();
-        assert_eq!((report.parts, report.samples), (1, 10));
+        assert_eq!((report.parts, report.samples, report.exemplars), (1, 10, 0));
         assert_eq!(count(&heads, "a"), 10);
         let mut w = writer(&heads, &report);
         assert!(w.write(3, &envelope("a", 1000, 10)).skipped);
@@ -737,6 +751,54 @@ mod tests {
         e.payload = vec![0x0a, 0x05].into();
         e.items = 7;
         assert_eq!(w.write(3, &e).rejected, vec![("undecodable", 7)]);
+    }
+
+    #[test]
+    fn exemplars_are_in_parts_and_come_back_after_a_restart() {
+        let label = |n: &str, v: &str| v1::Label { name: n.into(), value: v.into() };
+        let with_exemplar = |t: i64, trace: &str| {
+            let req = v1::WriteRequest {
+                timeseries: vec![v1::TimeSeries {
+                    labels: vec![label("__name__", "up"), label("job", "node")],
+                    samples: vec![v1::Sample { value: 1.0, timestamp: t }],
+                    exemplars: vec![v1::Exemplar {
+                        labels: vec![label("trace_id", trace)],
+                        value: 1.0,
+                        timestamp: t,
+                    }],
+                    ..Default::default()
+                }],
+                metadata: vec![],
+            };
+            let mut e = envelope("a", 0, 1);
+            e.payload = req.encode_to_vec().into();
+            e
+        };
+        let traces = |heads: &Heads| -> Vec<String> {
+            let head = heads.head(&Tenant::parse("a").unwrap());
+            head.exemplars(&[vec![Matcher::equal("job", "node")]], i64::MIN, i64::MAX)
+                .iter()
+                .flat_map(|s| s.exemplars.iter().map(|e| e.labels.get("trace_id").to_owned()))
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = PartStore::open(dir.path()).unwrap();
+        let heads = Arc::new(Heads::default());
+        let mut w = writer(&heads, &LoadReport::default());
+        w.write(0, &with_exemplar(1000, "first"));
+        w.write(1, &with_exemplar(2000, "second"));
+        let mut flush = w.take_flush(2, true).expect("forced");
+        store.write(&mut flush).unwrap();
+        w.flushed(&flush);
+        // A restart: the exemplars come back from the part, a replayed record adds its own.
+        let heads = Arc::new(Heads::default());
+        let report = store.load(&heads).unwrap();
+        assert_eq!((report.samples, report.exemplars), (2, 2));
+        assert_eq!(traces(&heads), ["first", "second"]);
+        let mut w = writer(&heads, &report);
+        assert!(w.write(1, &with_exemplar(2000, "second")).skipped, "covered by the part");
+        assert_eq!(w.write(2, &with_exemplar(3000, "third")).accepted, 1);
+        assert_eq!(traces(&heads), ["first", "second", "third"]);
     }
 
     #[test]

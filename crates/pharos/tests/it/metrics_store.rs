@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pharos_core::prompb::v1::{Label, Sample, TimeSeries, WriteRequest};
+use pharos_core::prompb::v1::{Exemplar, Label, Sample, TimeSeries, WriteRequest};
 use prost::Message;
 use serde_json::Value;
 
@@ -85,6 +85,43 @@ async fn instant(pharos: &Pharos, tenant: &str, promql: &str, at_ms: i64) -> Opt
     result.first().map(|r| r["value"][1].as_str().unwrap().parse().unwrap())
 }
 
+/// Gives series `i` of a [`request`] an exemplar `{trace_id="<prefix><i>"}` on its last sample.
+fn with_exemplars(mut req: WriteRequest, prefix: &str) -> WriteRequest {
+    for (i, ts) in req.timeseries.iter_mut().enumerate() {
+        let last = ts.samples.last().expect("samples").clone();
+        ts.exemplars.push(Exemplar {
+            labels: vec![Label { name: "trace_id".into(), value: format!("{prefix}{i}") }],
+            value: last.value,
+            timestamp: last.timestamp,
+        });
+    }
+    req
+}
+
+/// The trace ids of the exemplars of `metric` in `[start, end]` ms, sorted.
+async fn exemplar_traces(pharos: &Pharos, tenant: &str, metric: &str, start: i64, end: i64) -> Vec<String> {
+    let data = query(
+        pharos,
+        tenant,
+        "/api/v1/query_exemplars",
+        &[
+            ("query", metric.into()),
+            ("start", format!("{}", start as f64 / 1e3)),
+            ("end", format!("{}", end as f64 / 1e3)),
+        ],
+    )
+    .await;
+    let mut traces: Vec<String> = data
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["exemplars"].as_array().unwrap().iter())
+        .map(|e| e["labels"]["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    traces.sort();
+    traces
+}
+
 async fn wait_for(pharos: &Pharos, tenant: &str, promql: &str, at_ms: i64, want: f64) -> Option<f64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -104,8 +141,9 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
     let end = now_ms() / 1000 * 1000;
     let sum_at = |series: i64, k: i64| (0..series).map(|i| (i * 1000 + k) as f64).sum::<f64>();
 
-    // Part A: the first 40 samples of 8 series. Queryable within seconds of the acknowledgement.
-    remote_write(&pharos, "team-a", &request("jobs_done_total", 8, 0..40, end)).await;
+    // Part A: the first 40 samples of 8 series, each with an exemplar on its last sample.
+    // Queryable within seconds of the acknowledgement.
+    remote_write(&pharos, "team-a", &with_exemplars(request("jobs_done_total", 8, 0..40, end), "a")).await;
     let at_a = end - 20 * 15_000; // the time of sample k = 39
     assert_eq!(
         wait_for(&pharos, "team-a", "sum(jobs_done_total)", at_a, sum_at(8, 39)).await,
@@ -122,7 +160,7 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
         assert!(Instant::now() < deadline, "no part written:\n{}", pharos.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    remote_write(&pharos, "team-a", &request("jobs_done_total", 8, 40..60, end)).await;
+    remote_write(&pharos, "team-a", &with_exemplars(request("jobs_done_total", 8, 40..60, end), "b")).await;
     pharos.kill9();
 
     let pharos = Pharos::start(dir.path(), &sets);
@@ -137,6 +175,11 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
     assert_eq!(instant(&pharos, "team-a", "sum(jobs_done_total)", at_end).await, Some(sum_at(8, 59)));
     assert_eq!(instant(&pharos, "team-a", "sum(jobs_done_total)", at_a).await, Some(sum_at(8, 39)));
     assert_eq!(instant(&pharos, "team-b", "count(jobs_done_total)", at_a).await, Some(1.0));
+    // The exemplars too: part A's from its part, part B's from the write-ahead log.
+    let hour = end - 3_600_000;
+    let every: Vec<String> = ["a", "b"].iter().flat_map(|p| (0..8).map(move |i| format!("{p}{i}"))).collect();
+    assert_eq!(exemplar_traces(&pharos, "team-a", "jobs_done_total", hour, end).await, every);
+    assert!(exemplar_traces(&pharos, "team-b", "jobs_done_total", hour, end).await.is_empty());
 
     // The range API agrees: 60 points per series over the written hour at 15 s steps.
     let data = query(
@@ -163,6 +206,7 @@ async fn remote_written_samples_are_queryable_per_tenant_and_survive_sigkill() {
         instant(&pharos, "team-a", "sum(count_over_time(jobs_done_total[1h]))", at_end).await,
         Some(480.0)
     );
+    assert_eq!(exemplar_traces(&pharos, "team-a", "jobs_done_total", hour, end).await, every);
     assert!(pharos.log().contains("metrics parts loaded"), "{}", pharos.log());
 }
 
