@@ -323,7 +323,7 @@ impl Source {
             }
             Source::Logs { pool, json } => {
                 let p = &pool[(seq % pool.len() as u64) as usize];
-                let (mut body, shift) = p.instantiate(now_nanos());
+                let (mut body, shift) = p.instantiate(now_nanos(), seed, seq);
                 if *json {
                     let req =
                         opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest::decode(

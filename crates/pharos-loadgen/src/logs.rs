@@ -3,7 +3,7 @@
 //! size of `--log-format` and `--log-body-size`.
 
 use crate::manifest::StreamRange;
-use crate::rng::{Rng, hex};
+use crate::rng::{Rng, hex, splitmix64};
 use crate::shape::{LogFormat, METHODS, ROUTES, Shape, i, resource, s, scope};
 use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -86,6 +86,9 @@ pub(crate) struct PrebuiltLogs {
     /// them by the time since the build, so that copies are distinct entries of their stream
     /// (the same time and line twice is one entry).
     time_offsets: Vec<usize>,
+    /// Where the records' trace and span ids are; each copy changes them (see
+    /// [`PrebuiltLogs::instantiate`]).
+    id_offsets: Vec<(usize, usize)>,
     /// Per service: its stream, the time range and the number of records (before the move).
     pub(crate) streams: Vec<StreamRange>,
     pub(crate) built_at: u64,
@@ -93,8 +96,11 @@ pub(crate) struct PrebuiltLogs {
 }
 
 impl PrebuiltLogs {
-    /// A copy with every record moved by the time since the build; returns the shift too.
-    pub(crate) fn instantiate(&self, now: u64) -> (Bytes, u64) {
+    /// Copy `seq` (under `seed`) with every record moved by the time since the build, and its
+    /// trace and span ids made its own (XORed with a mask of `seq`, so that the records of two
+    /// copies differ as two requests' records do: copies alike would be stored smaller than
+    /// real logs); returns the shift too.
+    pub(crate) fn instantiate(&self, now: u64, seed: u64, seq: u64) -> (Bytes, u64) {
         let mut buf = BytesMut::from(&self.bytes[..]);
         let shift = now.saturating_sub(self.built_at);
         for &off in &self.time_offsets {
@@ -102,6 +108,14 @@ impl PrebuiltLogs {
             t.copy_from_slice(&buf[off..off + 8]);
             let moved = u64::from_le_bytes(t).wrapping_add(shift);
             buf[off..off + 8].copy_from_slice(&moved.to_le_bytes());
+        }
+        let mask = splitmix64(seq ^ splitmix64(seed ^ 0x6c6f_6773_1d5e_ed00)).to_le_bytes();
+        for &(trace, span) in &self.id_offsets {
+            for off in [trace, span] {
+                for (b, m) in buf[off..off + 8].iter_mut().zip(mask) {
+                    *b ^= m;
+                }
+            }
         }
         (buf.freeze(), shift)
     }
@@ -121,6 +135,7 @@ pub(crate) fn build_otlp(shape: &Shape, batch: usize, seed: u64, index: u64, now
     let nres = shape.services.min(batch.max(1));
     let first_service = rng.below(shape.services as u64) as usize;
     let mut times: Vec<u64> = Vec::with_capacity(batch);
+    let mut ids: Vec<([u8; 16], [u8; 8])> = Vec::with_capacity(batch);
     let mut resource_logs = Vec::with_capacity(nres);
     let mut streams = Vec::with_capacity(nres);
     for r in 0..nres {
@@ -139,6 +154,7 @@ pub(crate) fn build_otlp(shape: &Shape, batch: usize, seed: u64, index: u64, now
             let l = line(shape, &mut rng);
             let t = now - 1_000_000_000 - rng.below(5_000_000_000);
             times.push(t);
+            ids.push((trace_id, span_id));
             range.add(t);
             let mut attributes = vec![
                 s("code.function.name", "handlers::orders::create"),
@@ -187,7 +203,24 @@ pub(crate) fn build_otlp(shape: &Shape, batch: usize, seed: u64, index: u64, now
         time_offsets.push(at);
         pos = at + 8;
     }
-    PrebuiltLogs { bytes: Bytes::from(bytes), time_offsets, streams, built_at: now, items: batch as u64 }
+    // trace_id and span_id are fields 9 and 10 (bytes: keys 0x4a and 0x52), after the time.
+    let id_offsets = time_offsets
+        .iter()
+        .zip(&ids)
+        .map(|(&at, (trace, span))| {
+            let trace_at = find_from(&bytes, &[&[0x4a, 16][..], trace].concat(), at) + 2;
+            let span_at = find_from(&bytes, &[&[0x52, 8][..], span].concat(), trace_at) + 2;
+            (trace_at, span_at)
+        })
+        .collect();
+    PrebuiltLogs {
+        bytes: Bytes::from(bytes),
+        time_offsets,
+        id_offsets,
+        streams,
+        built_at: now,
+        items: batch as u64,
+    }
 }
 
 /// Loki's `logproto.PushRequest` (the fields a push uses).
@@ -337,12 +370,43 @@ mod tests {
                 .collect()
         };
         let built = times(p.bytes.clone());
-        let (copy, shift) = p.instantiate(1_800_000_000_005_000_000);
+        let (copy, shift) = p.instantiate(1_800_000_000_005_000_000, 1, 0);
         let copy = times(copy);
         assert_eq!(built.len(), 40);
         assert_eq!(shift, 5_000_000);
         assert!(built.iter().zip(&copy).all(|(b, c)| c - b == shift), "every record moves by the same shift");
         assert_eq!(p.streams.iter().map(|s| s.count).sum::<u64>(), 40);
+    }
+
+    #[test]
+    fn each_copy_has_its_own_trace_and_span_ids_and_a_trace_keeps_its_records() {
+        let p = build_otlp(&Shape::default(), 40, 7, 0, 1_800_000_000_000_000_000);
+        let ids = |bytes: Bytes| -> Vec<(Vec<u8>, Vec<u8>)> {
+            ExportLogsServiceRequest::decode(bytes)
+                .unwrap()
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+                .map(|l| (l.trace_id.clone(), l.span_id.clone()))
+                .collect()
+        };
+        let now = 1_800_000_000_005_000_000;
+        let (built, one, two) =
+            (ids(p.bytes.clone()), ids(p.instantiate(now, 1, 1).0), ids(p.instantiate(now, 1, 2).0));
+        assert_eq!(one, ids(p.instantiate(now, 1, 1).0), "the same send, the same ids");
+        for (a, b) in [(&built, &one), (&one, &two)] {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.0 != y.0 && x.1 != y.1),
+                "every id differs between copies"
+            );
+        }
+        // Records that shared a trace (or span) in the build share it in a copy.
+        let groups = |v: &[(Vec<u8>, Vec<u8>)]| -> Vec<(bool, bool)> {
+            v.windows(2).map(|w| (w[0].0 == w[1].0, w[0].1 == w[1].1)).collect()
+        };
+        assert_eq!(groups(&built), groups(&two));
+        assert!(two.iter().all(|(t, s)| t.len() == 16 && s.len() == 8));
     }
 
     #[test]

@@ -181,6 +181,9 @@ fn properties() -> Result<WriterProperties, BlockError> {
         .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
         .set_column_encoding(ColumnPath::from("timestamp"), Encoding::DELTA_BINARY_PACKED)
         .set_column_dictionary_enabled(ColumnPath::from("line"), false)
+        // An entry's own pairs hold its span id, or other values of its own: nearly always
+        // unique, so a dictionary would be hashed into and then given up on.
+        .set_column_dictionary_enabled(ColumnPath::from("metadata"), false)
         .set_column_compression(ColumnPath::from("line"), Compression::LZ4_RAW)
         .build())
 }
@@ -421,6 +424,23 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let digit = name.first().is_some_and(u8::is_ascii_digit);
     if !digit && name.iter().all(|&b| is_label_name_char(char::from(b))) {
         return encode_bytes_pair(name, value, out);
+    }
+    if name.is_ascii() {
+        // One byte per character: copied, then the bytes that may not be in a name replaced.
+        put_varint(name.len() + usize::from(digit), out);
+        if digit {
+            out.push(b'_');
+        }
+        let start = out.len();
+        out.extend_from_slice(name);
+        for b in &mut out[start..] {
+            if !is_label_name_char(char::from(*b)) {
+                *b = b'_';
+            }
+        }
+        put_varint(value.len(), out);
+        out.extend_from_slice(value);
+        return;
     }
     // Every character becomes one byte, read off the UTF-8 bytes without decoding them: the
     // first byte of a character stands for it (a byte of a multi-byte character is never a

@@ -130,8 +130,9 @@ impl SegmentReader {
             self.resync()?;
             return Ok(Next::Damaged(Damage::ImpossibleLength(len)));
         }
-        let mut payload = vec![0u8; len as usize];
-        if read_full(&mut self.file, &mut payload)? < payload.len() {
+        // Read into spare capacity: a file reads into it without zeroing it first.
+        let mut payload = Vec::with_capacity(len as usize);
+        if (&mut self.file).take(u64::from(len)).read_to_end(&mut payload)? < len as usize {
             return Ok(Next::Damaged(Damage::TornRecord));
         }
         if crc32c::crc32c_append(crc32c::crc32c(&frame[..4]), &payload) != crc {
