@@ -772,9 +772,132 @@ pub fn read_streams(
     })
 }
 
+/// Every entry of a block as stored: line, shared pairs (one allocation per distinct run of
+/// shared pairs, as the head keeps them) and own pairs (the dedicated columns' values as
+/// pairs, then the `metadata` column's). What the compactor merges: nothing is decoded into strings and the shared pairs
+/// stay shared in the block it writes.
+pub fn read_stored(data: Bytes) -> Result<Vec<(u32, Vec<StoredEntry>)>, BlockError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)?.with_batch_size(8192).build()?;
+    let mut out: Vec<(u32, Vec<StoredEntry>)> = Vec::new();
+    let mut distinct: std::collections::HashSet<Arc<[u8]>> = std::collections::HashSet::new();
+    let mut metadata = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let streams = column::<UInt32Array>(&batch, "stream", "uint32")?;
+        let times = column::<Int64Array>(&batch, "timestamp", "int64")?;
+        let texts = column::<StringArray>(&batch, "line", "utf8")?;
+        let blob = column::<BinaryArray>(&batch, "metadata", "binary")?;
+        let shared = optional_column::<BinaryArray>(&batch, "shared", "binary")?;
+        let dedicated = DEDICATED_METADATA
+            .iter()
+            .map(|name| Ok((*name, column::<StringArray>(&batch, name, "utf8")?)))
+            .collect::<Result<Vec<_>, BlockError>>()?;
+        for row in 0..batch.num_rows() {
+            let stream = streams.value(row);
+            if out.last().is_none_or(|(s, _)| *s != stream) {
+                out.push((stream, Vec::new()));
+            }
+            // The dedicated pairs first: each stays the first pair of its name, so the next
+            // encoding puts the same value in its column.
+            metadata.clear();
+            for (name, values) in &dedicated {
+                if !values.is_null(row) {
+                    encode_pair(name, values.value(row), &mut metadata);
+                }
+            }
+            if !blob.is_null(row) {
+                metadata.extend_from_slice(blob.value(row));
+            }
+            let shared = match shared {
+                Some(column) if !column.is_null(row) => {
+                    let bytes = column.value(row);
+                    Some(match distinct.get(bytes) {
+                        Some(have) => Arc::clone(have),
+                        None => {
+                            let new: Arc<[u8]> = bytes.into();
+                            distinct.insert(Arc::clone(&new));
+                            new
+                        }
+                    })
+                }
+                _ => None,
+            };
+            if let Some((_, entries)) = out.last_mut() {
+                entries.push(StoredEntry {
+                    timestamp: times.value(row),
+                    line: texts.value(row).into(),
+                    shared,
+                    metadata: metadata.as_slice().into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_entries_read_back_as_written_with_shared_pairs_shared() {
+        let shared: Arc<[u8]> = {
+            let mut b = Vec::new();
+            encode_pair("service_namespace", "shop", &mut b);
+            encode_pair("scope_name", "app", &mut b);
+            b.into()
+        };
+        let entry = |t: i64, shared: Option<&Arc<[u8]>>, own: &[(&str, &str)]| {
+            let mut metadata = Vec::new();
+            own.iter().for_each(|(k, v)| encode_pair(k, v, &mut metadata));
+            StoredEntry {
+                timestamp: t,
+                line: format!("line {t}").into(),
+                shared: shared.cloned(),
+                metadata: metadata.into(),
+            }
+        };
+        let a = labels("a");
+        let b = labels("b");
+        let written = vec![
+            (
+                &*a,
+                vec![
+                    entry(1, Some(&shared), &[("severity_text", "INFO"), ("user", "u1"), ("trace_id", "ab")]),
+                    entry(2, Some(&shared), &[("span_id", "cd"), ("trace_id", "t1"), ("trace_id", "t2")]),
+                    entry(3, None, &[]),
+                ],
+            ),
+            (&*b, vec![entry(1, Some(&shared), &[("user", "u2")])]),
+        ];
+        let (data, meta) =
+            super::encode("x".into(), 0, written.iter().map(|(l, e)| (*l, e.as_slice()))).unwrap();
+        let read = read_stored(data).unwrap();
+        assert_eq!(read.len(), 2);
+        let sorted = |e: &StoredEntry| {
+            let mut e = e.to_entry().unwrap();
+            e.metadata.sort();
+            e
+        };
+        for ((stream, got), (labels, want)) in read.iter().zip(&written) {
+            assert_eq!(&meta.streams[*stream as usize].labels, *labels);
+            assert_eq!(
+                got.iter().map(sorted).collect::<Vec<_>>(),
+                want.iter().map(sorted).collect::<Vec<_>>()
+            );
+        }
+        // Of two pairs of a dedicated name, the one in its column (the first) stays first.
+        let first_trace = |e: &StoredEntry| {
+            pairs(&e.metadata).map(Result::unwrap).find(|(k, _)| *k == b"trace_id").map(|(_, v)| v.to_vec())
+        };
+        assert_eq!(first_trace(&read[0].1[1]), Some(b"t1".to_vec()));
+        // One allocation for the shared pairs of every entry that has them.
+        let with_shared: Vec<&Arc<[u8]>> =
+            read.iter().flat_map(|(_, e)| e).filter_map(|e| e.shared.as_ref()).collect();
+        assert_eq!(with_shared.len(), 3);
+        assert!(with_shared.iter().all(|s| Arc::ptr_eq(s, with_shared[0])));
+        assert_eq!(&**with_shared[0], &*shared);
+    }
 
     fn refs(streams: &[StreamEntries]) -> Vec<(&Labels, Vec<StoredEntry>)> {
         streams

@@ -510,28 +510,32 @@ impl LogStore {
                     break;
                 }
                 let started = Instant::now();
-                let mut parts = Vec::new();
+                // The entries as stored (shared pairs stay shared), merged per stream.
+                let mut streams: BTreeMap<Arc<Labels>, Vec<StoredEntry>> = BTreeMap::new();
                 for meta in &run {
                     let path = self.catalog.object_path(&tenant, &meta.id, block::DATA_FILE);
                     let data = self.catalog.storage().get(&path).await?;
-                    let all: Vec<usize> = (0..meta.streams.len()).collect();
-                    let read = meta.clone();
-                    let streams = tokio::task::spawn_blocking(move || {
-                        block::read_streams(data, &read, &all, block::Keep::range(i64::MIN, i64::MAX))
-                            .map(|scan| scan.streams)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Task(e.to_string()))?
-                    .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
-                    parts.extend(streams);
+                    let read = tokio::task::spawn_blocking(move || block::read_stored(data))
+                        .await
+                        .map_err(|e| StoreError::Task(e.to_string()))?
+                        .map_err(|source| StoreError::Block { block: meta.id.clone(), source })?;
+                    for (stream, entries) in read {
+                        let labels = meta.streams.get(stream as usize).ok_or_else(|| StoreError::Block {
+                            block: meta.id.clone(),
+                            source: BlockError::Corrupt(format!("row of unknown stream {stream}")),
+                        })?;
+                        streams.entry(Arc::new(labels.labels.clone())).or_default().extend(entries);
+                    }
                 }
                 let level = run.iter().map(|b| b.level).max().unwrap_or(0) + 1;
                 let out = self
                     .write_block(&tenant, move |id| {
-                        let streams: Vec<(Arc<Labels>, Vec<StoredEntry>)> = merge(parts)
-                            .into_iter()
-                            .map(|s| (s.labels, s.entries.iter().map(StoredEntry::from_entry).collect()))
-                            .collect();
+                        for entries in streams.values_mut() {
+                            entries.sort_by(|a, b| {
+                                a.timestamp.cmp(&b.timestamp).then_with(|| a.line.cmp(&b.line))
+                            });
+                            entries.dedup_by(|a, b| a.timestamp == b.timestamp && a.line == b.line);
+                        }
                         block::encode(id, level, streams.iter().map(|(l, e)| (&**l, e.as_slice())))
                     })
                     .await?;

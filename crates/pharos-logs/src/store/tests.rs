@@ -147,6 +147,101 @@ async fn a_replay_of_flushed_records_does_not_duplicate_entries() {
     assert_eq!(got[0].entries.len(), 3);
 }
 
+/// An OTLP logs request: one resource (`service.name` and a shared `host.name`), one record per
+/// time, each with an attribute and a severity.
+fn otlp(times: &[i64]) -> Envelope {
+    use opentelemetry_proto::tonic::{
+        collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource,
+    };
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
+        ..Default::default()
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "api"), kv("host.name", "node-1")],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: times
+                    .iter()
+                    .map(|&t| LogRecord {
+                        time_unix_nano: t as u64,
+                        severity_text: "INFO".into(),
+                        body: Some(AnyValue { value: Some(Value::StringValue(format!("line {t}"))) }),
+                        attributes: vec![kv("user.id", &format!("u{t}"))],
+                        trace_id: vec![7; 16],
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    Envelope {
+        tenant: Tenant::default(),
+        signal: Signal::Logs,
+        format: PayloadFormat::Otlp,
+        received_at_unix_nanos: 0,
+        items: times.len() as u32,
+        metadata: Vec::new(),
+        payload: request.encode_to_vec().into(),
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_every_pair_and_the_shared_ones_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), StoreOptions::default()).await;
+    let tenant = Tenant::default();
+    let t = now_nanos();
+    let mut writer = PartitionWriter::new(store.clone(), 0);
+    writer.write(0, &otlp(&[t + 1, t + 3]));
+    writer.flush().await.unwrap();
+    writer.write(1, &otlp(&[t + 2, t + 3]));
+    writer.flush().await.unwrap();
+    let entries = |got: Vec<StreamEntries>| -> Vec<Entry> {
+        got.into_iter()
+            .flat_map(|s| s.entries)
+            .map(|mut e| {
+                e.metadata.sort();
+                e
+            })
+            .collect()
+    };
+    let before =
+        entries(select(&store, &tenant, &[eq("service_name", "api")], t, t + 10, MAX).await.unwrap());
+    assert_eq!(before.len(), 3, "the repeat of t + 3 read once");
+    assert!(before.iter().all(|e| e.metadata.contains(&("host_name".into(), "node-1".into()))));
+    assert!(before.iter().all(|e| e.metadata.iter().any(|(k, _)| k == "trace_id")));
+    assert_eq!(store.compact().await.unwrap(), (0, 2));
+    let blocks = store.block_metas(&tenant);
+    assert_eq!((blocks.len(), blocks[0].entries), (1, 3));
+    let after = entries(select(&store, &tenant, &[eq("service_name", "api")], t, t + 10, MAX).await.unwrap());
+    assert_eq!(after, before, "the same lines and pairs");
+    // The resource's pairs are still stored once per distinct set, not in every entry.
+    let data = store
+        .catalog
+        .storage()
+        .get(&store.catalog.object_path(&tenant, &blocks[0].id, block::DATA_FILE))
+        .await
+        .unwrap();
+    let stored: Vec<StoredEntry> =
+        block::read_stored(data).unwrap().into_iter().flat_map(|(_, e)| e).collect();
+    assert!(
+        stored
+            .iter()
+            .all(|e| e.shared.as_ref().is_some_and(|s| Arc::ptr_eq(s, stored[0].shared.as_ref().unwrap())))
+    );
+    assert!(stored.iter().all(|e| !e.metadata.windows(9).any(|w| w == b"host_name")));
+}
+
 #[tokio::test]
 async fn retention_deletes_old_blocks_and_keeps_recent_ones() {
     let dir = tempfile::tempdir().unwrap();
