@@ -395,16 +395,23 @@ impl Head {
         let min_valid = self.min_valid_time();
         let mut later = Vec::new();
         {
+            let series: Vec<_> = series.collect();
+            // Pairs not as the head keeps them are never found as they are (looked up after).
+            let keys: Vec<(u64, &[(&str, &str)])> = series
+                .iter()
+                .map(|(hash, pairs, _)| if canonical(pairs) { (*hash, *pairs) } else { (*hash, &[][..]) })
+                .collect();
             let idx = self.read_index();
-            for (hash, pairs, samples) in series {
+            let found = idx.find_pairs_many(&keys);
+            for ((hash, pairs, samples), found) in series.into_iter().zip(found) {
                 let mut samples = samples.peekable();
-                let found = if canonical(pairs) { idx.find_pairs(hash, pairs) } else { None };
+                let found = found.filter(|_| canonical(pairs));
                 let Some(s) = found else {
                     later.push((hash, pairs, samples, AppendOutcome::default()));
                     continue;
                 };
                 let mut out = AppendOutcome::default();
-                if self.append_to(&s, &mut samples, self.window_ms, min_valid, &mut kept, &mut out) {
+                if self.append_to(s, &mut samples, self.window_ms, min_valid, &mut kept, &mut out) {
                     // (Not while the index is read: a removed series is looked up again after.)
                     later.push((hash, pairs, samples, out));
                 } else {
@@ -446,9 +453,13 @@ impl Head {
     {
         let min_valid = self.min_valid_time();
         let mut out = Vec::new();
+        let series: Vec<_> = series.into_iter().collect();
+        let keys: Vec<(u64, &[(&str, &str)])> =
+            series.iter().map(|(hash, labels, _)| (*hash, *labels)).collect();
         let idx = self.read_index();
-        for (n, (hash, labels, samples)) in series.into_iter().enumerate() {
-            match idx.find_pairs(hash, labels) {
+        let found = idx.find_pairs_many(&keys);
+        for (n, ((_, _, samples), found)) in series.into_iter().zip(found).enumerate() {
+            match found {
                 Some(series) => {
                     series.refused(samples, self.window_ms, min_valid, |i, e| out.push((n, i, e)))
                 }

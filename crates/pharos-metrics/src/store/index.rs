@@ -180,6 +180,37 @@ impl Index {
         self.find_by(hash, |s| s.has_pairs(pairs)).ok()
     }
 
+    /// [`find_pairs`](Self::find_pairs) of many label sets (hash and sorted pairs each; empty
+    /// pairs find nothing), in
+    /// passes: every table slot first, then every candidate's labels. A pass's look-ups do
+    /// not depend on each other, so their cache misses (the table and the series are far
+    /// larger than the caches at a million series) overlap instead of following one another.
+    pub(crate) fn find_pairs_many<'a>(
+        &'a self,
+        keys: &[(u64, &[(&str, &str)])],
+    ) -> Vec<Option<&'a Arc<MemSeries>>> {
+        let mut found: Vec<Option<&Arc<MemSeries>>> = keys
+            .iter()
+            .map(|(hash, pairs)| if pairs.is_empty() { None } else { self.by_id.get(hash) })
+            .collect();
+        for (slot, (hash, pairs)) in found.iter_mut().zip(keys) {
+            if let Some(s) = *slot
+                && !s.has_pairs(pairs)
+            {
+                // Another label set under this hash: on along the ids, as `find_by` goes.
+                let mut id = hash.wrapping_add(1);
+                *slot = loop {
+                    match self.by_id.get(&id) {
+                        Some(s) if s.has_pairs(pairs) => break Some(s),
+                        Some(_) => id = id.wrapping_add(1),
+                        None => break None,
+                    }
+                };
+            }
+        }
+        found
+    }
+
     fn find_by(&self, hash: u64, same: impl Fn(&MemSeries) -> bool) -> Result<Arc<MemSeries>, u64> {
         let mut id = hash;
         while let Some(s) = self.by_id.get(&id) {
@@ -296,6 +327,29 @@ mod tests {
         assert!(buckets.len() > 38_000, "{} of 65536 buckets used", buckets.len());
     }
     use crate::query::matches_all;
+
+    #[test]
+    fn many_look_ups_find_what_single_ones_find_past_colliding_hashes() {
+        let mut idx = Index::default();
+        let labels = |v: &str| Labels::from_pairs([("__name__", "up"), ("job", v)]);
+        let (a, b, c) = (labels("a"), labels("b"), labels("c"));
+        // b's hash taken to be a's (a collision): b lives at the next free id.
+        let h = series_hash_of(a.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+        idx.insert(h, &a);
+        let Err(next) = idx.find(h, &b) else { panic!("b is not there yet") };
+        assert_eq!(next, h.wrapping_add(1));
+        idx.insert(next, &b);
+        fn pairs(l: &Labels) -> Vec<(&str, &str)> {
+            l.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect()
+        }
+        let (pa, pb, pc) = (pairs(&a), pairs(&b), pairs(&c));
+        let keys = [(h, &pa[..]), (h, &pb[..]), (h, &pc[..]), (h, &[][..])];
+        let many: Vec<Option<u64>> = idx.find_pairs_many(&keys).iter().map(|s| s.map(|s| s.id)).collect();
+        let single: Vec<Option<u64>> =
+            keys.iter().map(|(h, p)| idx.find_pairs(*h, p).map(|s| s.id)).collect();
+        assert_eq!(many, vec![Some(h), Some(next), None, None]);
+        assert_eq!(many[..3], single[..3]);
+    }
 
     struct XorShift(u64);
 
