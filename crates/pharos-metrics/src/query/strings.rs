@@ -1,9 +1,11 @@
 //! Strings in queries as Go reads them. PromQL's string escapes follow Go, where `\xNN` and
 //! octal escapes are bytes, so a string may hold bytes that are not UTF-8. Pharos's strings are
 //! Rust strings: such a byte is kept as a character of its own in a private-use plane
-//! (U+10FF80 to U+10FFFF), no label name or value ingested through Pharos holds it (it
-//! matches nothing), a label name holding it is invalid as in Prometheus, and messages quote
-//! it back as `\xNN`.
+//! (U+10FF80 to U+10FFFF), which real label names and values practically never hold (so a
+//! matcher holding one matches nothing, as the byte would not either), a label name holding
+//! one is invalid as a name with that byte is in Prometheus, and messages quote it back as
+//! `\xNN`. The cost: a query that means those private-use characters themselves in a label
+//! name is refused.
 
 use std::borrow::Cow;
 
