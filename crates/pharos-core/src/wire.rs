@@ -124,10 +124,98 @@ pub fn put_bytes_field(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A `KeyValue` (OpenTelemetry `common.proto`) whose value is a string, as encoders write it
+/// when key and string are shorter than 128 bytes: `key` (field 1), then `value` (field 2)
+/// holding `string_value` (field 1) and nothing else. Returns the key and the string, unchecked
+/// for UTF-8; `None` for any other encoding, which [`fields`] reads. Most attributes are such,
+/// and reading them so skips the field loop twice.
+#[inline]
+pub fn string_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [0x0a, key_len, rest @ ..] = kv else { return None };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len).min(0x80))?;
+    let [0x12, value_len, 0x0a, string_len, string @ ..] = rest else { return None };
+    let fits = *key_len < 0x80
+        && *string_len < 0x7e
+        && usize::from(*value_len) == usize::from(*string_len) + 2
+        && string.len() == usize::from(*string_len);
+    fits.then_some((key, string))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::encoding::encode_varint;
+
+    /// What the field loop reads from a `KeyValue`, if its value holds only a string.
+    fn read_string_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (mut key, mut value) = (&b""[..], None);
+        for field in fields(kv) {
+            match field.ok()? {
+                (1, Value::Bytes(k)) => key = k,
+                (2, Value::Bytes(v)) => value = Some(v),
+                _ => return None,
+            }
+        }
+        let mut string = None;
+        for field in fields(value?) {
+            match field.ok()? {
+                (1, Value::Bytes(s)) => string = Some(s),
+                _ => return None,
+            }
+        }
+        Some((key, string?))
+    }
+
+    #[test]
+    fn a_string_key_value_read_in_one_go_is_what_the_field_loop_reads() {
+        let kv = |key: &[u8], string: &[u8]| {
+            let mut value = Vec::new();
+            put_bytes_field(&mut value, 1, string);
+            let mut kv = Vec::new();
+            put_bytes_field(&mut kv, 1, key);
+            put_bytes_field(&mut kv, 2, &value);
+            kv
+        };
+        let long = vec![b'x'; 200];
+        for (key, string) in
+            [(&b"service.name"[..], &b"checkout"[..]), (b"", b""), (b"k", &long[..125]), (&long[..127], b"v")]
+        {
+            let kv = kv(key, string);
+            assert_eq!(string_key_value(&kv), Some((key, string)));
+            assert_eq!(read_string_key_value(&kv), Some((key, string)));
+        }
+        // Longer strings, other values, other layouts: left to the field loop.
+        let mut int_value = Vec::new();
+        put_bytes_field(&mut int_value, 1, b"k");
+        put_bytes_field(&mut int_value, 2, &[0x18, 0x05]);
+        let mut value_first = Vec::new();
+        put_bytes_field(&mut value_first, 2, &[0x0a, 0x01, b'v']);
+        put_bytes_field(&mut value_first, 1, b"k");
+        let mut trailing = kv(b"k", b"v");
+        trailing.extend_from_slice(&[0x18, 0x01]);
+        for other in [kv(b"k", &long[..126]), kv(&long[..128], b"v"), int_value, value_first, trailing] {
+            assert_eq!(string_key_value(&other), None, "{other:?}");
+        }
+        // Whatever the bytes, a read in one go agrees with the field loop.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut agreed = 0;
+        for _ in 0..200_000 {
+            let mut bytes = kv(b"abc", b"de");
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state % bytes.len() as u64) as usize;
+            bytes[at] = (state >> 32) as u8;
+            if (state >> 40) % 3 == 0 {
+                bytes.truncate(at);
+            }
+            if let Some(got) = string_key_value(&bytes) {
+                assert_eq!(Some(got), read_string_key_value(&bytes), "{bytes:?}");
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 1000, "{agreed}");
+    }
 
     #[test]
     fn fields_read_every_wire_type_and_stop_at_the_first_malformed_one() {

@@ -20,7 +20,7 @@ use pharos_core::{Envelope, PayloadFormat, Signal, loki::PushRequest};
 use prost::Message;
 
 use crate::model::{Entry, Labels};
-use crate::store::block::{StoredEntry, encode_pair};
+use crate::store::block::{StoredEntry, dedicated_prefix, encode_pair};
 
 /// The resource attributes that become stream labels by default: Loki's defaults. The
 /// receivers partition log records by the same list (`pharos-ingest`'s
@@ -234,16 +234,18 @@ pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -
             // its exact size.
             let mut metadata: Vec<u8> = Vec::with_capacity(1024);
             for record in scope_logs.log_records {
+                // The pairs of dedicated names first (see `StoredEntry::dedicated_prefix`).
                 metadata.clear();
-                push_attributes(&mut metadata, &record.attributes);
                 if !record.severity_text.is_empty() {
                     encode_pair("severity_text", &record.severity_text, &mut metadata);
                 }
-                if record.severity_number != 0 {
-                    encode_pair("severity_number", &record.severity_number.to_string(), &mut metadata);
-                }
                 if !record.trace_id.is_empty() {
                     encode_pair("trace_id", &hex(&record.trace_id), &mut metadata);
+                }
+                let prefix = metadata.len();
+                push_attributes(&mut metadata, &record.attributes);
+                if record.severity_number != 0 {
+                    encode_pair("severity_number", &record.severity_number.to_string(), &mut metadata);
                 }
                 if !record.span_id.is_empty() {
                     encode_pair("span_id", &hex(&record.span_id), &mut metadata);
@@ -263,6 +265,7 @@ pub(crate) fn otlp(request: ExportLogsServiceRequest, mapping: &StreamMapping) -
                     line: line.into_boxed_str(),
                     shared: shared.clone(),
                     metadata: Box::from(metadata.as_slice()),
+                    dedicated_prefix: dedicated_prefix(&metadata, prefix),
                 });
             }
         }
@@ -297,6 +300,7 @@ fn push(request: PushRequest) -> Result<Vec<DecodedStream>, DecodeError> {
                 line: e.line.into_boxed_str(),
                 shared: None,
                 metadata: metadata.into_boxed_slice(),
+                dedicated_prefix: None,
             }
         }));
     }

@@ -14,7 +14,9 @@ use prost::Message;
 
 use crate::decode::{DecodeError, DecodedStream, StreamMapping, any_value_text, sanitize_label_name};
 use crate::model::Labels;
-use crate::store::block::{StoredEntry, encode_bytes_pair, encode_hex_pair, encode_label_pair, encode_pair};
+use crate::store::block::{
+    StoredEntry, encode_bytes_pair, encode_hex_pair, encode_label_pair, encode_pair, is_dedicated_pair,
+};
 
 fn malformed(what: &'static str) -> DecodeError {
     DecodeError::Malformed(what)
@@ -85,6 +87,14 @@ fn key_value(kv: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
 }
 
 fn push_attribute(kv: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    // Most attributes: a short string, read in one go.
+    if let Some((key, value)) = wire::string_key_value(kv) {
+        let (key, value) = (utf8(key)?, utf8(value)?);
+        if !value.is_empty() {
+            encode_label_pair(key, value, out);
+        }
+        return Ok(());
+    }
     let (key, value) = key_value(kv)?;
     let value = value_bytes(value)?;
     if !value.is_empty() {
@@ -98,6 +108,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
     let mut streams: Vec<DecodedStream> = Vec::new();
     let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
     let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let mut attributes: Vec<&[u8]> = Vec::with_capacity(32);
     for field in fields(buf) {
         let (1, Val::Bytes(resource_logs)) = field? else { continue };
         // The resource first (it may come after the scopes on the wire).
@@ -156,7 +167,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                 let (mut time, mut observed, mut severity_number) = (0u64, 0u64, 0i32);
                 let (mut severity_text, mut body, mut trace_id, mut span_id) =
                     (&[][..], None, &[][..], &[][..]);
-                scratch.clear();
+                attributes.clear();
                 for field in fields(record) {
                     match field? {
                         (1, Val::Fixed64(t)) => time = t,
@@ -164,20 +175,30 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                         (2, Val::Varint(n)) => severity_number = n as i32,
                         (3, Val::Bytes(s)) => severity_text = utf8(s)?,
                         (5, Val::Bytes(b)) => body = Some(b),
-                        (6, Val::Bytes(kv)) => push_attribute(kv, &mut scratch)?,
+                        (6, Val::Bytes(kv)) => attributes.push(kv),
                         (9, Val::Bytes(b)) => trace_id = b,
                         (10, Val::Bytes(b)) => span_id = b,
                         _ => {}
                     }
                 }
+                // The pairs of dedicated names first (the block writer then reads no other
+                // pair of the entry; see `StoredEntry::dedicated_prefix`).
+                scratch.clear();
                 if !severity_text.is_empty() {
                     encode_bytes_pair(b"severity_text", severity_text, &mut scratch);
                 }
-                if severity_number != 0 {
-                    encode_pair("severity_number", &severity_number.to_string(), &mut scratch);
-                }
                 if !trace_id.is_empty() {
                     encode_hex_pair("trace_id", trace_id, &mut scratch);
+                }
+                let prefix = u32::try_from(scratch.len()).ok();
+                let mut clean = true;
+                for kv in &attributes {
+                    let start = scratch.len();
+                    push_attribute(kv, &mut scratch)?;
+                    clean &= !is_dedicated_pair(&scratch[start..]);
+                }
+                if severity_number != 0 {
+                    encode_pair("severity_number", &severity_number.to_string(), &mut scratch);
                 }
                 if !span_id.is_empty() {
                     encode_hex_pair("span_id", span_id, &mut scratch);
@@ -192,6 +213,7 @@ pub(crate) fn otlp_logs(buf: &[u8], mapping: &StreamMapping) -> Result<Vec<Decod
                     line: line.into_boxed_str(),
                     shared: shared.clone(),
                     metadata: Box::from(scratch.as_slice()),
+                    dedicated_prefix: prefix.filter(|_| clean),
                 });
             }
         }
@@ -287,7 +309,12 @@ mod tests {
                                     body: value(rng, 0),
                                     attributes: (0..rng.below(4))
                                         .map(|_| {
-                                            let key = keys[rng.below(7) as usize];
+                                            // Now and then a dedicated name as an attribute.
+                                            let key = match rng.below(20) {
+                                                0 => "trace_id",
+                                                1 => "severity.text",
+                                                _ => keys[rng.below(7) as usize],
+                                            };
                                             kv(rng, key, 0)
                                         })
                                         .collect(),
@@ -310,14 +337,23 @@ mod tests {
         let mapping = StreamMapping::default();
         let mut rng = Rng(7);
         let mut entries = 0;
+        let mut hints = [0; 2];
         for _ in 0..2000 {
             let request = request(&mut rng);
             let bytes = request.encode_to_vec();
             let want = otlp(request, &mapping);
             entries += want.iter().map(|s| s.entries.len()).sum::<usize>();
-            assert_eq!(otlp_logs(&bytes, &mapping).unwrap(), want);
+            let got = otlp_logs(&bytes, &mapping).unwrap();
+            assert_eq!(got, want);
+            // The hint for the block writer: the same as the mapping's, found by reading every
+            // pair (`dedicated_prefix`).
+            for (got, want) in got.iter().flat_map(|s| &s.entries).zip(want.iter().flat_map(|s| &s.entries)) {
+                assert_eq!(got.dedicated_prefix, want.dedicated_prefix, "{got:?}");
+                hints[usize::from(got.dedicated_prefix.is_some())] += 1;
+            }
         }
         assert!(entries > 1000, "the generator makes entries: {entries}");
+        assert!(hints[0] > 50 && hints[1] > 500, "entries with and without the hint: {hints:?}");
     }
 
     #[test]

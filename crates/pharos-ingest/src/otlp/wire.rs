@@ -257,6 +257,17 @@ type Check = Result<(), Problem>;
 
 /// Checks a `KeyValue`: its key length, then its value.
 fn check_key_value(buf: &[u8], range: Range<usize>, limits: &Limits, owner: &str) -> Check {
+    // Most attributes: a short string, checked in one go when it passes (otherwise the field
+    // loop below finds what is wrong and says so).
+    let utf8 = |b: &[u8]| b.is_ascii() || std::str::from_utf8(b).is_ok();
+    if let Some((key, string)) = pharos_core::wire::string_key_value(&buf[range.clone()])
+        && key.len() <= limits.max_attribute_key_length
+        && string.len() <= limits.max_attribute_value_length
+        && utf8(key)
+        && utf8(string)
+    {
+        return Ok(());
+    }
     let (key, value) = key_value(buf, range)?;
     if key.len() > limits.max_attribute_key_length {
         return Err(key_too_long(owner, key.len(), limits).into());

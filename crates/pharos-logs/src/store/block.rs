@@ -241,7 +241,7 @@ pub fn encode<'a>(
             batch.line.append_value(&entry.line);
             // Shared pairs go to the `shared` column as they are, unless they hold a dedicated
             // name (never seen in practice): then they are the start of the entry's own.
-            let metadata = match &entry.shared {
+            let (metadata, prefix) = match &entry.shared {
                 Some(shared) if !shared.is_empty() => {
                     // Entries of many requests interleave in time: a small cache by address.
                     let ptr = Arc::as_ptr(shared).cast::<u8>();
@@ -254,40 +254,19 @@ pub fn encode<'a>(
                         combined.extend_from_slice(shared);
                         combined.extend_from_slice(&entry.metadata);
                         batch.shared.append_null();
-                        &combined[..]
+                        (&combined[..], None)
                     } else {
                         batch.shared.append_value(shared);
-                        &entry.metadata[..]
+                        (&entry.metadata[..], entry.dedicated_prefix)
                     }
                 }
                 _ => {
                     batch.shared.append_null();
-                    &entry.metadata[..]
+                    (&entry.metadata[..], entry.dedicated_prefix)
                 }
             };
             // Dedicated names go to their columns, the rest stays in the blob.
-            // The other pairs keep their bytes: the runs between dedicated pairs are copied whole.
-            let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
-            rest.clear();
-            let (mut run_start, mut pair_start) = (0, 0);
-            for pair in pairs(metadata) {
-                let (k, v) = pair?;
-                let pair_end = v.as_ptr() as usize - metadata.as_ptr() as usize + v.len();
-                if let Some(i) = dedicated_index(k)
-                    && dedicated[i].is_none()
-                {
-                    dedicated[i] = Some(v);
-                    rest.extend_from_slice(&metadata[run_start..pair_start]);
-                    run_start = pair_end;
-                }
-                pair_start = pair_end;
-            }
-            let kept: &[u8] = if run_start == 0 {
-                metadata
-            } else {
-                rest.extend_from_slice(&metadata[run_start..]);
-                &rest
-            };
+            let (dedicated, kept) = split_dedicated(metadata, prefix, &mut rest)?;
             if kept.is_empty() {
                 batch.metadata.append_null();
             } else {
@@ -342,6 +321,11 @@ pub struct StoredEntry {
     pub shared: Option<Arc<[u8]>>,
     /// The entry's own pairs.
     pub metadata: Box<[u8]>,
+    /// When known: `metadata[..n]` holds only pairs of dedicated names ([`DEDICATED_METADATA`],
+    /// each at most once) and no pair after it has a dedicated name, so a block is written
+    /// without reading the other pairs. `None`: not known (every pair is read). Set by the
+    /// decoders, which write the dedicated pairs first ([`dedicated_prefix`]).
+    pub(crate) dedicated_prefix: Option<u32>,
 }
 
 /// Equal when the time, the line and the pairs (shared then own) are, however they are split.
@@ -370,6 +354,7 @@ impl StoredEntry {
             line: entry.line.as_str().into(),
             shared: None,
             metadata: metadata.into(),
+            dedicated_prefix: None,
         }
     }
 
@@ -402,6 +387,68 @@ impl StoredEntry {
     pub fn raw_bytes(&self) -> usize {
         self.line.len() + self.shared_bytes().len() + self.metadata.len()
     }
+}
+
+/// Whether an encoded pair (or pairs: the first is looked at) has a dedicated name.
+pub(crate) fn is_dedicated_pair(pair: &[u8]) -> bool {
+    let mut at = 0;
+    get_varint(pair, &mut at)
+        .and_then(|n| pair.get(at..at + n))
+        .is_some_and(|name| dedicated_index(name).is_some())
+}
+
+/// The [`StoredEntry::dedicated_prefix`] of pairs whose first `prefix` bytes are the entry's
+/// dedicated pairs (the caller's word), found by reading the pairs after them: `None` when one
+/// has a dedicated name too, or `prefix` is out of range.
+pub(crate) fn dedicated_prefix(metadata: &[u8], prefix: usize) -> Option<u32> {
+    let rest = metadata.get(prefix..)?;
+    let clean = pairs(rest).all(|pair| pair.is_ok_and(|(name, _)| dedicated_index(name).is_none()));
+    clean.then(|| u32::try_from(prefix).ok()).flatten()
+}
+
+/// An entry's dedicated values and the pairs that stay in the `metadata` column (in `rest`
+/// when they had to be gathered). With a known prefix only the prefix is read.
+fn split_dedicated<'a>(
+    metadata: &'a [u8],
+    prefix: Option<u32>,
+    rest: &'a mut Vec<u8>,
+) -> Result<([Option<&'a [u8]>; DEDICATED_METADATA.len()], &'a [u8]), BlockError> {
+    let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
+    if let Some((head, tail)) = prefix.and_then(|p| metadata.split_at_checked(p as usize)) {
+        let mut whole = true;
+        for pair in pairs(head) {
+            match pair.map(|(k, v)| (dedicated_index(k), v)) {
+                Ok((Some(i), v)) if dedicated[i].is_none() => dedicated[i] = Some(v),
+                // Not what the prefix promises: read every pair instead.
+                _ => whole = false,
+            }
+        }
+        if whole {
+            return Ok((dedicated, tail));
+        }
+        dedicated = [None; DEDICATED_METADATA.len()];
+    }
+    // The first pair of each dedicated name goes to its column; the runs of other pairs between
+    // them are copied whole.
+    rest.clear();
+    let (mut run_start, mut pair_start) = (0, 0);
+    for pair in pairs(metadata) {
+        let (k, v) = pair?;
+        let pair_end = v.as_ptr() as usize - metadata.as_ptr() as usize + v.len();
+        if let Some(i) = dedicated_index(k)
+            && dedicated[i].is_none()
+        {
+            dedicated[i] = Some(v);
+            rest.extend_from_slice(&metadata[run_start..pair_start]);
+            run_start = pair_end;
+        }
+        pair_start = pair_end;
+    }
+    if run_start == 0 {
+        return Ok((dedicated, metadata));
+    }
+    rest.extend_from_slice(&metadata[run_start..]);
+    Ok((dedicated, &rest[..]))
 }
 
 /// Appends one metadata pair in the block encoding to `out` (a [`StoredEntry`]'s `metadata`).
@@ -805,6 +852,7 @@ pub fn read_stored(data: Bytes) -> Result<Vec<(u32, Vec<StoredEntry>)>, BlockErr
                     encode_pair(name, values.value(row), &mut metadata);
                 }
             }
+            let prefix = metadata.len();
             if !blob.is_null(row) {
                 metadata.extend_from_slice(blob.value(row));
             }
@@ -828,6 +876,7 @@ pub fn read_stored(data: Bytes) -> Result<Vec<(u32, Vec<StoredEntry>)>, BlockErr
                     line: texts.value(row).into(),
                     shared,
                     metadata: metadata.as_slice().into(),
+                    dedicated_prefix: dedicated_prefix(&metadata, prefix),
                 });
             }
         }
@@ -855,6 +904,7 @@ mod tests {
                 line: format!("line {t}").into(),
                 shared: shared.cloned(),
                 metadata: metadata.into(),
+                dedicated_prefix: None,
             }
         };
         let a = labels("a");
@@ -1087,6 +1137,7 @@ mod tests {
             line: format!("line {ts}").into(),
             shared: shared.cloned(),
             metadata: own(md),
+            dedicated_prefix: None,
         };
         let entries = vec![
             stored(1, Some(&resource), &[("user", "u1"), ("severity_text", "ERROR")]),
@@ -1143,6 +1194,77 @@ mod tests {
         };
         assert_eq!(whole, stored(1, Some(&resource), &[("user", "u1")]));
         assert_ne!(whole, stored(1, Some(&resource), &[("user", "u2")]));
+    }
+
+    /// The decoders' hint that an entry's dedicated pairs come first changes nothing in the
+    /// block: the same bytes as with every pair read; a hint that is not true is not trusted.
+    #[test]
+    fn blocks_are_the_same_with_and_without_the_dedicated_prefix() {
+        let pairs = |md: &[(&str, &str)]| {
+            let mut buf = Vec::new();
+            md.iter().for_each(|(k, v)| encode_pair(k, v, &mut buf));
+            buf
+        };
+        let resource: Arc<[u8]> = pairs(&[("host", "n1")]).into();
+        let cases: &[(&[(&str, &str)], usize)] = &[
+            // (pairs, how many of them lead as dedicated)
+            (&[("severity_text", "ERROR"), ("trace_id", "t1"), ("user", "u1"), ("span_id", "s1")], 2),
+            (&[("trace_id", "t2"), ("user", "u2")], 1),
+            (&[("user", "u3")], 0),
+            (&[], 0),
+            // A dedicated name again after the prefix: no hint.
+            (&[("trace_id", "t4"), ("user", "u4"), ("trace_id", "again")], 1),
+            (&[("severity_text", "WARN"), ("user", "u5"), ("severity_text", "again")], 1),
+        ];
+        let mut hinted = Vec::new();
+        let mut plain = Vec::new();
+        for (i, (md, leading)) in cases.iter().enumerate() {
+            let metadata = pairs(md);
+            let prefix = pairs(&md[..*leading]).len();
+            let hint = dedicated_prefix(&metadata, prefix);
+            assert_eq!(hint.is_none(), i >= 4, "case {i}");
+            let entry = StoredEntry {
+                timestamp: i as i64,
+                line: format!("line {i}").into(),
+                shared: (i % 2 == 0).then(|| Arc::clone(&resource)),
+                metadata: metadata.into(),
+                dedicated_prefix: hint,
+            };
+            hinted.push(entry.clone());
+            plain.push(StoredEntry { dedicated_prefix: None, ..entry });
+        }
+        // A false hint (the prefix holds a name twice, or a name that is not dedicated).
+        let twice = pairs(&[("trace_id", "a"), ("trace_id", "b"), ("user", "u")]);
+        let not_dedicated = pairs(&[("user", "u"), ("trace_id", "t")]);
+        for (i, (metadata, lie)) in
+            [(twice, pairs(&[("trace_id", "a"), ("trace_id", "b")]).len()), (not_dedicated, 3)]
+                .into_iter()
+                .enumerate()
+        {
+            let entry = StoredEntry {
+                timestamp: 10 + i as i64,
+                line: "lie".into(),
+                shared: None,
+                metadata: metadata.into(),
+                dedicated_prefix: Some(lie as u32),
+            };
+            hinted.push(entry.clone());
+            plain.push(StoredEntry { dedicated_prefix: None, ..entry });
+        }
+        let a = labels("a");
+        let (with_hint, _) = super::encode("h".into(), 0, [(&*a, hinted.as_slice())]).unwrap();
+        let (without, meta) = super::encode("h".into(), 0, [(&*a, plain.as_slice())]).unwrap();
+        assert_eq!(with_hint, without);
+        // And what is read back is what was written.
+        let read = read_streams(with_hint, &meta, &[0], Keep::range(0, 100)).unwrap().streams;
+        let sorted = |mut v: Vec<(String, String)>| {
+            v.sort();
+            v
+        };
+        for (got, want) in read[0].entries.iter().zip(&plain) {
+            assert_eq!(sorted(got.metadata.clone()), sorted(want.to_entry().unwrap().metadata));
+        }
+        assert_eq!(read[0].entries.len(), plain.len());
     }
 
     /// A block of format version 1 (no `shared` column) reads as before.
