@@ -85,7 +85,7 @@ pub fn decode(envelope: &Envelope, mapping: &StreamMapping) -> Result<Vec<Decode
 }
 
 /// Whether a character may be in a label name as it is (others become `_`).
-pub(crate) fn is_label_name_char(c: char) -> bool {
+pub(crate) const fn is_label_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 

@@ -464,27 +464,32 @@ pub(crate) fn encode_bytes_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// Each byte as it is in a label name: itself for `[a-zA-Z0-9_]`, `_` for any other.
+const LABEL_BYTE: [u8; 256] = {
+    let mut table = [b'_'; 256];
+    let mut b = 0;
+    while b < 256 {
+        if is_label_name_char(b as u8 as char) {
+            table[b] = b as u8;
+        }
+        b += 1;
+    }
+    table
+};
+
 /// Appends the pair `encode_pair(&sanitize_label_name(name), value, out)` appends (`name` and
 /// `value` UTF-8), without making the valid name first: each character that may not be in a
 /// label name becomes `_`, and a leading digit gets a `_` before it.
 pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let digit = name.first().is_some_and(u8::is_ascii_digit);
-    if !digit && name.iter().all(|&b| is_label_name_char(char::from(b))) {
-        return encode_bytes_pair(name, value, out);
-    }
+    out.reserve(name.len() + value.len() + 5);
     if name.is_ascii() {
-        // One byte per character: copied, then the bytes that may not be in a name replaced.
+        // One byte per character, each mapped in one pass.
         put_varint(name.len() + usize::from(digit), out);
         if digit {
             out.push(b'_');
         }
-        let start = out.len();
-        out.extend_from_slice(name);
-        for b in &mut out[start..] {
-            if !is_label_name_char(char::from(*b)) {
-                *b = b'_';
-            }
-        }
+        out.extend(name.iter().map(|&b| LABEL_BYTE[usize::from(b)]));
         put_varint(value.len(), out);
         out.extend_from_slice(value);
         return;
@@ -497,7 +502,7 @@ pub(crate) fn encode_label_pair(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     if digit {
         out.push(b'_');
     }
-    out.extend(chars.map(|&b| if is_label_name_char(char::from(b)) { b } else { b'_' }));
+    out.extend(chars.map(|&b| LABEL_BYTE[usize::from(b)]));
     put_varint(value.len(), out);
     out.extend_from_slice(value);
 }
