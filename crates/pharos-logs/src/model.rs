@@ -153,10 +153,11 @@ pub trait LogSource {
     fn select(&self, selection: &Selection<'_>) -> Result<Selected, SourceError>;
 }
 
-/// A source could not answer (a limit, a storage error).
+/// A source could not answer: why, and whose fault it is (a limit or a bad matcher: the
+/// query's, `TooLarge` or `InvalidInput`; a storage error: `Unavailable`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct SourceError(pub String);
+pub struct SourceError(pub String, pub pharos_core::ErrorCode);
 
 /// An in-memory source: streams and their entries, for tests and for data already read.
 #[derive(Debug, Clone, Default)]
@@ -226,12 +227,10 @@ impl Matchers {
             .map(|m| {
                 let re = if m.op.is_regex() {
                     Some(regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
-                        SourceError(format!(
-                            "invalid regex in {}{}\"{}\": {e}",
-                            m.name,
-                            m.op.as_str(),
-                            m.value
-                        ))
+                        SourceError(
+                            format!("invalid regex in {}{}\"{}\": {e}", m.name, m.op.as_str(), m.value),
+                            pharos_core::ErrorCode::InvalidInput,
+                        )
                     })?)
                 } else {
                     None

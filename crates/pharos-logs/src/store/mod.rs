@@ -248,9 +248,12 @@ impl LogStore {
         let mut parts: Vec<StreamEntries> = Vec::new();
         let (mut lines, mut bytes) = (0u64, 0u64);
         let over = || {
-            SourceError(format!(
-                "the query would read more than {max_bytes} bytes of log lines (limit logs.max_query_bytes); narrow the selector or the time range"
-            ))
+            SourceError(
+                format!(
+                    "the query would read more than {max_bytes} bytes of log lines (limit logs.max_query_bytes); narrow the selector or the time range"
+                ),
+                pharos_core::ErrorCode::TooLarge,
+            )
         };
         for found in self.with_heads(tenant, |part| {
             let (mut lines, mut bytes) = (0u64, 0u64);
@@ -577,7 +580,7 @@ impl LogSource for StoreSource {
         self.handle.block_on(self.store.select(&self.tenant, selection, self.max_bytes)).map_err(
             |e| match e {
                 StoreError::Source(e) => e,
-                other => SourceError(other.to_string()),
+                other => SourceError(other.to_string(), pharos_core::ErrorCode::Unavailable),
             },
         )
     }

@@ -381,6 +381,56 @@ async fn bad_queries_and_parameters_get_400_with_the_problem_named() {
     }
 }
 
+/// Each query limit, hit through the API, answers with the limit named: bytes read and series
+/// returned 400 (as Loki), time 504; a query within the limits still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_over_a_limit_get_an_error_naming_it() {
+    let shop = Shop::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &["logs.max_query_bytes=1KiB", "logs.max_series=1"]);
+    let loki = Loki::new(&pharos, None);
+    loki.push(shop.streams(0..40)).await;
+    pharos.wait_for_metric("pharos_logs_entries_stored_total{tenant=\"default\"}", 40.0).await;
+    // The first four seconds: two lines of each stream, about 190 bytes.
+    let first = vec![("start", (shop.t0 - SEC).to_string()), ("end", (shop.t0 + 4 * SEC).to_string())];
+    let over: &[(&str, Vec<(&str, String)>, &str)] = &[
+        // 40 lines of about 46 bytes: more than 1 KiB.
+        (r#"{env="prod"}"#, shop.range(), "logs.max_query_bytes"),
+        // Two streams, one series each.
+        (
+            r#"sum by (app) (count_over_time({env="prod"}[1m]))"#,
+            with(first.clone(), &[("step", "1s")]),
+            "max_series",
+        ),
+    ];
+    for (query, range, limit) in over {
+        let (status, body) =
+            loki.get("/loki/api/v1/query_range", &with(range.clone(), &[("query", query)])).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(limit), "{query}: want {limit:?} in {body:?}");
+    }
+    let within =
+        loki.json("/loki/api/v1/query_range", &with(first, &[("query", r#"{app="checkout"}"#)])).await;
+    assert_eq!(within["data"]["result"][0]["values"].as_array().map(Vec::len), Some(2), "{within}");
+    drop(pharos);
+
+    // Time: a deadline that has passed when the query starts; 5,000 lines to read.
+    let dir = tempfile::tempdir().unwrap();
+    let pharos = Pharos::start(dir.path(), &["logs.query_timeout=1ns"]);
+    let loki = Loki::new(&pharos, None);
+    let t0 = shop.t0;
+    let values: Vec<Value> =
+        (0..5000i64).map(|k| json!([(t0 + k * 1_000_000).to_string(), format!("line {k}")])).collect();
+    loki.push(json!([{ "stream": { "app": "busy" }, "values": values }])).await;
+    pharos.wait_for_metric("pharos_logs_entries_stored_total{tenant=\"default\"}", 5000.0).await;
+    for query in [r#"{app="busy"} |= "line""#, r#"count_over_time({app="busy"}[1m])"#] {
+        let (status, body) =
+            loki.get("/loki/api/v1/query_range", &with(shop.range(), &[("query", query)])).await;
+        assert_eq!(status, 504, "{query}: {body}");
+        assert!(body.contains("query timed out") && body.contains("logs.query_timeout"), "{query}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_tenants_logs_are_invisible_to_another() {
     let (_dir, pharos, shop) = shop_pharos().await;

@@ -312,12 +312,13 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    /// The wire-independent code: limits are too large, a timeout or a failing source is
-    /// unavailable (a retry may help), everything else is invalid input.
+    /// The wire-independent code: limits are too large, a timeout is unavailable (a retry may
+    /// help), a source's error has its own code, everything else is invalid input.
     pub fn code(&self) -> ErrorCode {
         match self {
             EvalError::TooManySeries { .. } | EvalError::TooManyBytes { .. } => ErrorCode::TooLarge,
-            EvalError::Timeout | EvalError::Source { .. } => ErrorCode::Unavailable,
+            EvalError::Source { source } => source.1,
+            EvalError::Timeout => ErrorCode::Unavailable,
             _ => ErrorCode::InvalidInput,
         }
     }
