@@ -176,7 +176,7 @@ mod tests {
             put_bytes_field(&mut kv, 2, &value);
             kv
         };
-        let long = vec![b'x'; 200];
+        let long = [b'x'; 200];
         for (key, string) in
             [(&b"service.name"[..], &b"checkout"[..]), (b"", b""), (b"k", &long[..125]), (&long[..127], b"v")]
         {
@@ -206,7 +206,7 @@ mod tests {
             state ^= state << 17;
             let at = (state % bytes.len() as u64) as usize;
             bytes[at] = (state >> 32) as u8;
-            if (state >> 40) % 3 == 0 {
+            if (state >> 40).is_multiple_of(3) {
                 bytes.truncate(at);
             }
             if let Some(got) = string_key_value(&bytes) {

@@ -406,14 +406,17 @@ pub(crate) fn dedicated_prefix(metadata: &[u8], prefix: usize) -> Option<u32> {
     clean.then(|| u32::try_from(prefix).ok()).flatten()
 }
 
+/// The value of each dedicated name, if the entry has one.
+type DedicatedValues<'a> = [Option<&'a [u8]>; DEDICATED_METADATA.len()];
+
 /// An entry's dedicated values and the pairs that stay in the `metadata` column (in `rest`
 /// when they had to be gathered). With a known prefix only the prefix is read.
 fn split_dedicated<'a>(
     metadata: &'a [u8],
     prefix: Option<u32>,
     rest: &'a mut Vec<u8>,
-) -> Result<([Option<&'a [u8]>; DEDICATED_METADATA.len()], &'a [u8]), BlockError> {
-    let mut dedicated: [Option<&[u8]>; DEDICATED_METADATA.len()] = [None; DEDICATED_METADATA.len()];
+) -> Result<(DedicatedValues<'a>, &'a [u8]), BlockError> {
+    let mut dedicated: DedicatedValues<'_> = [None; DEDICATED_METADATA.len()];
     if let Some((head, tail)) = prefix.and_then(|p| metadata.split_at_checked(p as usize)) {
         let mut whole = true;
         for pair in pairs(head) {

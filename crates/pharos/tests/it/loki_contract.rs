@@ -114,6 +114,9 @@ async fn shop_pharos() -> (tempfile::TempDir, Pharos, Shop) {
     (dir, pharos, shop)
 }
 
+/// A request and what its answer must say: (path or query, parameters, text).
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 fn with(
     mut params: Vec<(&'static str, String)>,
     more: &[(&'static str, &str)],
@@ -339,7 +342,6 @@ async fn label_series_and_index_lookups_answer_in_loki_shapes() {
 async fn bad_queries_and_parameters_get_400_with_the_problem_named() {
     let (_dir, pharos, shop) = shop_pharos().await;
     let loki = Loki::new(&pharos, None);
-    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
     let cases: &[Case] = &[
         (
             "/loki/api/v1/query_range",
@@ -393,7 +395,8 @@ async fn queries_over_a_limit_get_an_error_naming_it() {
     pharos.wait_for_metric("pharos_logs_entries_stored_total{tenant=\"default\"}", 40.0).await;
     // The first four seconds: two lines of each stream, about 190 bytes.
     let first = vec![("start", (shop.t0 - SEC).to_string()), ("end", (shop.t0 + 4 * SEC).to_string())];
-    let over: &[(&str, Vec<(&str, String)>, &str)] = &[
+    // (query, parameters, what the error names)
+    let over: &[Case] = &[
         // 40 lines of about 46 bytes: more than 1 KiB.
         (r#"{env="prod"}"#, shop.range(), "logs.max_query_bytes"),
         // Two streams, one series each.
