@@ -36,6 +36,12 @@ fn respond(data: &str, warnings: &[String]) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], success(data, warnings)).into_response()
 }
 
+/// A query's answer with its warnings and infos.
+fn respond_annotated(data: &str, notes: &crate::query::Annotations) -> Response {
+    let body = super::json::success_with_infos(data, &notes.warnings, &notes.infos);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// The engine for one request: the request's `timeout` can shorten the configured one.
 fn engine(st: &ApiState, p: &Params) -> Result<Engine, ApiError> {
     let mut opts = st.opts.engine.clone();
@@ -118,8 +124,9 @@ pub(crate) async fn query(
     let expr = parse_query(&p)?;
     let t = p.time_or("time", (st.opts.clock)())?;
     let engine = engine(&st, &p)?;
-    let value = run_blocking(move |cancel| engine.instant(&*reader, &expr, t, cancel)).await?;
-    Ok(respond(&query_data(&value), &[]))
+    let (value, notes) =
+        run_blocking(move |cancel| engine.instant_annotated(&*reader, &expr, t, cancel)).await?;
+    Ok(respond_annotated(&query_data(&value), &notes))
 }
 
 /// `GET|POST /api/v1/query_range`
@@ -157,8 +164,9 @@ pub(crate) async fn query_range(
         return Err(ApiError::TooManyPoints { limit });
     }
     let engine = engine(&st, &p)?;
-    let value = run_blocking(move |cancel| engine.range(&*reader, &expr, start, end, step, cancel)).await?;
-    Ok(respond(&query_data(&value), &[]))
+    let (value, notes) =
+        run_blocking(move |cancel| engine.range_annotated(&*reader, &expr, start, end, step, cancel)).await?;
+    Ok(respond_annotated(&query_data(&value), &notes))
 }
 
 /// `GET|POST /api/v1/series`

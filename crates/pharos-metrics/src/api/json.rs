@@ -149,12 +149,19 @@ pub(crate) fn query_data(value: &QueryValue) -> String {
 
 /// The success envelope around `data` (already JSON), with optional warnings.
 pub(crate) fn success(data: &str, warnings: &[String]) -> String {
+    success_with_infos(data, warnings, &[])
+}
+
+/// [`success`] with infos too (Prometheus 3's `infos`, beside `warnings`).
+pub(crate) fn success_with_infos(data: &str, warnings: &[String], infos: &[String]) -> String {
     let mut out = String::with_capacity(data.len() + 64);
     out.push_str(r#"{"status":"success","data":"#);
     out.push_str(data);
-    if !warnings.is_empty() {
-        out.push_str(r#","warnings":"#);
-        push_str_list(&mut out, warnings);
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if !list.is_empty() {
+            out.push_str(&format!(r#","{key}":"#));
+            push_str_list(&mut out, list);
+        }
     }
     out.push('}');
     out

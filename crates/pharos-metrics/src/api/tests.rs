@@ -283,3 +283,37 @@ async fn post_merges_body_and_url_parameters() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["data"]["result"], json!([4, "2"]));
 }
+
+/// Annotations reach the answer as Prometheus 3 gives them: `warnings` and `infos` beside
+/// `data`, absent when there are none.
+#[tokio::test]
+async fn query_answers_carry_warnings_and_infos() {
+    let app = fixture();
+    let (status, v) = get(&app, "/api/v1/query?query=rate(http_requests_total%5B1m%5D)&time=150").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(v.get("warnings").is_none() && v.get("infos").is_none(), "{v}");
+    // A name that does not look like a counter's, made by relabelling in a subquery.
+    let q =
+        "rate(label_replace(http_requests_total,%22__name__%22,%22requests%22,%22%22,%22%22)%5B1m:15s%5D)";
+    let (status, v) = get(&app, &format!("/api/v1/query?query={q}&time=150")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["infos"],
+        json!([
+            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: \"requests\""
+        ])
+    );
+    assert!(v.get("warnings").is_none(), "{v}");
+    let (status, v) =
+        get(&app, "/api/v1/query_range?query=sort(http_requests_total)&start=0&end=300&step=60").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["data"]["resultType"], "matrix");
+    assert_eq!(
+        v["warnings"],
+        json!([
+            "PromQL warning: sort is ineffective for range queries since results are always ordered by labels"
+        ])
+    );
+    let (_, v) = post_form(&app, "/api/v1/query", "query=quantile(1.5,http_requests_total)&time=150").await;
+    assert_eq!(v["warnings"], json!(["PromQL warning: quantile value should be between 0 and 1, got 1.5"]));
+}

@@ -14,7 +14,7 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 use crate::model::{Labels, METRIC_NAME};
 
 use super::error::QueryError;
-use super::eval::{Evaluator, unparen};
+use super::eval::{Evaluator, go_float, unparen};
 use super::kahan::{kahan_inc, kahan_mean};
 use super::quantile::quantile;
 use super::value::{InstantSample, Value};
@@ -190,6 +190,22 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
         Some(p) if op != T_COUNT_VALUES => Some(ev.eval_scalar(p, t)?),
         _ => None,
     };
+    match (op, param) {
+        (T_QUANTILE, Some(q)) if q.is_nan() || !(0.0..=1.0).contains(&q) => {
+            ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
+        }
+        (T_LIMIT_RATIO, Some(r)) if !r.is_nan() && !(-1.0..=1.0).contains(&r) => {
+            let to = r.clamp(-1.0, 1.0);
+            ev.warn(|| {
+                format!(
+                    "ratio value should be between -1 and 1, got {}, capping to {}",
+                    go_float(r),
+                    go_float(to)
+                )
+            });
+        }
+        _ => {}
+    }
     let input = ev.eval_vector(&agg.expr, t)?;
     if op == T_TOPK || op == T_BOTTOMK || op == T_LIMITK || op == T_LIMIT_RATIO {
         return select_k(op, param.unwrap_or(f64::NAN), input, &grouping).map(Value::Vector);

@@ -15,6 +15,16 @@ use super::eval::Evaluator;
 use super::source::SeriesSource;
 use super::value::{Points, QueryValue, RangeSeries, Value, VectorSample};
 
+/// What an evaluation noticed beside its result, as Prometheus words it: warnings (the result
+/// may not be what was meant: a quantile outside [0, 1], a bucket without `le`) and infos
+/// (something to check: `rate` of a name that does not look like a counter's). Each message
+/// once, in order; without Prometheus's position suffix (the parser gives no positions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations {
+    pub warnings: Vec<String>,
+    pub infos: Vec<String>,
+}
+
 /// Engine settings; the defaults are Prometheus's.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -177,11 +187,22 @@ impl Engine {
         t: i64,
         cancel: &CancelToken,
     ) -> Result<QueryValue, QueryError> {
+        self.instant_annotated(source, expr, t, cancel).map(|(value, _)| value)
+    }
+
+    /// [`instant`](Self::instant), with what the evaluation noticed beside the result.
+    pub fn instant_annotated(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        t: i64,
+        cancel: &CancelToken,
+    ) -> Result<(QueryValue, Annotations), QueryError> {
         let limits = self.limits(cancel);
         let ev = Evaluator::new(source, &self.opts, limits, expr, t, t, 0)?;
-        match ev.eval_top(expr, t)? {
-            Value::Scalar(v) => Ok(QueryValue::Scalar { t, v }),
-            Value::Str(value) => Ok(QueryValue::String { t, value }),
+        let value = match ev.eval_top(expr, t)? {
+            Value::Scalar(v) => QueryValue::Scalar { t, v },
+            Value::Str(value) => QueryValue::String { t, value },
             Value::Vector(vec) => {
                 let mut out = Vec::with_capacity(vec.len());
                 for s in vec {
@@ -193,10 +214,11 @@ impl Engine {
                 if seen.windows(2).any(|w| w[0] == w[1]) {
                     return Err(QueryError::DuplicateLabelset);
                 }
-                Ok(QueryValue::Vector(out))
+                QueryValue::Vector(out)
             }
-            Value::Matrix(series, _) => Ok(QueryValue::Matrix(finish_matrix(series)?)),
-        }
+            Value::Matrix(series, _) => QueryValue::Matrix(finish_matrix(series)?),
+        };
+        Ok((value, ev.take_annotations()))
     }
 
     /// Evaluates `expr` at every `step` from `start` to `end` (ms, inclusive).
@@ -209,6 +231,19 @@ impl Engine {
         step: i64,
         cancel: &CancelToken,
     ) -> Result<QueryValue, QueryError> {
+        self.range_with(source, expr, start, end, step, cancel, true).map(|(value, _)| value)
+    }
+
+    /// [`range`](Self::range), with what the evaluation noticed beside the result.
+    pub fn range_annotated(
+        &self,
+        source: &dyn SeriesSource,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+        cancel: &CancelToken,
+    ) -> Result<(QueryValue, Annotations), QueryError> {
         self.range_with(source, expr, start, end, step, cancel, true)
     }
 
@@ -223,7 +258,7 @@ impl Engine {
         step: i64,
         cancel: &CancelToken,
     ) -> Result<QueryValue, QueryError> {
-        self.range_with(source, expr, start, end, step, cancel, false)
+        self.range_with(source, expr, start, end, step, cancel, false).map(|(value, _)| value)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -236,7 +271,7 @@ impl Engine {
         step: i64,
         cancel: &CancelToken,
         series_by_series: bool,
-    ) -> Result<QueryValue, QueryError> {
+    ) -> Result<(QueryValue, Annotations), QueryError> {
         match expr.value_type() {
             ValueType::Matrix => {
                 return Err(QueryError::InvalidRangeQueryType { found: "range vector" });
@@ -256,7 +291,20 @@ impl Engine {
         let max_samples = limits.max_samples;
         let mut ev = Evaluator::new(source, &self.opts, limits, expr, start, end, step)?;
         ev.series_by_series = series_by_series;
-        if series_by_series && let Some(series) = super::rollup::try_range(&ev, expr, start, end, step) {
+        let value = Self::range_value(&ev, expr, (start, end, step), max_samples)?;
+        Ok((value, ev.take_annotations()))
+    }
+
+    /// The steps of a range query, series by series where that is possible.
+    fn range_value(
+        ev: &Evaluator<'_>,
+        expr: &Expr,
+        (start, end, step): (i64, i64, i64),
+        max_samples: usize,
+    ) -> Result<QueryValue, QueryError> {
+        if ev.series_by_series
+            && let Some(series) = super::rollup::try_range(ev, expr, start, end, step)
+        {
             return Ok(QueryValue::Matrix(finish_matrix(series?)?));
         }
         let mut index: HashMap<Labels, usize> = HashMap::new();
@@ -364,6 +412,86 @@ mod tests {
         let err = parse("rate(x)").expect_err("an instant vector to rate");
         assert!(err.to_string().starts_with("1:5: parse error: "), "{err}");
         assert!(err.to_string().contains("rate"), "{err}");
+    }
+
+    /// The annotations Prometheus gives for float data, in its words; none where it gives none.
+    #[test]
+    fn annotations_say_what_prometheus_says_and_only_then() {
+        use super::super::source::MemSource;
+        let mut src = MemSource::new();
+        let l = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied());
+        for i in 0..=20 {
+            let t = i * 15_000;
+            src.add(l(&[("__name__", "requests_total")]), t, i as f64);
+            src.add(l(&[("__name__", "temperature")]), t, 20.0 + i as f64);
+            // Buckets whose counts go down at le="1": made monotonic.
+            src.add(l(&[("__name__", "latency_bucket"), ("le", "0.5")]), t, 10.0);
+            src.add(l(&[("__name__", "latency_bucket"), ("le", "1")]), t, 5.0);
+            src.add(l(&[("__name__", "latency_bucket"), ("le", "+Inf")]), t, 12.0);
+            src.add(l(&[("__name__", "odd_bucket"), ("le", "x")]), t, 1.0);
+        }
+        let engine = Engine::default();
+        let cancel = CancelToken::new();
+        let instant =
+            |q: &str| engine.instant_annotated(&src, &parse(q).expect(q), 300_000, &cancel).expect(q).1;
+        let range = |q: &str| {
+            engine.range_annotated(&src, &parse(q).expect(q), 0, 300_000, 60_000, &cancel).expect(q).1
+        };
+        let none = Annotations::default();
+        let warning = |w: &str| Annotations { warnings: vec![format!("PromQL warning: {w}")], infos: vec![] };
+        let info = |i: &str| Annotations { warnings: vec![], infos: vec![format!("PromQL info: {i}")] };
+        let not_counter = info(
+            r#"metric might not be a counter, name does not end in _total/_sum/_count/_bucket: "temperature""#,
+        );
+        assert_eq!(instant("rate(requests_total[1m])"), none);
+        assert_eq!(instant("rate(temperature[1m])"), not_counter);
+        assert_eq!(instant("sum(increase(temperature[1m]))"), not_counter);
+        // The same through the series-by-series range evaluation, once for every step.
+        assert_eq!(range("sum(rate(temperature[1m]))"), not_counter);
+        assert_eq!(range("rate(requests_total[1m])"), none);
+        // No info without a value: a window with one sample gives none.
+        assert_eq!(instant("rate(temperature[10s])"), none);
+        assert_eq!(instant("delta(temperature[1m])"), none);
+        let sort =
+            warning("sort is ineffective for range queries since results are always ordered by labels");
+        assert_eq!(range("sort(temperature)"), sort);
+        assert_eq!(range("sum(sort_desc(temperature))"), sort);
+        assert_eq!(instant("sort(temperature)"), none);
+        assert_eq!(
+            instant("quantile(2, temperature)"),
+            warning("quantile value should be between 0 and 1, got 2")
+        );
+        assert_eq!(
+            instant("quantile(NaN, temperature)"),
+            warning("quantile value should be between 0 and 1, got NaN")
+        );
+        assert_eq!(instant("quantile(0.5, temperature)"), none);
+        assert_eq!(
+            instant("quantile_over_time(-0.5, temperature[1m])"),
+            warning("quantile value should be between 0 and 1, got -0.5")
+        );
+        assert_eq!(
+            instant("limit_ratio(1.1, temperature)"),
+            warning("ratio value should be between -1 and 1, got 1.1, capping to 1")
+        );
+        assert_eq!(
+            instant("histogram_quantile(0.9, odd_bucket)"),
+            warning(
+                r#"bucket label "le" is missing or has a malformed value of "x" for metric name "odd_bucket""#
+            )
+        );
+        assert_eq!(
+            instant("histogram_quantile(0.9, latency_bucket)"),
+            info(
+                r#"input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name "latency_bucket""#
+            )
+        );
+        assert_eq!(go_float_cases(), ["1e+21", "1e-05", "0.0001", "-2.5", "+Inf", "NaN"]);
+    }
+
+    fn go_float_cases() -> Vec<String> {
+        use super::super::eval::go_float;
+        [1e21, 1e-5, 1e-4, -2.5, f64::INFINITY, f64::NAN].into_iter().map(go_float).collect()
     }
 
     #[test]

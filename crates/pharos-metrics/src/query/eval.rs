@@ -42,6 +42,37 @@ pub(crate) struct Evaluator<'a> {
     limits: QueryLimits,
     retained: Cell<usize>,
     step_samples: Cell<usize>,
+    /// Warnings and infos so far, each once.
+    warnings: RefCell<Vec<String>>,
+    infos: RefCell<Vec<String>>,
+}
+
+/// A float as Go's `%g` prints it (in annotations, which quote Prometheus's wording).
+pub(crate) fn go_float(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    let a = v.abs();
+    if a != 0.0 && !(1e-4..1e21).contains(&a) {
+        // `1e21` → `1e+21`, `1e-5` → `1e-05`.
+        let s = format!("{v:e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+        return format!("{mantissa}e{sign}{digits:0>2}");
+    }
+    format!("{v}")
+}
+
+/// Adds `prefix` + `what()` to `list` unless it is there (lists stay short: a few messages).
+fn note(list: &RefCell<Vec<String>>, prefix: &str, what: impl FnOnce() -> String) {
+    let message = format!("{prefix}{}", what());
+    let mut list = list.borrow_mut();
+    if !list.contains(&message) {
+        list.push(message);
+    }
 }
 
 pub(crate) fn duration_ms(d: &Duration) -> i64 {
@@ -129,12 +160,50 @@ impl<'a> Evaluator<'a> {
             limits,
             retained: Cell::new(0),
             step_samples: Cell::new(0),
+            warnings: RefCell::new(Vec::new()),
+            infos: RefCell::new(Vec::new()),
         };
         let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
         ev.walk_bounds(expr, start, end, &mut mint, &mut maxt);
         ev.mint = mint;
         ev.maxt = maxt;
         Ok(ev)
+    }
+
+    /// Notes a warning (`PromQL warning: ` and `what`), once.
+    pub(crate) fn warn(&self, what: impl FnOnce() -> String) {
+        note(&self.warnings, "PromQL warning: ", what);
+    }
+
+    /// Notes an info (`PromQL info: ` and `what`), once.
+    pub(crate) fn info(&self, what: impl FnOnce() -> String) {
+        note(&self.infos, "PromQL info: ", what);
+    }
+
+    /// Notes, for `rate` or `increase` of a series that gave a value, when its name does not
+    /// look like a counter's (Prometheus's suffix rule).
+    pub(crate) fn note_rate_input(&self, labels: &Labels) {
+        let name = labels.get(METRIC_NAME);
+        if name.is_empty() || ["_total", "_sum", "_count", "_bucket"].iter().any(|s| name.ends_with(s)) {
+            return;
+        }
+        // Noted already (every series of the name gets here): without making the message.
+        let noted = |m: &String| {
+            m.strip_suffix('"').and_then(|m| m.strip_suffix(name)).is_some_and(|m| m.ends_with(": \""))
+        };
+        if self.infos.borrow().iter().any(noted) {
+            return;
+        }
+        self.info(|| {
+            format!(
+                "metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {name:?}"
+            )
+        });
+    }
+
+    /// The warnings and infos noted.
+    pub(crate) fn take_annotations(&self) -> super::engine::Annotations {
+        super::engine::Annotations { warnings: self.warnings.take(), infos: self.infos.take() }
     }
 
     pub(crate) fn at_time(&self, at: Option<&AtModifier>, t: i64) -> i64 {

@@ -7,9 +7,9 @@ use promql_parser::parser::{Call, Expr};
 use crate::model::{Labels, METRIC_NAME, Sample};
 
 use super::error::QueryError;
-use super::eval::{Evaluator, selector_of, unparen};
+use super::eval::{Evaluator, go_float, selector_of, unparen};
 use super::kahan::{KahanSum, kahan_inc, kahan_mean};
-use super::quantile::{Bucket, bucket_fraction, bucket_quantile, quantile};
+use super::quantile::{Bucket, bucket_fraction, bucket_quantile_noting, quantile};
 use super::source::compile_anchored;
 use super::value::{InstantSample, RangeWindow, Value};
 
@@ -95,6 +95,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
             }]));
         }
         "sort" | "sort_desc" => {
+            sort_in_range_query(ev);
             let mut vec = ev.eval_vector(arg(call, 0)?, t)?;
             let desc = name == "sort_desc";
             vec.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
@@ -107,6 +108,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
             return Ok(Value::Vector(vec));
         }
         "sort_by_label" | "sort_by_label_desc" => {
+            sort_in_range_query(ev);
             let mut vec = ev.eval_vector(arg(call, 0)?, t)?;
             let mut names = Vec::new();
             for i in 1..call.args.args.len() {
@@ -129,17 +131,29 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
         }
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(call, 0)?, t)?;
+            invalid_quantile(ev, q);
             let vec = ev.eval_vector(arg(call, 1)?, t)?;
-            return Ok(classic_histogram(vec, |b| bucket_quantile(q, b)));
+            let groups = classic_histogram_groups(ev, vec);
+            let out = groups
+                .into_iter()
+                .map(|(labels, buckets)| InstantSample {
+                    v: noting_monotonicity(ev, &labels, bucket_quantile_noting(q, buckets)),
+                    labels,
+                    drop_name: true,
+                })
+                .collect();
+            return Ok(Value::Vector(out));
         }
         "histogram_quantiles" => {
             let vec = ev.eval_vector(arg(call, 0)?, t)?;
             let label = string_arg(call, 1)?;
             let mut qs = Vec::new();
             for i in 2..call.args.args.len() {
-                qs.push(ev.eval_scalar(arg(call, i)?, t)?);
+                let q = ev.eval_scalar(arg(call, i)?, t)?;
+                invalid_quantile(ev, q);
+                qs.push(q);
             }
-            let groups = classic_histogram_groups(vec);
+            let groups = classic_histogram_groups(ev, vec);
             let mut out = Vec::new();
             for q in qs {
                 let q_label = format_openmetrics_float(q);
@@ -147,8 +161,8 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
                     let mut l = labels.clone();
                     l.set(&label, &q_label);
                     out.push(InstantSample {
+                        v: noting_monotonicity(ev, labels, bucket_quantile_noting(q, buckets.clone())),
                         labels: l,
-                        v: bucket_quantile(q, buckets.clone()),
                         drop_name: true,
                     });
                 }
@@ -160,7 +174,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
             let lo = ev.eval_scalar(arg(call, 0)?, t)?;
             let hi = ev.eval_scalar(arg(call, 1)?, t)?;
             let vec = ev.eval_vector(arg(call, 2)?, t)?;
-            return Ok(classic_histogram(vec, |b| bucket_fraction(lo, hi, b)));
+            return Ok(classic_histogram(ev, vec, |b| bucket_fraction(lo, hi, b)));
         }
         // Functions of native histograms ignore float samples.
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev" | "histogram_stdvar" => {
@@ -370,21 +384,52 @@ fn format_openmetrics_float(f: f64) -> String {
     if s.contains(['.', 'e']) { s } else { format!("{s}.0") }
 }
 
-fn classic_histogram(vec: Vec<InstantSample>, f: impl Fn(Vec<Bucket>) -> f64) -> Value {
+/// A quantile parameter outside [0, 1] gives ±Inf or NaN: worth a warning.
+fn invalid_quantile(ev: &Evaluator<'_>, q: f64) {
+    if q.is_nan() || !(0.0..=1.0).contains(&q) {
+        ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
+    }
+}
+
+/// The quantile of `(quantile, forced)`, noting when the buckets (of the histogram `labels`)
+/// had to be made monotonic.
+fn noting_monotonicity(ev: &Evaluator<'_>, labels: &Labels, (v, forced): (f64, bool)) -> f64 {
+    if forced {
+        ev.info(|| {
+            let name = labels.get(METRIC_NAME);
+            let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
+            format!(
+                "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){of}"
+            )
+        });
+    }
+    v
+}
+
+fn classic_histogram(ev: &Evaluator<'_>, vec: Vec<InstantSample>, f: impl Fn(Vec<Bucket>) -> f64) -> Value {
     Value::Vector(
-        classic_histogram_groups(vec)
+        classic_histogram_groups(ev, vec)
             .into_iter()
             .map(|(labels, buckets)| InstantSample { labels, v: f(buckets), drop_name: true })
             .collect(),
     )
 }
 
-/// Groups `le` buckets by the rest of their labels.
-fn classic_histogram_groups(vec: Vec<InstantSample>) -> Vec<(Labels, Vec<Bucket>)> {
+/// Groups `le` buckets by the rest of their labels (a sample without a valid `le` is left out,
+/// with a warning).
+fn classic_histogram_groups(ev: &Evaluator<'_>, vec: Vec<InstantSample>) -> Vec<(Labels, Vec<Bucket>)> {
     let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
     let mut index: std::collections::HashMap<Labels, usize> = std::collections::HashMap::new();
     for s in vec {
         let Ok(upper) = parse_go_float(s.labels.get("le")) else {
+            ev.warn(|| {
+                let name = s.labels.get(METRIC_NAME);
+                let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
+                format!(
+                    "bucket label \"le\" is missing or has a malformed value of {:?}{of}",
+                    s.labels.get("le")
+                )
+            });
             continue;
         };
         let mut key = s.labels;
@@ -491,6 +536,13 @@ fn date_function(name: &str) -> fn(i64) -> f64 {
     }
 }
 
+/// Sorting gives nothing in a range query: its series come ordered by labels.
+fn sort_in_range_query(ev: &Evaluator<'_>) {
+    if ev.query_start != ev.query_end {
+        ev.warn(|| "sort is ineffective for range queries since results are always ordered by labels".into());
+    }
+}
+
 /// Functions whose first range-vector argument is evaluated per series.
 fn eval_range_function(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value, QueryError> {
     let name = call.func.name;
@@ -517,10 +569,20 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value,
             return Err(QueryError::InvalidSmoothingFactor { which: "trend", short: "tf", value: tf });
         }
     }
+    if name == "quantile_over_time" {
+        let q = params[0];
+        if (q.is_nan() || !(0.0..=1.0).contains(&q)) && series.iter().any(|s| !s.points.is_empty()) {
+            ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
+        }
+    }
+    let counter = matches!(name, "rate" | "increase");
     params.push(t as f64);
     let mut out = Vec::with_capacity(series.len());
     for s in series {
         if let Some(v) = range_value(name, &s.points, &window, &params, t) {
+            if counter {
+                ev.note_rate_input(&s.labels);
+            }
             out.push(InstantSample { labels: s.labels, v, drop_name: s.drop_name || !keeps_name });
         }
     }

@@ -20,7 +20,7 @@ mod source;
 mod strings;
 mod value;
 
-pub use engine::{CancelToken, Engine, EngineOptions, parse};
+pub use engine::{Annotations, CancelToken, Engine, EngineOptions, parse};
 pub use error::{ErrorType, QueryError};
 pub use selector::{extract_selectors, parse_series_selector};
 pub use source::{

@@ -53,13 +53,15 @@ fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < epsilon
 }
 
-/// Sorts, merges equal bounds and forces monotonic counts; `None` when unusable.
-fn prepare_buckets(buckets: &mut Vec<Bucket>) -> bool {
+/// Sorts, merges equal bounds and forces monotonic counts; `None` when unusable, else whether
+/// a count had to be raised to its lower neighbour's (more than a rounding difference).
+fn prepare_buckets(buckets: &mut Vec<Bucket>) -> Option<bool> {
     buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
     match buckets.last() {
         Some(b) if b.upper == f64::INFINITY => {}
-        _ => return false,
+        _ => return None,
     }
+    let mut forced = false;
     // Merge buckets with the same upper bound.
     let mut merged: Vec<Bucket> = Vec::with_capacity(buckets.len());
     for b in buckets.iter() {
@@ -76,31 +78,47 @@ fn prepare_buckets(buckets: &mut Vec<Bucket>) -> bool {
             if curr == prev {
                 continue;
             }
-            if almost_equal(prev, curr, SMALL_DELTA_TOLERANCE) || curr < prev {
+            if almost_equal(prev, curr, SMALL_DELTA_TOLERANCE) {
                 b.count = prev;
+                continue;
+            }
+            if curr < prev {
+                b.count = prev;
+                forced = true;
                 continue;
             }
             prev = curr;
         }
     }
     *buckets = merged;
-    true
+    Some(forced)
 }
 
 /// The q-quantile of a classic histogram given as cumulative buckets.
-pub(crate) fn bucket_quantile(q: f64, mut buckets: Vec<Bucket>) -> f64 {
+#[cfg(test)]
+pub(crate) fn bucket_quantile(q: f64, buckets: Vec<Bucket>) -> f64 {
+    bucket_quantile_noting(q, buckets).0
+}
+
+/// [`bucket_quantile`], and whether the counts had to be made monotonic.
+pub(crate) fn bucket_quantile_noting(q: f64, mut buckets: Vec<Bucket>) -> (f64, bool) {
     if q.is_nan() {
-        return f64::NAN;
+        return (f64::NAN, false);
     }
     if q < 0.0 {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, false);
     }
     if q > 1.0 {
-        return f64::INFINITY;
+        return (f64::INFINITY, false);
     }
-    if !prepare_buckets(&mut buckets) || buckets.len() < 2 {
-        return f64::NAN;
-    }
+    let forced = match prepare_buckets(&mut buckets) {
+        Some(forced) if buckets.len() >= 2 => forced,
+        _ => return (f64::NAN, false),
+    };
+    (quantile_of_prepared(q, &buckets), forced)
+}
+
+fn quantile_of_prepared(q: f64, buckets: &[Bucket]) -> f64 {
     let n = buckets.len();
     let observations = buckets[n - 1].count;
     if observations == 0.0 {

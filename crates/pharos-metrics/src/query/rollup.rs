@@ -304,6 +304,13 @@ fn evaluate(
         .collect();
     // Every series' values at every step, computed in parallel over parts of the series.
     let (table, selected) = values_of(&series, &windows, steps, name, limits)?;
+    if matches!(name, "rate" | "increase") {
+        for (i, s) in series.iter().enumerate() {
+            if table.row(i).next().is_some() {
+                ev.note_rate_input(&s.labels);
+            }
+        }
+    }
     // Where the values go: the result's series (no aggregation); running values per group and
     // step (aggregations that fold left to right), in series order so the sums are the
     // step-by-step ones to the bit; or, for the other aggregations, combined per group and

@@ -2,8 +2,9 @@
 //!
 //! Each `eval` is run the way Prometheus's own runner does: the instant query, the same
 //! query with `@ <eval time>` on every selector evaluated at other times, and the query in
-//! range mode checked at its middle step. Annotations (`eval_warn`, `expect warn|info`) are
-//! not checked: such evals pass when the result matches. Evals that fail and involve native
+//! range mode checked at its middle step. Annotations (`eval_warn`, `expect warn|info`, `expect
+//! no_warn|no_info`) are checked on the query as written, as promqltest checks them, with the
+//! messages compared without their `(line:col)` position. Evals that fail and involve native
 //! histograms (in the data they read or in the expectation) count as skipped.
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pharos_metrics::model::{Labels, Series, is_stale_nan};
 use pharos_metrics::query::{
-    CancelToken, Engine, EngineOptions, Expr, Matcher, MemSource, QueryError, QueryValue, SeriesSource,
-    matches_all, parse,
+    Annotations, CancelToken, Engine, EngineOptions, Expr, Matcher, MemSource, QueryError, QueryValue,
+    SeriesSource, matches_all, parse,
 };
 use pharos_metrics::store::{AppendError, Head, HeadOptions};
 use promql_parser::parser::AtModifier;
@@ -339,14 +340,33 @@ fn compare(cmd: &EvalCmd, got: &QueryValue, range: Option<(i64, i64, i64)>) -> R
     Ok(())
 }
 
-fn run_instant(engine: &Engine, src: &TestSource, cmd: &EvalCmd, expr: &Expr, t: i64) -> Result<(), String> {
+/// The annotations of a query against the eval's expectations (promqltest checks the query as
+/// written, not the variants it derives).
+fn check_annotations(cmd: &EvalCmd, got: &Annotations) -> Result<(), String> {
+    cmd.warn.check("warn", &got.warnings)?;
+    cmd.info.check("info", &got.infos)
+}
+
+fn run_instant(
+    engine: &Engine,
+    src: &TestSource,
+    cmd: &EvalCmd,
+    expr: &Expr,
+    t: i64,
+    as_written: bool,
+) -> Result<(), String> {
     let cancel = CancelToken::new();
-    let res = engine.instant(src, expr, t, &cancel);
+    let res = engine.instant_annotated(src, expr, t, &cancel);
     let got = match res {
         Err(e) if cmd.fail => return check_failure(cmd, &e),
         Err(e) => return Err(format!("error evaluating at {t}: {e}")),
         Ok(_) if cmd.fail => return Err(format!("expected error evaluating at {t} but got none")),
-        Ok(v) => v,
+        Ok((v, annotations)) => {
+            if as_written {
+                check_annotations(cmd, &annotations).map_err(|e| format!("at {t}: {e}"))?;
+            }
+            v
+        }
     };
     compare(cmd, &got, cmd.range_vector).map_err(|e| format!("at {t}: {e}"))?;
     if cmd.range_vector.is_some() || cmd.string.is_some() || uses_query_context(&cmd.expr) {
@@ -392,15 +412,18 @@ fn run_eval(engine: &Engine, src: &TestSource, cmd: &EvalCmd) -> Result<(), Stri
     match cmd.time {
         EvalTime::Range { start, end, step } => {
             let cancel = CancelToken::new();
-            match engine.range(src, &expr, start, end, step, &cancel) {
+            match engine.range_annotated(src, &expr, start, end, step, &cancel) {
                 Err(e) if cmd.fail => check_failure(cmd, &e),
                 Err(e) => Err(format!("error evaluating range query: {e}")),
                 Ok(_) if cmd.fail => Err("expected error evaluating range query but got none".into()),
-                Ok(v) => compare(cmd, &v, Some((start, end, step))),
+                Ok((v, annotations)) => {
+                    check_annotations(cmd, &annotations)?;
+                    compare(cmd, &v, Some((start, end, step)))
+                }
             }
         }
         EvalTime::Instant(t) => {
-            run_instant(engine, src, cmd, &expr, t)?;
+            run_instant(engine, src, cmd, &expr, t, true)?;
             if contains_at_unsafe(&expr) {
                 return Ok(());
             }
@@ -409,7 +432,7 @@ fn run_eval(engine: &Engine, src: &TestSource, cmd: &EvalCmd) -> Result<(), Stri
             let mut with_at = expr.clone();
             set_at(&mut with_at, t);
             for et in times {
-                run_instant(engine, src, cmd, &with_at, et).map_err(|e| format!("with @ {t}: {e}"))?;
+                run_instant(engine, src, cmd, &with_at, et, false).map_err(|e| format!("with @ {t}: {e}"))?;
             }
             Ok(())
         }

@@ -42,11 +42,92 @@ pub(crate) struct EvalCmd {
     pub(crate) string: Option<String>,
     /// `expect range vector from .. to .. step ..`: the instant query returns a matrix.
     pub(crate) range_vector: Option<(i64, i64, i64)>,
-    /// Annotations are expected (`eval_warn`, `eval_info`, `expect warn|info`); this runner
-    /// does not check annotations.
-    pub(crate) expects_annotations: bool,
+    /// What the warnings must be (`eval_warn`, `expect warn`, `expect no_warn`).
+    pub(crate) warn: Expected,
+    /// What the infos must be (`eval_info`, `expect info`, `expect no_info`).
+    pub(crate) info: Expected,
     /// Inside an `ignore` ... `resume` block.
     pub(crate) ignored: bool,
+}
+
+/// Expectations on one kind of annotation, as promqltest checks them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Expected {
+    /// At least one (`eval_warn`, `expect warn` without a message).
+    pub(crate) some: bool,
+    /// Each of these matches one and each one matches one of these (`expect warn msg:` or
+    /// `regex:`); compared without the `(line:col)` position at the end, which Pharos does not
+    /// give (promql-parser keeps no positions).
+    pub(crate) matching: Vec<Pattern>,
+    /// None (`expect no_warn`).
+    pub(crate) none: bool,
+}
+
+/// An expected annotation: its text or a regular expression.
+#[derive(Debug, Clone)]
+pub(crate) enum Pattern {
+    Msg(String),
+    Regex(regex::Regex),
+}
+
+impl Pattern {
+    fn parse(tail: &str) -> Result<Option<Self>, String> {
+        if let Some(m) = tail.strip_prefix("msg:") {
+            let m = m.trim();
+            let m = match m.rsplit_once(" (") {
+                Some((text, pos)) if is_position(pos.trim_end_matches(')')) && pos.ends_with(')') => text,
+                _ => m,
+            };
+            return Ok(Some(Pattern::Msg(m.to_owned())));
+        }
+        if let Some(r) = tail.strip_prefix("regex:") {
+            let r = r.trim();
+            // The position at the end: ` \(1:21\)` or ` \([0-9]+:[0-9]+\)`.
+            let r = match r.rfind(" \\(") {
+                Some(at) if r.ends_with("\\)") => &r[..at],
+                _ => r,
+            };
+            return regex::Regex::new(r).map(|re| Some(Pattern::Regex(re))).map_err(|e| e.to_string());
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn matches(&self, annotation: &str) -> bool {
+        match self {
+            Pattern::Msg(m) => m == annotation,
+            Pattern::Regex(re) => re.is_match(annotation),
+        }
+    }
+}
+
+fn is_position(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(l, c)| {
+        !l.is_empty()
+            && !c.is_empty()
+            && l.bytes().all(|b| b.is_ascii_digit())
+            && c.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+impl Expected {
+    /// Whether `got` (the annotations of one kind) meets the expectation; what is wrong if not.
+    pub(crate) fn check(&self, kind: &str, got: &[String]) -> Result<(), String> {
+        if (self.some || !self.matching.is_empty()) && got.is_empty() {
+            return Err(format!("expected {kind} annotations but got none"));
+        }
+        if self.none && !got.is_empty() {
+            return Err(format!("unexpected {kind} annotations: {got:?}"));
+        }
+        if !self.matching.is_empty() {
+            if let Some(p) = self.matching.iter().find(|p| !got.iter().any(|g| p.matches(g))) {
+                return Err(format!("expected a {kind} annotation matching {p:?}, got {got:?}"));
+            }
+            if let Some(g) = got.iter().find(|g| !self.matching.iter().any(|p| p.matches(g))) {
+                return Err(format!("unexpected {kind} annotation {g:?}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EvalCmd {
@@ -361,7 +442,8 @@ fn parse_eval_header(line: &str, lineno: usize) -> Result<EvalCmd, String> {
         series: Vec::new(),
         string: None,
         range_vector: None,
-        expects_annotations: modifier == "warn" || modifier == "info",
+        warn: Expected { some: modifier == "warn", ..Expected::default() },
+        info: Expected { some: modifier == "info", ..Expected::default() },
         ignored: false,
     };
     let mut words = rest.split_whitespace();
@@ -424,8 +506,15 @@ fn parse_expect(cmd: &mut EvalCmd, line: &str) -> Result<(), String> {
                 cmd.fail_regex = Some(r.trim().to_owned());
             }
         }
-        "warn" | "info" => cmd.expects_annotations = true,
-        "no_warn" | "no_info" => {}
+        "warn" | "info" => {
+            let expected = if kind == "warn" { &mut cmd.warn } else { &mut cmd.info };
+            match Pattern::parse(tail)? {
+                Some(p) => expected.matching.push(p),
+                None => expected.some = true,
+            }
+        }
+        "no_warn" => cmd.warn.none = true,
+        "no_info" => cmd.info.none = true,
         other => return Err(format!("unknown expect kind {other:?}")),
     }
     Ok(())
