@@ -486,12 +486,18 @@ mod tests {
                 r#"input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name "latency_bucket""#
             )
         );
-        assert_eq!(go_float_cases(), ["1e+21", "1e-05", "0.0001", "-2.5", "+Inf", "NaN"]);
+        assert_eq!(
+            go_float_cases(),
+            ["1e+21", "1e-05", "0.0001", "-2.5", "+Inf", "NaN", "999999", "1e+06", "1.234567e+06", "0"]
+        );
     }
 
     fn go_float_cases() -> Vec<String> {
         use super::super::eval::go_float;
-        [1e21, 1e-5, 1e-4, -2.5, f64::INFINITY, f64::NAN].into_iter().map(go_float).collect()
+        [1e21, 1e-5, 1e-4, -2.5, f64::INFINITY, f64::NAN, 999_999.0, 1e6, 1_234_567.0, 0.0]
+            .into_iter()
+            .map(go_float)
+            .collect()
     }
 
     #[test]

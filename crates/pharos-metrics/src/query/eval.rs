@@ -55,8 +55,9 @@ pub(crate) fn go_float(v: f64) -> String {
     if v.is_infinite() {
         return if v > 0.0 { "+Inf" } else { "-Inf" }.into();
     }
+    // Shortest digits, in exponent form below 1e-4 and from 1e6 (`%g`'s precision 6).
     let a = v.abs();
-    if a != 0.0 && !(1e-4..1e21).contains(&a) {
+    if a != 0.0 && !(1e-4..1e6).contains(&a) {
         // `1e21` → `1e+21`, `1e-5` → `1e-05`.
         let s = format!("{v:e}");
         let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
