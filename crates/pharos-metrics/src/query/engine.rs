@@ -483,9 +483,21 @@ mod tests {
         assert_eq!(
             instant("histogram_quantile(0.9, latency_bucket)"),
             info(
-                r#"input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name "latency_bucket""#
+                r#"input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name "latency_bucket", from buckets 1 to 1, with a max diff of 5, over 1 samples from 1970-01-01T00:05:00Z to 1970-01-01T00:05:00Z"#
             )
         );
+        // Over the steps of a range query: one info, merged.
+        assert_eq!(
+            range("histogram_quantile(0.9, latency_bucket)").infos,
+            [
+                r#"PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name "latency_bucket", from buckets 1 to 1, with a max diff of 5, over 6 samples from 1970-01-01T00:00:00Z to 1970-01-01T00:05:00Z"#
+            ]
+        );
+        assert_eq!(
+            [0.123456, 1234.0, 5.0, 0.000012, 99.5].map(|v| super::super::eval::go_float_digits(v, 2)),
+            ["0.12", "1.2e+03", "5", "1.2e-05", "1e+02"]
+        );
+        assert_eq!(super::super::eval::rfc3339_seconds(1_704_164_645_999), "2024-01-02T03:04:05Z");
         assert_eq!(
             go_float_cases(),
             ["1e+21", "1e-05", "0.0001", "-2.5", "+Inf", "NaN", "999999", "1e+06", "1.234567e+06", "0"]

@@ -16,6 +16,7 @@ use crate::model::{Labels, METRIC_NAME, Sample, Series, is_stale_nan};
 
 use super::engine::{EngineOptions, QueryLimits};
 use super::error::QueryError;
+use super::quantile::MonotonicFix;
 use super::source::{Matcher, SeriesSource, compile_anchored};
 use super::value::{InstantSample, Points, RangeSeries, RangeWindow, Value};
 use super::{aggregate, binary, functions, rollup};
@@ -45,6 +46,17 @@ pub(crate) struct Evaluator<'a> {
     /// Warnings and infos so far, each once.
     warnings: RefCell<Vec<String>>,
     infos: RefCell<Vec<String>>,
+    /// Per metric name, the buckets `histogram_quantile` made monotonic, merged over the steps
+    /// (one info each at the end, as Prometheus merges them).
+    monotonic_fixes: RefCell<Vec<(String, MonotonicFixes)>>,
+}
+
+/// [`MonotonicFix`]es of one metric merged: the buckets, the largest raise, how many and when.
+struct MonotonicFixes {
+    fix: MonotonicFix,
+    first: i64,
+    last: i64,
+    count: usize,
 }
 
 /// A float as Go's `%g` prints it (in annotations, which quote Prometheus's wording).
@@ -65,6 +77,33 @@ pub(crate) fn go_float(v: f64) -> String {
         return format!("{mantissa}e{sign}{digits:0>2}");
     }
     format!("{v}")
+}
+
+/// A float as Go's `%.{digits}g` prints it: `digits` significant digits, trailing zeros dropped.
+pub(crate) fn go_float_digits(v: f64, digits: usize) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return go_float(v);
+    }
+    let e = format!("{:.*e}", digits.saturating_sub(1), v);
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |m: &str| -> String {
+        if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.').to_owned() } else { m.to_owned() }
+    };
+    if exp < -4 || exp >= digits as i32 {
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exp.abs());
+    }
+    let decimals = (digits as i32 - 1 - exp).max(0) as usize;
+    trim(&format!("{v:.decimals$}"))
+}
+
+/// Milliseconds since the epoch as RFC 3339 in whole seconds, UTC (`2024-01-02T03:04:05Z`).
+pub(crate) fn rfc3339_seconds(ms: i64) -> String {
+    let s = ms.div_euclid(1000);
+    let (y, m, d) = functions::civil_from_days(s.div_euclid(86_400));
+    let day = s.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
 }
 
 /// Adds `prefix` + `what()` to `list` unless it is there (lists stay short: a few messages).
@@ -163,6 +202,7 @@ impl<'a> Evaluator<'a> {
             step_samples: Cell::new(0),
             warnings: RefCell::new(Vec::new()),
             infos: RefCell::new(Vec::new()),
+            monotonic_fixes: RefCell::new(Vec::new()),
         };
         let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
         ev.walk_bounds(expr, start, end, &mut mint, &mut maxt);
@@ -202,8 +242,38 @@ impl<'a> Evaluator<'a> {
         });
     }
 
+    /// Notes that `histogram_quantile` made the buckets of `name` monotonic at `t`.
+    pub(crate) fn note_monotonic_fix(&self, name: &str, t: i64, fix: MonotonicFix) {
+        let mut fixes = self.monotonic_fixes.borrow_mut();
+        match fixes.iter_mut().find(|(n, _)| n == name) {
+            Some((_, m)) => {
+                m.fix.min_bucket = m.fix.min_bucket.min(fix.min_bucket);
+                m.fix.max_bucket = m.fix.max_bucket.max(fix.max_bucket);
+                m.fix.max_diff = m.fix.max_diff.max(fix.max_diff);
+                m.first = m.first.min(t);
+                m.last = m.last.max(t);
+                m.count += 1;
+            }
+            None => fixes.push((name.to_owned(), MonotonicFixes { fix, first: t, last: t, count: 1 })),
+        }
+    }
+
     /// The warnings and infos noted.
     pub(crate) fn take_annotations(&self) -> super::engine::Annotations {
+        for (name, m) in self.monotonic_fixes.take() {
+            let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
+            self.info(|| {
+                format!(
+                    "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){of}, from buckets {} to {}, with a max diff of {}, over {} samples from {} to {}",
+                    go_float(m.fix.min_bucket),
+                    go_float(m.fix.max_bucket),
+                    go_float_digits(m.fix.max_diff, 2),
+                    m.count,
+                    rfc3339_seconds(m.first),
+                    rfc3339_seconds(m.last),
+                )
+            });
+        }
         super::engine::Annotations { warnings: self.warnings.take(), infos: self.infos.take() }
     }
 

@@ -9,7 +9,7 @@ use crate::model::{Labels, METRIC_NAME, Sample};
 use super::error::QueryError;
 use super::eval::{Evaluator, go_float, selector_of, unparen};
 use super::kahan::{KahanSum, kahan_inc, kahan_mean};
-use super::quantile::{Bucket, bucket_fraction, bucket_quantile_noting, quantile};
+use super::quantile::{Bucket, MonotonicFix, bucket_fraction, bucket_quantile_noting, quantile};
 use super::source::compile_anchored;
 use super::value::{InstantSample, RangeWindow, Value};
 
@@ -137,7 +137,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
             let out = groups
                 .into_iter()
                 .map(|(labels, buckets)| InstantSample {
-                    v: noting_monotonicity(ev, &labels, bucket_quantile_noting(q, buckets)),
+                    v: noting_monotonicity(ev, &labels, t, bucket_quantile_noting(q, buckets)),
                     labels,
                     drop_name: true,
                 })
@@ -161,7 +161,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
                     let mut l = labels.clone();
                     l.set(&label, &q_label);
                     out.push(InstantSample {
-                        v: noting_monotonicity(ev, labels, bucket_quantile_noting(q, buckets.clone())),
+                        v: noting_monotonicity(ev, labels, t, bucket_quantile_noting(q, buckets.clone())),
                         labels: l,
                         drop_name: true,
                     });
@@ -391,17 +391,16 @@ fn invalid_quantile(ev: &Evaluator<'_>, q: f64) {
     }
 }
 
-/// The quantile of `(quantile, forced)`, noting when the buckets (of the histogram `labels`)
+/// The quantile of `(quantile, fix)`, noting for the histogram `labels` at `t` when its buckets
 /// had to be made monotonic.
-fn noting_monotonicity(ev: &Evaluator<'_>, labels: &Labels, (v, forced): (f64, bool)) -> f64 {
-    if forced {
-        ev.info(|| {
-            let name = labels.get(METRIC_NAME);
-            let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
-            format!(
-                "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){of}"
-            )
-        });
+fn noting_monotonicity(
+    ev: &Evaluator<'_>,
+    labels: &Labels,
+    t: i64,
+    (v, fix): (f64, Option<MonotonicFix>),
+) -> f64 {
+    if let Some(fix) = fix {
+        ev.note_monotonic_fix(labels.get(METRIC_NAME), t, fix);
     }
     v
 }
@@ -490,7 +489,7 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 /// Civil date from days since 1970-01-01 (proleptic Gregorian).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -53,15 +53,24 @@ fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < epsilon
 }
 
-/// Sorts, merges equal bounds and forces monotonic counts; `None` when unusable, else whether
-/// a count had to be raised to its lower neighbour's (more than a rounding difference).
-fn prepare_buckets(buckets: &mut Vec<Bucket>) -> Option<bool> {
+/// Counts raised to a lower bucket's (more than a rounding difference): the upper bounds of the
+/// buckets raised and the largest raise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MonotonicFix {
+    pub(crate) min_bucket: f64,
+    pub(crate) max_bucket: f64,
+    pub(crate) max_diff: f64,
+}
+
+/// Sorts, merges equal bounds and forces monotonic counts; `None` when unusable, else what had
+/// to be fixed, if anything.
+fn prepare_buckets(buckets: &mut Vec<Bucket>) -> Option<Option<MonotonicFix>> {
     buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
     match buckets.last() {
         Some(b) if b.upper == f64::INFINITY => {}
         _ => return None,
     }
-    let mut forced = false;
+    let mut fix: Option<MonotonicFix> = None;
     // Merge buckets with the same upper bound.
     let mut merged: Vec<Bucket> = Vec::with_capacity(buckets.len());
     for b in buckets.iter() {
@@ -83,15 +92,22 @@ fn prepare_buckets(buckets: &mut Vec<Bucket>) -> Option<bool> {
                 continue;
             }
             if curr < prev {
+                let f = fix.get_or_insert(MonotonicFix {
+                    min_bucket: f64::INFINITY,
+                    max_bucket: f64::NEG_INFINITY,
+                    max_diff: 0.0,
+                });
+                f.min_bucket = f.min_bucket.min(b.upper);
+                f.max_bucket = f.max_bucket.max(b.upper);
+                f.max_diff = f.max_diff.max(prev - curr);
                 b.count = prev;
-                forced = true;
                 continue;
             }
             prev = curr;
         }
     }
     *buckets = merged;
-    Some(forced)
+    Some(fix)
 }
 
 /// The q-quantile of a classic histogram given as cumulative buckets.
@@ -100,22 +116,22 @@ pub(crate) fn bucket_quantile(q: f64, buckets: Vec<Bucket>) -> f64 {
     bucket_quantile_noting(q, buckets).0
 }
 
-/// [`bucket_quantile`], and whether the counts had to be made monotonic.
-pub(crate) fn bucket_quantile_noting(q: f64, mut buckets: Vec<Bucket>) -> (f64, bool) {
+/// [`bucket_quantile`], and what had to be fixed to make the counts monotonic.
+pub(crate) fn bucket_quantile_noting(q: f64, mut buckets: Vec<Bucket>) -> (f64, Option<MonotonicFix>) {
     if q.is_nan() {
-        return (f64::NAN, false);
+        return (f64::NAN, None);
     }
     if q < 0.0 {
-        return (f64::NEG_INFINITY, false);
+        return (f64::NEG_INFINITY, None);
     }
     if q > 1.0 {
-        return (f64::INFINITY, false);
+        return (f64::INFINITY, None);
     }
-    let forced = match prepare_buckets(&mut buckets) {
-        Some(forced) if buckets.len() >= 2 => forced,
-        _ => return (f64::NAN, false),
+    let fix = match prepare_buckets(&mut buckets) {
+        Some(fix) if buckets.len() >= 2 => fix,
+        _ => return (f64::NAN, None),
     };
-    (quantile_of_prepared(q, &buckets), forced)
+    (quantile_of_prepared(q, &buckets), fix)
 }
 
 fn quantile_of_prepared(q: f64, buckets: &[Bucket]) -> f64 {
