@@ -109,6 +109,13 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// Whether `bytes` are UTF-8: ASCII (the usual case) checked inline, without a call to the
+/// validator, which dominates on short strings.
+#[inline]
+pub fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 /// Bytes of a `string` field, checked to be UTF-8 (as prost checks them).
 #[inline]
 pub fn text(bytes: &[u8]) -> Result<&str, WireError> {

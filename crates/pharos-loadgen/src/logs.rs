@@ -356,19 +356,21 @@ pub(crate) fn loki_json(req: &PushRequest) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The log records of an encoded request, in order.
+    fn records(bytes: Bytes) -> Vec<LogRecord> {
+        ExportLogsServiceRequest::decode(bytes)
+            .unwrap()
+            .resource_logs
+            .into_iter()
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .collect()
+    }
+
     #[test]
     fn log_copies_move_every_record_time_by_the_time_since_the_build() {
         let p = build_otlp(&Shape::default(), 40, 7, 0, 1_800_000_000_000_000_000);
-        let times = |bytes: Bytes| -> Vec<u64> {
-            ExportLogsServiceRequest::decode(bytes)
-                .unwrap()
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .flat_map(|s| &s.log_records)
-                .map(|l| l.time_unix_nano)
-                .collect()
-        };
+        let times = |bytes: Bytes| -> Vec<u64> { records(bytes).iter().map(|l| l.time_unix_nano).collect() };
         let built = times(p.bytes.clone());
         let (copy, shift) = p.instantiate(1_800_000_000_005_000_000, 1, 0);
         let copy = times(copy);
@@ -382,14 +384,7 @@ mod tests {
     fn each_copy_has_its_own_trace_and_span_ids_and_a_trace_keeps_its_records() {
         let p = build_otlp(&Shape::default(), 40, 7, 0, 1_800_000_000_000_000_000);
         let ids = |bytes: Bytes| -> Vec<(Vec<u8>, Vec<u8>)> {
-            ExportLogsServiceRequest::decode(bytes)
-                .unwrap()
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .flat_map(|s| &s.log_records)
-                .map(|l| (l.trace_id.clone(), l.span_id.clone()))
-                .collect()
+            records(bytes).into_iter().map(|l| (l.trace_id, l.span_id)).collect()
         };
         let now = 1_800_000_000_005_000_000;
         let (built, one, two) =

@@ -177,6 +177,16 @@ fn push_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
     }
 }
 
+/// A string attribute, as SDKs send most (for the crate's tests).
+#[cfg(test)]
+pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
 /// One stream's entries as decoded from a record, in the order they came.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedStream {

@@ -31,14 +31,9 @@ fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
     std::str::from_utf8(bytes).map_err(|_| malformed("a string is not UTF-8"))
 }
 
-/// The bytes of a string, checked to be UTF-8: ASCII (the usual case) inline, without a call
-/// to the validator, which dominates on short strings.
+/// The bytes of a string, checked to be UTF-8 ([`wire::is_utf8`]).
 fn utf8(bytes: &[u8]) -> Result<&[u8], DecodeError> {
-    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
-        Ok(bytes)
-    } else {
-        Err(malformed("a string is not UTF-8"))
-    }
+    if wire::is_utf8(bytes) { Ok(bytes) } else { Err(malformed("a string is not UTF-8")) }
 }
 
 /// An `AnyValue`'s text as UTF-8 bytes: a string as it is (borrowed), anything else as the
@@ -371,11 +366,7 @@ mod tests {
 
     #[test]
     fn strings_that_are_not_utf8_are_refused_as_prost_refuses_them() {
-        let kv = |k: &str, v: &str| KeyValue {
-            key: k.into(),
-            value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
-            ..Default::default()
-        };
+        let kv = crate::decode::string_attribute;
         let request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: Some(Resource {

@@ -110,7 +110,7 @@ impl Field {
     #[inline]
     fn utf8<'a>(&self, buf: &'a [u8], what: &str) -> Result<&'a [u8], WireError> {
         let bytes = self.bytes(buf, what)?;
-        if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+        if pharos_core::wire::is_utf8(bytes) {
             Ok(bytes)
         } else {
             Err(malformed(self.value_start, format!("{what} is not valid UTF-8")))
@@ -259,12 +259,12 @@ type Check = Result<(), Problem>;
 fn check_key_value(buf: &[u8], range: Range<usize>, limits: &Limits, owner: &str) -> Check {
     // Most attributes: a short string, checked in one go when it passes (otherwise the field
     // loop below finds what is wrong and says so).
-    let utf8 = |b: &[u8]| b.is_ascii() || std::str::from_utf8(b).is_ok();
-    if let Some((key, string)) = pharos_core::wire::string_key_value(&buf[range.clone()])
+    use pharos_core::wire::{is_utf8, string_key_value};
+    if let Some((key, string)) = string_key_value(&buf[range.clone()])
         && key.len() <= limits.max_attribute_key_length
         && string.len() <= limits.max_attribute_value_length
-        && utf8(key)
-        && utf8(string)
+        && is_utf8(key)
+        && is_utf8(string)
     {
         return Ok(());
     }

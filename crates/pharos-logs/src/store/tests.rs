@@ -152,15 +152,11 @@ async fn a_replay_of_flushed_records_does_not_duplicate_entries() {
 fn otlp(times: &[i64]) -> Envelope {
     use opentelemetry_proto::tonic::{
         collector::logs::v1::ExportLogsServiceRequest,
-        common::v1::{AnyValue, KeyValue, any_value::Value},
+        common::v1::{AnyValue, any_value::Value},
         logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource,
     };
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
-        ..Default::default()
-    };
+    let kv = crate::decode::string_attribute;
     let request = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {

@@ -191,9 +191,7 @@ pub(crate) fn eval_aggregate(ev: &Evaluator<'_>, agg: &AggregateExpr, t: i64) ->
         _ => None,
     };
     match (op, param) {
-        (T_QUANTILE, Some(q)) if q.is_nan() || !(0.0..=1.0).contains(&q) => {
-            ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
-        }
+        (T_QUANTILE, Some(q)) => ev.note_quantile(q),
         (T_LIMIT_RATIO, Some(r)) if !r.is_nan() && !(-1.0..=1.0).contains(&r) => {
             let to = r.clamp(-1.0, 1.0);
             ev.warn(|| {

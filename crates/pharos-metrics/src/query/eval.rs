@@ -79,6 +79,12 @@ pub(crate) fn go_float(v: f64) -> String {
     format!("{v}")
 }
 
+/// ` for metric name "x"`, as Prometheus ends an annotation about metric `x` (nothing when the
+/// name is empty).
+pub(crate) fn for_metric_name(name: &str) -> String {
+    if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") }
+}
+
 /// A float as Go's `%.{digits}g` prints it: `digits` significant digits, trailing zeros dropped.
 pub(crate) fn go_float_digits(v: f64, digits: usize) -> String {
     if !v.is_finite() || v == 0.0 {
@@ -221,6 +227,14 @@ impl<'a> Evaluator<'a> {
         note(&self.infos, "PromQL info: ", what);
     }
 
+    /// Notes a quantile parameter outside [0, 1] (it gives ±Inf or NaN), as `quantile`,
+    /// `quantile_over_time` and `histogram_quantile(s)` warn of it.
+    pub(crate) fn note_quantile(&self, q: f64) {
+        if q.is_nan() || !(0.0..=1.0).contains(&q) {
+            self.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
+        }
+    }
+
     /// Notes, for `rate` or `increase` of a series that gave a value, when its name does not
     /// look like a counter's (Prometheus's suffix rule).
     pub(crate) fn note_rate_input(&self, labels: &Labels) {
@@ -261,7 +275,7 @@ impl<'a> Evaluator<'a> {
     /// The warnings and infos noted.
     pub(crate) fn take_annotations(&self) -> super::engine::Annotations {
         for (name, m) in self.monotonic_fixes.take() {
-            let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
+            let of = for_metric_name(&name);
             self.info(|| {
                 format!(
                     "input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile){of}, from buckets {} to {}, with a max diff of {}, over {} samples from {} to {}",

@@ -7,7 +7,7 @@ use promql_parser::parser::{Call, Expr};
 use crate::model::{Labels, METRIC_NAME, Sample};
 
 use super::error::QueryError;
-use super::eval::{Evaluator, go_float, selector_of, unparen};
+use super::eval::{Evaluator, for_metric_name, selector_of, unparen};
 use super::kahan::{KahanSum, kahan_inc, kahan_mean};
 use super::quantile::{Bucket, MonotonicFix, bucket_fraction, bucket_quantile_noting, quantile};
 use super::source::compile_anchored;
@@ -131,7 +131,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
         }
         "histogram_quantile" => {
             let q = ev.eval_scalar(arg(call, 0)?, t)?;
-            invalid_quantile(ev, q);
+            ev.note_quantile(q);
             let vec = ev.eval_vector(arg(call, 1)?, t)?;
             let groups = classic_histogram_groups(ev, vec);
             let out = groups
@@ -150,7 +150,7 @@ pub(crate) fn eval_call(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value
             let mut qs = Vec::new();
             for i in 2..call.args.args.len() {
                 let q = ev.eval_scalar(arg(call, i)?, t)?;
-                invalid_quantile(ev, q);
+                ev.note_quantile(q);
                 qs.push(q);
             }
             let groups = classic_histogram_groups(ev, vec);
@@ -384,13 +384,6 @@ fn format_openmetrics_float(f: f64) -> String {
     if s.contains(['.', 'e']) { s } else { format!("{s}.0") }
 }
 
-/// A quantile parameter outside [0, 1] gives ±Inf or NaN: worth a warning.
-fn invalid_quantile(ev: &Evaluator<'_>, q: f64) {
-    if q.is_nan() || !(0.0..=1.0).contains(&q) {
-        ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
-    }
-}
-
 /// The quantile of `(quantile, fix)`, noting for the histogram `labels` at `t` when its buckets
 /// had to be made monotonic.
 fn noting_monotonicity(
@@ -422,11 +415,10 @@ fn classic_histogram_groups(ev: &Evaluator<'_>, vec: Vec<InstantSample>) -> Vec<
     for s in vec {
         let Ok(upper) = parse_go_float(s.labels.get("le")) else {
             ev.warn(|| {
-                let name = s.labels.get(METRIC_NAME);
-                let of = if name.is_empty() { String::new() } else { format!(" for metric name {name:?}") };
                 format!(
-                    "bucket label \"le\" is missing or has a malformed value of {:?}{of}",
-                    s.labels.get("le")
+                    "bucket label \"le\" is missing or has a malformed value of {:?}{}",
+                    s.labels.get("le"),
+                    for_metric_name(s.labels.get(METRIC_NAME))
                 )
             });
             continue;
@@ -570,8 +562,8 @@ fn eval_range_function(ev: &Evaluator<'_>, call: &Call, t: i64) -> Result<Value,
     }
     if name == "quantile_over_time" {
         let q = params[0];
-        if (q.is_nan() || !(0.0..=1.0).contains(&q)) && series.iter().any(|s| !s.points.is_empty()) {
-            ev.warn(|| format!("quantile value should be between 0 and 1, got {}", go_float(q)));
+        if series.iter().any(|s| !s.points.is_empty()) {
+            ev.note_quantile(q);
         }
     }
     let counter = matches!(name, "rate" | "increase");
